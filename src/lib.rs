@@ -1,1 +1,40 @@
-//! placeholder
+//! # nemo-video
+//!
+//! The Rust client SDK for NemoVideo's AI video agent: get a token, open a session, upload
+//! clips, talk to the agent in plain language, read the timeline, and export an MP4.
+//!
+//! ```no_run
+//! # async fn run() -> nemo_video::Result<()> {
+//! use nemo_video::NemoClient;
+//!
+//! // NEMO_TOKEN if set, else an anonymous token persisted under ~/.config/nemovideo/.
+//! let client = NemoClient::from_env()?;
+//! let session = client.create_session(Some("en")).await?;
+//! let credits = client.credits().await?;
+//! println!("session {} ready, {} credits", session.id(), credits.available);
+//! # Ok(()) }
+//! ```
+//!
+//! Every failure is an [`Error`] whose message says what happened and what to do, and whose
+//! [`Error::retry_policy`] says whether trying again can help.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod auth;
+mod client;
+mod credits;
+pub mod error;
+mod session;
+mod transport;
+mod wire;
+
+pub use auth::{AnonymousCredentials, SecretToken};
+pub use client::{
+    Config, NemoClient, NemoClientBuilder, RetryConfig, DEFAULT_BASE_URL,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RATE_LIMIT_WAIT,
+    DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+};
+pub use credits::Credits;
+pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use session::{ClaimLink, Session};

@@ -1,0 +1,537 @@
+//! One error type for everything the SDK does, and the retry policy each error implies.
+//!
+//! Policy, in short (the transport applies it; see the README's error table):
+//!
+//! | signal | variant | policy |
+//! |---|---|---|
+//! | body code 1001 or HTTP 401 | [`Error::Unauthorized`] | [`RetryPolicy::RefreshToken`]: new anonymous token, replay once |
+//! | 1002 | [`Error::SessionNotFound`] | [`RetryPolicy::NewSession`]: surfaced, never replayed |
+//! | 2001 | [`Error::NoCredits`] | [`RetryPolicy::Never`] |
+//! | 4001 | [`Error::UnsupportedFile`] | [`RetryPolicy::Never`] |
+//! | 4002 | [`Error::FileTooLarge`] | [`RetryPolicy::Never`] |
+//! | HTTP 400 "missing X-Client-Id" | [`Error::MissingClientId`] | [`RetryPolicy::RegenerateClientId`] |
+//! | HTTP 402 | [`Error::ExportBlocked`] | [`RetryPolicy::Never`] |
+//! | HTTP 429 | [`Error::RateLimited`] | [`RetryPolicy::WaitThenRetryOnce`] (server's wait, else 30 s) |
+//! | HTTP 408/409/5xx, connect error, timeout | [`Error::Http`], [`Error::Connect`], [`Error::Timeout`] | [`RetryPolicy::Backoff`] for requests safe to replay |
+//!
+//! Messages are written for the person who reads them: what happened, then what to do.
+//! No message ever contains a token.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Supported upload formats (lower-case file extensions), as the service documents them.
+pub const SUPPORTED_FORMATS: &[&str] = &[
+    "mp4", "mov", "avi", "webm", "mkv", "jpg", "png", "gif", "webp", "mp3", "wav", "m4a", "aac",
+];
+
+/// The `Result` type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A business code the service puts in a response body (`{"code": N, ...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiCode {
+    /// 1001: the token is invalid or expired.
+    TokenExpired,
+    /// 1002: the session does not exist (or belongs to someone else).
+    SessionNotFound,
+    /// 2001: the account has no credits left.
+    NoCredits,
+    /// 4001: the file type is not supported.
+    UnsupportedFile,
+    /// 4002: the file is too large.
+    FileTooLarge,
+    /// Any other non-zero code, kept as sent.
+    Other(i64),
+}
+
+impl ApiCode {
+    /// Maps a body code to its meaning; `0` (success) is not an error and gives `None`.
+    pub fn from_code(code: i64) -> Option<ApiCode> {
+        Some(match code {
+            0 => return None,
+            1001 => ApiCode::TokenExpired,
+            1002 => ApiCode::SessionNotFound,
+            2001 => ApiCode::NoCredits,
+            4001 => ApiCode::UnsupportedFile,
+            4002 => ApiCode::FileTooLarge,
+            other => ApiCode::Other(other),
+        })
+    }
+
+    /// The numeric code as the service sends it.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            ApiCode::TokenExpired => 1001,
+            ApiCode::SessionNotFound => 1002,
+            ApiCode::NoCredits => 2001,
+            ApiCode::UnsupportedFile => 4001,
+            ApiCode::FileTooLarge => 4002,
+            ApiCode::Other(code) => code,
+        }
+    }
+}
+
+impl fmt::Display for ApiCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_i64())
+    }
+}
+
+/// What a caller (or the transport's retry loop) should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryPolicy {
+    /// Retrying cannot help: the person has to act (top up, pick another file, ...).
+    Never,
+    /// A transient failure: retry with exponential backoff and jitter, but only for requests
+    /// that are safe to replay (or that never reached the server).
+    Backoff,
+    /// The server asked to wait: wait this long, then retry once.
+    WaitThenRetryOnce(Duration),
+    /// The token was rejected: fetch a new one, then replay the request once.
+    RefreshToken,
+    /// The session is gone: create a new session (never done silently, since the timeline
+    /// would be lost).
+    NewSession,
+    /// The anonymous-token call lacked a client id: generate a new one, then retry once.
+    RegenerateClientId,
+}
+
+/// What the service said alongside an error: HTTP status, body code and text, request id.
+///
+/// Carried by every error that came from a response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApiInfo {
+    /// HTTP status of the response.
+    pub http_status: Option<u16>,
+    /// Body code, when the body carried a non-zero one.
+    pub code: Option<i64>,
+    /// The service's own text (`message`, `msg`, `error` or `detail`), trimmed to 300 chars.
+    pub message: Option<String>,
+    /// The request id from the response headers, for support requests.
+    pub request_id: Option<String>,
+    /// The wait the server asked for (`retry-after-ms` or `Retry-After`), when it did.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiInfo {
+    fn suffix(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(message) = self.message.as_deref().filter(|m| !m.is_empty()) {
+            parts.push(format!("server said: {message:?}"));
+        }
+        if let Some(status) = self.http_status {
+            parts.push(format!("HTTP {status}"));
+        }
+        if let Some(code) = self.code {
+            parts.push(format!("code {code}"));
+        }
+        if let Some(id) = &self.request_id {
+            parts.push(format!("request id {id}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// Where a timeout happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// Connecting to the server.
+    Connect,
+    /// Waiting for one request's response.
+    Request,
+    /// No bytes arrived on a stream for the idle limit.
+    StreamIdle,
+    /// A stream ran past its total limit.
+    StreamTotal,
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "connecting",
+            TimeoutKind::Request => "waiting for the response",
+            TimeoutKind::StreamIdle => "waiting for the next stream event",
+            TimeoutKind::StreamTotal => "streaming (total time limit)",
+        })
+    }
+}
+
+/// Every error this crate returns.
+///
+/// Match on the variant for the cases you handle; use [`Error::retry_policy`] and the `is_*`
+/// accessors for the rest. New variants may be added in minor releases.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Code 1001 or HTTP 401: the token is invalid or expired.
+    #[error("the NemoVideo token was rejected as invalid or expired{}; {hint}", info.suffix())]
+    Unauthorized {
+        /// What to do about it.
+        hint: &'static str,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// Code 1002: the session does not exist.
+    #[error("session {} was not found{}; create a new session with `NemoClient::create_session`", session_id.as_deref().unwrap_or("(unknown)"), info.suffix())]
+    SessionNotFound {
+        /// The session id the request named, when known.
+        session_id: Option<String>,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// Code 2001: no credits left.
+    #[error("no credits left on this NemoVideo account{}; {}", info.suffix(), match register_url { Some(url) => format!("register at {url} to keep this project and get more credits"), None => "top up credits in your NemoVideo account".to_string() })]
+    NoCredits {
+        /// For anonymous users: the registration link that binds this anonymous account.
+        register_url: Option<String>,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// Code 4001, or a local check before uploading: the file type is not supported.
+    #[error("{} is not a supported file type{}; supported formats: {}", file_label(file.as_ref(), extension.as_deref()), info.as_ref().map(ApiInfo::suffix).unwrap_or_default(), SUPPORTED_FORMATS.join(", "))]
+    UnsupportedFile {
+        /// The local file, when the check was local.
+        file: Option<PathBuf>,
+        /// The extension that was refused, when known.
+        extension: Option<String>,
+        /// Response details when the server refused it.
+        info: Option<ApiInfo>,
+    },
+    /// Code 4002, or a local check before uploading: the file is over the size limit.
+    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({} MB, limit {} MB)", size / 1_000_000, limit / 1_000_000), (None, Some(limit)) => format!(" (limit {} MB)", limit / 1_000_000), _ => String::new() }, info.as_ref().map(ApiInfo::suffix).unwrap_or_default())]
+    FileTooLarge {
+        /// The local file, when the check was local.
+        file: Option<PathBuf>,
+        /// Its size in bytes, when known.
+        size: Option<u64>,
+        /// The limit in bytes, when known.
+        limit: Option<u64>,
+        /// Response details when the server refused it.
+        info: Option<ApiInfo>,
+    },
+    /// HTTP 400 on the anonymous-token call: the `X-Client-Id` header was missing or invalid.
+    #[error("the service refused the client id when issuing an anonymous token{}; set NEMO_CLIENT_ID to a UUID or leave it unset to let the SDK generate one", info.suffix())]
+    MissingClientId {
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// HTTP 402: the plan does not allow export (this is not about credits).
+    #[error("export is blocked on the free plan{}; register or upgrade your plan to unlock export", info.suffix())]
+    ExportBlocked {
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// HTTP 429: rate limited (anonymous tokens: one per client per 7 days).
+    #[error("rate limited by the service{}; {}", info.suffix(), match retry_after { Some(wait) => format!("wait {} s and try again", wait.as_secs().max(1)), None => "wait a little and try again".to_string() })]
+    RateLimited {
+        /// How long the server asked to wait, when it said.
+        retry_after: Option<Duration>,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// A non-zero body code this SDK does not know.
+    #[error("the service returned error code {code}{}; check the request, or report the request id to NemoVideo if it persists", info.suffix())]
+    Api {
+        /// The code as sent.
+        code: i64,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// The service refused the request (`{"success": false, "error": ...}`) with a success
+    /// status and no code.
+    #[error("the service refused the request{}; check the request (for a render: that the timeline has clips)", info.suffix())]
+    Rejected {
+        /// Response details; `message` holds the service's reason.
+        info: ApiInfo,
+    },
+    /// A non-success HTTP status without a known body code.
+    #[error("the service answered HTTP {status}{}; {}", info.suffix(), http_hint(*status))]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// Could not connect to the service (DNS, refused, TLS). The request never reached it.
+    #[error(
+        "could not connect to {host}: {source}; check the network and the base URL (NEMO_API_BASE)"
+    )]
+    Connect {
+        /// The host that was tried.
+        host: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A time limit ran out.
+    #[error("timed out after {} s while {kind}; the service may be busy, try again later or raise the timeout", after.as_secs_f64().round())]
+    Timeout {
+        /// Which limit.
+        kind: TimeoutKind,
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// The connection failed after the request may have reached the service.
+    #[error("the connection failed{}: {source}; {}", if *may_have_reached_server { " after the request was sent" } else { "" }, if *may_have_reached_server { "the request was not repeated automatically because it may already have been processed; check the session state before sending it again" } else { "try again" })]
+    Network {
+        /// Whether the service may have received (and acted on) the request.
+        may_have_reached_server: bool,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A response could not be decoded into what was expected.
+    #[error("could not read the service's response as {expected}: {detail}{}; this SDK may be out of date with the service, please report it", info.suffix())]
+    Decode {
+        /// What was expected, e.g. "a session".
+        expected: &'static str,
+        /// What went wrong.
+        detail: String,
+        /// Response details.
+        info: ApiInfo,
+    },
+    /// A response body was larger than the configured cap.
+    #[error("the service sent more than {limit} bytes where a small response was expected; raise `max_response_bytes` if this is legitimate")]
+    ResponseTooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// An argument failed a local check; nothing was sent.
+    #[error("{message}")]
+    InvalidInput {
+        /// What was wrong and what to do.
+        message: String,
+    },
+    /// The client's configuration is unusable.
+    #[error("configuration error: {message}")]
+    Config {
+        /// What was wrong and what to do.
+        message: String,
+    },
+    /// A local file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What the SDK was doing, e.g. "could not read".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The message stream ended before the agent finished.
+    #[error("the agent's stream was cut off after {events_seen} events{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
+    StreamDisconnected {
+        /// How many events arrived before the cut.
+        events_seen: u64,
+        /// The last event id seen, when the server sent ids.
+        last_event_id: Option<String>,
+        /// What happened.
+        detail: String,
+    },
+    /// The agent reported an error inside the stream.
+    #[error("the agent reported an error{}: {message}; rephrase the request or try again later", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Agent {
+        /// The error code, when sent.
+        code: Option<String>,
+        /// The agent's message.
+        message: String,
+    },
+    /// The render job failed on the server.
+    #[error("render {job_id} failed: {message}; check the timeline (NemoClient::state) and export again")]
+    RenderFailed {
+        /// The render job id.
+        job_id: String,
+        /// The server's error text.
+        message: String,
+    },
+    /// The render did not finish within the maximum wait.
+    #[error("render {job_id} did not finish within {} s (last status: {last_status}); it may still finish: resume waiting with the job id", waited.as_secs())]
+    RenderTimedOut {
+        /// The render job id.
+        job_id: String,
+        /// The last status seen.
+        last_status: String,
+        /// How long the SDK waited.
+        waited: Duration,
+    },
+}
+
+fn file_label(file: Option<&PathBuf>, extension: Option<&str>) -> String {
+    match (file, extension) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(ext)) => format!("a .{ext} file"),
+        (None, None) => "the file".to_string(),
+    }
+}
+
+fn http_hint(status: u16) -> &'static str {
+    match status {
+        408 | 409 | 500..=599 => "the service had a temporary problem, try again shortly",
+        404 => "the endpoint or resource was not found; check the base URL (NEMO_API_BASE)",
+        403 => "the token is not allowed to do this",
+        _ => "check the request; report the request id to NemoVideo if it persists",
+    }
+}
+
+impl Error {
+    /// The body code the service sent, when the error came with one.
+    pub fn api_code(&self) -> Option<ApiCode> {
+        self.info()
+            .and_then(|info| info.code)
+            .and_then(ApiCode::from_code)
+    }
+
+    /// The HTTP status of the response behind this error, when there was one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Error::Http { status, .. } => Some(*status),
+            _ => self.info().and_then(|info| info.http_status),
+        }
+    }
+
+    /// The server's request id, when the response carried one (quote it in support requests).
+    pub fn request_id(&self) -> Option<&str> {
+        self.info().and_then(|info| info.request_id.as_deref())
+    }
+
+    /// The response details, for errors that came from a response.
+    pub fn info(&self) -> Option<&ApiInfo> {
+        match self {
+            Error::Unauthorized { info, .. }
+            | Error::SessionNotFound { info, .. }
+            | Error::NoCredits { info, .. }
+            | Error::MissingClientId { info }
+            | Error::ExportBlocked { info }
+            | Error::RateLimited { info, .. }
+            | Error::Api { info, .. }
+            | Error::Http { info, .. }
+            | Error::Rejected { info }
+            | Error::Decode { info, .. } => Some(info),
+            Error::UnsupportedFile { info, .. } | Error::FileTooLarge { info, .. } => info.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What to do about this error. The transport follows it; callers can too.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        match self {
+            Error::Unauthorized { .. } => RetryPolicy::RefreshToken,
+            Error::SessionNotFound { .. } => RetryPolicy::NewSession,
+            Error::MissingClientId { .. } => RetryPolicy::RegenerateClientId,
+            Error::RateLimited { retry_after, .. } => RetryPolicy::WaitThenRetryOnce(
+                retry_after.unwrap_or(crate::client::DEFAULT_RATE_LIMIT_WAIT),
+            ),
+            Error::Http { status, .. } if matches!(status, 408 | 409 | 500..=599) => {
+                RetryPolicy::Backoff
+            }
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Network { .. } => {
+                RetryPolicy::Backoff
+            }
+            _ => RetryPolicy::Never,
+        }
+    }
+
+    /// True for 1001/401: the token was rejected.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, Error::Unauthorized { .. })
+    }
+
+    /// True for 2001: no credits left.
+    pub fn is_no_credits(&self) -> bool {
+        matches!(self, Error::NoCredits { .. })
+    }
+
+    /// True for 1002: the session is gone.
+    pub fn is_session_not_found(&self) -> bool {
+        matches!(self, Error::SessionNotFound { .. })
+    }
+
+    /// True for 402: export blocked by the plan.
+    pub fn is_export_blocked(&self) -> bool {
+        matches!(self, Error::ExportBlocked { .. })
+    }
+
+    /// True for 429.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, Error::RateLimited { .. })
+    }
+
+    /// True for any time limit running out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// True for connection failures (before or after sending).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect { .. })
+    }
+
+    /// True when the failure is worth retrying later (see [`Error::retry_policy`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.retry_policy(),
+            RetryPolicy::Backoff | RetryPolicy::WaitThenRetryOnce(_)
+        )
+    }
+
+    /// True when the request certainly did not reach the service, so re-sending it cannot
+    /// repeat work (or charge twice).
+    pub fn never_reached_server(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Timeout {
+                    kind: TimeoutKind::Connect,
+                    ..
+                }
+                | Error::Network {
+                    may_have_reached_server: false,
+                    ..
+                }
+        )
+    }
+
+    /// True when the service refused the request before doing any work, so re-sending it
+    /// cannot repeat work: 1001/401, 429, and the missing-client-id 400.
+    pub fn rejected_before_processing(&self) -> bool {
+        matches!(
+            self,
+            Error::Unauthorized { .. } | Error::RateLimited { .. } | Error::MissingClientId { .. }
+        )
+    }
+
+    pub(crate) fn invalid_input(message: impl Into<String>) -> Error {
+        Error::InvalidInput {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Error {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,876 @@
+//! The only place that sends HTTP: headers, envelopes, errors, retries, re-authentication.
+//!
+//! Policy (defaults in [`RetryConfig`](crate::RetryConfig)):
+//! - Every request carries `X-Skill-Source`, `X-Skill-Version`, `X-Skill-Platform` and a
+//!   `User-Agent`; every request but the anonymous-token call carries
+//!   `Authorization: Bearer <token>`, marked sensitive. Tokens never reach a URL, a log line or
+//!   an error, and are never sent to a host other than the API's own.
+//! - Envelopes: `{"code", "message"|"msg", "data"}`, `{"success", "data"|"error"}`,
+//!   `{"detail"}` (FastAPI) and non-JSON bodies (proxies). A non-zero body code wins over the
+//!   HTTP status; otherwise the status decides.
+//! - Retries follow [`Error::retry_policy`]: 1001/401 → one new token and one replay;
+//!   429 → the server's wait (`retry-after-ms`, then `Retry-After`, else 30 s) and one replay;
+//!   transient failures → exponential backoff with jitter, but a request that is not safe to
+//!   replay (a message, an upload) is re-sent only when it certainly never reached the server
+//!   or the server refused it before doing any work.
+//! - Each attempt runs in a `tracing` span `nemo.request` with method, path, attempt and status;
+//!   bodies and tokens are never logged.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::Instrument;
+use url::Url;
+
+use crate::auth::{Auth, Invalidated, SecretToken};
+use crate::client::{Config, RetryConfig};
+use crate::error::{ApiInfo, Error, Result, TimeoutKind};
+
+/// Produces a fresh streaming body for each attempt (a body can be sent only once).
+pub(crate) type BodyFactory = Arc<dyn Fn() -> Result<StreamBody> + Send + Sync>;
+
+/// A streamed request body with its headers.
+pub(crate) struct StreamBody {
+    pub(crate) body: reqwest::Body,
+    pub(crate) content_type: String,
+    pub(crate) content_length: u64,
+}
+
+/// A request body.
+#[derive(Clone)]
+pub(crate) enum Body {
+    Empty,
+    Json(Bytes),
+    Stream(BodyFactory),
+}
+
+/// Whether a request may be sent again after it may have reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Reads and idempotent calls: retry transient failures.
+    Safe,
+    /// Calls that do work or charge credits: re-send only when the request certainly did not
+    /// reach the server, or the server refused it before doing anything (1001, 429).
+    OnlyIfNotReceived,
+}
+
+/// One API call, described by a resource module.
+#[derive(Clone)]
+pub(crate) struct Request {
+    method: Method,
+    segments: Vec<String>,
+    body: Body,
+    replay: Replay,
+    authenticated: bool,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Option<Duration>,
+    use_default_timeout: bool,
+    expected: &'static str,
+    session_id: Option<String>,
+}
+
+impl Request {
+    /// A request to the API path made of `segments`, each percent-encoded.
+    pub(crate) fn new<S: AsRef<str>>(method: Method, segments: &[S]) -> Request {
+        let replay = if method == Method::GET || method == Method::HEAD {
+            Replay::Safe
+        } else {
+            Replay::OnlyIfNotReceived
+        };
+        Request {
+            method,
+            segments: segments.iter().map(|s| s.as_ref().to_string()).collect(),
+            body: Body::Empty,
+            replay,
+            authenticated: true,
+            headers: Vec::new(),
+            timeout: None,
+            use_default_timeout: true,
+            expected: "a response",
+            session_id: None,
+        }
+    }
+
+    pub(crate) fn get<S: AsRef<str>>(segments: &[S]) -> Request {
+        Request::new(Method::GET, segments)
+    }
+
+    pub(crate) fn post<S: AsRef<str>>(segments: &[S]) -> Request {
+        Request::new(Method::POST, segments)
+    }
+
+    /// A JSON body.
+    pub(crate) fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Result<Request> {
+        let bytes = serde_json::to_vec(body).map_err(|err| {
+            Error::invalid_input(format!("could not encode the request body: {err}"))
+        })?;
+        self.body = Body::Json(Bytes::from(bytes));
+        Ok(self)
+    }
+
+    /// A streamed body, rebuilt for each attempt.
+    pub(crate) fn stream_body(mut self, factory: BodyFactory) -> Request {
+        self.body = Body::Stream(factory);
+        self
+    }
+
+    pub(crate) fn replay(mut self, replay: Replay) -> Request {
+        self.replay = replay;
+        self
+    }
+
+    pub(crate) fn unauthenticated(mut self) -> Request {
+        self.authenticated = false;
+        self
+    }
+
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Request {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Per-attempt time limit; `None` for no limit (streams, large transfers).
+    pub(crate) fn timeout(mut self, timeout: Option<Duration>) -> Request {
+        self.timeout = timeout;
+        self.use_default_timeout = false;
+        self
+    }
+
+    /// What the response's data is, for decode error messages ("a session").
+    pub(crate) fn expect(mut self, what: &'static str) -> Request {
+        self.expected = what;
+        self
+    }
+
+    /// The session this request concerns, for 1002 messages.
+    pub(crate) fn session(mut self, session_id: &str) -> Request {
+        self.session_id = Some(session_id.to_string());
+        self
+    }
+}
+
+/// A response read whole (JSON calls and errors).
+pub(crate) struct ReadResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) request_id: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl ReadResponse {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, expected: &'static str) -> Result<T> {
+        decode_envelope(
+            self.status,
+            self.request_id.clone(),
+            &self.body,
+            expected,
+            self.retry_after,
+        )
+    }
+
+    /// The error this response stands for (it was not the success the caller wanted).
+    pub(crate) fn into_error(self, expected: &'static str) -> Error {
+        match self.decode::<serde::de::IgnoredAny>(expected) {
+            Err(err) => err,
+            Ok(_) => Error::Decode {
+                expected,
+                detail: "the service answered with something else".to_string(),
+                info: ApiInfo {
+                    http_status: Some(self.status.as_u16()),
+                    request_id: self.request_id,
+                    ..ApiInfo::default()
+                },
+            },
+        }
+    }
+}
+
+/// A successful response whose body has not been read (streams and downloads).
+pub(crate) struct RawResponse {
+    pub(crate) response: reqwest::Response,
+    pub(crate) request_id: Option<String>,
+}
+
+/// Sends requests. Owned by the client; shared by its clones.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    base_url: Url,
+    web_url: Url,
+    static_headers: HeaderMap,
+    retry: RetryConfig,
+    request_timeout: Duration,
+    max_response_bytes: usize,
+    auth: Auth,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The envelope fields the transport understands; `data` stays raw for the caller's type.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    msg: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    detail: Option<&'a RawValue>,
+}
+
+const REQUEST_ID_HEADERS: &[&str] = &[
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-trace-id",
+];
+
+impl Transport {
+    pub(crate) fn new(http: reqwest::Client, config: &Config, auth: Auth) -> Result<Transport> {
+        let mut static_headers = HeaderMap::new();
+        let header = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue)> {
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                Error::config(format!("the {name} value {value:?} cannot be sent as an HTTP header; use printable ASCII"))
+            })?;
+            Ok((
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| Error::config("bad header name"))?,
+                value,
+            ))
+        };
+        for (name, value) in [
+            ("x-skill-source", config.skill_source.as_str()),
+            ("x-skill-version", config.skill_version.as_str()),
+            ("x-skill-platform", config.skill_platform.as_str()),
+        ] {
+            let (name, value) = header(name, value)?;
+            static_headers.insert(name, value);
+        }
+        let (_, agent) = header("user-agent", &config.user_agent)?;
+        static_headers.insert(USER_AGENT, agent);
+        if let Some(token) = &config.static_token {
+            bearer_header(token)?;
+        }
+        Ok(Transport {
+            http,
+            base_url: config.base_url.clone(),
+            web_url: config.web_url.clone(),
+            static_headers,
+            retry: config.retry.clone(),
+            request_timeout: config.request_timeout,
+            max_response_bytes: config.max_response_bytes,
+            auth,
+        })
+    }
+
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub(crate) fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    pub(crate) fn web_url(&self) -> &Url {
+        &self.web_url
+    }
+
+    /// The full URL of an API path.
+    pub(crate) fn url_for<S: AsRef<str>>(&self, segments: &[S]) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty();
+            path.extend(segments.iter().map(AsRef::as_ref));
+        }
+        url
+    }
+
+    /// Sends `request` and decodes the envelope's data as `T`.
+    pub(crate) async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        let expected = request.expected;
+        let session_id = request.session_id.as_deref();
+        self.with_retries(&request, |response| async move {
+            self.read_body(response)
+                .await?
+                .decode::<T>(expected)
+                .map_err(|err| self.enrich(err, session_id))
+        })
+        .await
+        .map_err(|err| self.enrich(err, request.session_id.as_deref()))
+    }
+
+    /// Sends `request` and returns the successful response unread, for streaming bodies.
+    /// Errors (HTTP status, or a JSON error envelope where a stream was expected) are decoded
+    /// as [`call`](Self::call) would.
+    pub(crate) async fn open(
+        &self,
+        request: Request,
+        content_type_prefix: &'static str,
+    ) -> Result<RawResponse> {
+        let expected = request.expected;
+        let session_id = request.session_id.as_deref();
+        self.with_retries(&request, |response| async move {
+            let status = response.status();
+            let request_id = request_id_of(response.headers());
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if status.is_success() && content_type.starts_with(content_type_prefix) {
+                return Ok(RawResponse { response, request_id });
+            }
+            // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
+            let read = self.read_body(response).await?;
+            match read.decode::<serde::de::IgnoredAny>(expected) {
+                Err(err) => Err(self.enrich(err, session_id)),
+                Ok(_) => Err(Error::Decode {
+                    expected,
+                    detail: format!("the response had content type {content_type:?}, not {content_type_prefix:?}"),
+                    info: ApiInfo { http_status: Some(read.status.as_u16()), request_id: read.request_id, ..ApiInfo::default() },
+                }),
+            }
+        })
+        .await
+    }
+
+    /// GET an absolute URL (a render output) unread. The bearer token is attached only when
+    /// the URL has the API's own scheme, host and port; redirects to another host drop it
+    /// (reqwest strips `Authorization` on cross-host redirects).
+    pub(crate) async fn open_url(&self, url: &Url) -> Result<RawResponse> {
+        let same_origin = url.origin() == self.base_url.origin();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let span = tracing::info_span!(
+                "nemo.download",
+                host = url.host_str().unwrap_or(""),
+                attempt,
+                status = tracing::field::Empty
+            );
+            let result = async {
+                let mut builder = self
+                    .http
+                    .get(url.clone())
+                    .headers(self.static_headers.clone());
+                if same_origin {
+                    let token = self.auth.token(self).await?;
+                    builder = builder.header(AUTHORIZATION, bearer_header(&token)?);
+                }
+                let response = builder.send().await.map_err(|err| map_reqwest(err, url))?;
+                tracing::Span::current().record("status", response.status().as_u16());
+                if response.status().is_success() {
+                    return Ok(RawResponse {
+                        request_id: request_id_of(response.headers()),
+                        response,
+                    });
+                }
+                Err(self.enrich(self.read_body(response).await?.into_error("a file"), None))
+            }
+            .instrument(span)
+            .await;
+            match result {
+                Err(err)
+                    if err.retry_policy() == crate::RetryPolicy::Backoff
+                        && attempt <= self.retry.max_retries =>
+                {
+                    tokio::time::sleep(self.retry.delay_for(attempt - 1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The retry loop shared by every call. `handle` turns a response into the result.
+    async fn with_retries<T, F, Fut>(&self, request: &Request, handle: F) -> Result<T>
+    where
+        F: Fn(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let url = self.url_for(&request.segments);
+        let mut attempt: u32 = 0;
+        let mut backoff_retries: u32 = 0;
+        let mut refreshed = false;
+        let mut waited = false;
+        loop {
+            attempt += 1;
+            let span = tracing::info_span!(
+                "nemo.request",
+                method = %request.method,
+                path = url.path(),
+                attempt,
+                status = tracing::field::Empty,
+            );
+            let mut token_used: Option<SecretToken> = None;
+            let outcome = async {
+                let token = if request.authenticated {
+                    let token = self.auth.token(self).await?;
+                    token_used = Some(token.clone());
+                    Some(token)
+                } else {
+                    None
+                };
+                let response = self.send_once(request, &url, token.as_ref()).await?;
+                tracing::Span::current().record("status", response.status().as_u16());
+                handle(response).await
+            }
+            .instrument(span)
+            .await;
+            let err = match outcome {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let replayable = request.replay == Replay::Safe
+                || err.never_reached_server()
+                || err.rejected_before_processing();
+            match err.retry_policy() {
+                crate::RetryPolicy::RefreshToken if !refreshed && request.authenticated => {
+                    let Some(token) = token_used else {
+                        return Err(err);
+                    };
+                    match self.auth.invalidate(&token).await {
+                        Invalidated::Refreshable => {
+                            tracing::info!(
+                                path = url.path(),
+                                "token rejected; fetching a new one and replaying once"
+                            );
+                            refreshed = true;
+                        }
+                        Invalidated::Fixed => return Err(fixed_token_error(err)),
+                    }
+                }
+                crate::RetryPolicy::WaitThenRetryOnce(wait) if !waited && replayable => {
+                    if wait > self.retry.max_server_wait {
+                        return Err(err);
+                    }
+                    tracing::info!(
+                        path = url.path(),
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limited; waiting then retrying once"
+                    );
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
+                crate::RetryPolicy::Backoff
+                    if backoff_retries < self.retry.max_retries && replayable =>
+                {
+                    let delay = err
+                        .info()
+                        .and_then(|info| info.retry_after)
+                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries))
+                        .min(self.retry.max_server_wait);
+                    tracing::info!(path = url.path(), delay_ms = delay.as_millis() as u64, error = %err, "transient failure; retrying");
+                    backoff_retries += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        request: &Request,
+        url: &Url,
+        token: Option<&SecretToken>,
+    ) -> Result<reqwest::Response> {
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url.clone())
+            .headers(self.static_headers.clone());
+        if let Some(token) = token {
+            builder = builder.header(AUTHORIZATION, bearer_header(token)?);
+        }
+        for (name, value) in &request.headers {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        let timeout = if request.use_default_timeout {
+            Some(self.request_timeout)
+        } else {
+            request.timeout
+        };
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        builder = match &request.body {
+            Body::Empty => builder,
+            Body::Json(bytes) => builder
+                .header(CONTENT_TYPE, "application/json")
+                .body(bytes.clone()),
+            Body::Stream(factory) => {
+                let body = factory()?;
+                builder
+                    .header(CONTENT_TYPE, body.content_type)
+                    .header(reqwest::header::CONTENT_LENGTH, body.content_length)
+                    .body(body.body)
+            }
+        };
+        if !request.headers.iter().any(|(name, _)| name == ACCEPT) {
+            builder = builder.header(ACCEPT, "application/json");
+        }
+        builder
+            .send()
+            .await
+            .map_err(|err| map_reqwest_with_timeout(err, url, timeout))
+    }
+
+    /// Reads a (JSON) body, refusing more than the configured cap.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<ReadResponse> {
+        let status = response.status();
+        let request_id = request_id_of(response.headers());
+        let retry_after = retry_after(response.headers());
+        let limit = self.max_response_bytes;
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(Error::ResponseTooLarge { limit });
+        }
+        let mut body = Vec::with_capacity(
+            response
+                .content_length()
+                .map_or(8 * 1024, |len| len as usize),
+        );
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(Error::ResponseTooLarge { limit });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let url = response.url().clone();
+                    return Err(map_reqwest(err, &url));
+                }
+            }
+        }
+        Ok(ReadResponse {
+            status,
+            request_id,
+            retry_after,
+            body,
+        })
+    }
+
+    /// Adds context the decoder cannot know: the session id for 1002, the registration
+    /// link for 2001.
+    fn enrich(&self, err: Error, session: Option<&str>) -> Error {
+        match err {
+            Error::SessionNotFound {
+                session_id: None,
+                info,
+            } => Error::SessionNotFound {
+                session_id: session.map(str::to_string),
+                info,
+            },
+            Error::NoCredits {
+                register_url: None,
+                info,
+            } => {
+                let register_url = self
+                    .auth
+                    .known_anonymous_user_id()
+                    .map(|user| self.register_url_for(&user));
+                Error::NoCredits { register_url, info }
+            }
+            other => other,
+        }
+    }
+
+    fn register_url_for(&self, user_id: &str) -> String {
+        let mut url = self.web_url.clone();
+        url.set_path("/register");
+        url.query_pairs_mut().clear().append_pair("bind", user_id);
+        url.to_string()
+    }
+
+    pub(crate) fn registration_url(&self) -> Option<String> {
+        self.auth
+            .known_anonymous_user_id()
+            .map(|user| self.register_url_for(&user))
+    }
+
+    /// `POST /api/auth/anonymous-token` with `X-Client-Id`; used by [`Auth`] only.
+    pub(crate) async fn fetch_anonymous_token<T: DeserializeOwned>(
+        &self,
+        client_id: &str,
+    ) -> Result<T> {
+        let value = HeaderValue::from_str(client_id)
+            .map_err(|_| Error::config("the client id cannot be sent as a header"))?;
+        let request = Request::post(&["api", "auth", "anonymous-token"])
+            .unauthenticated()
+            .header(HeaderName::from_static("x-client-id"), value)
+            .expect("an anonymous token");
+        self.call(request).await.map_err(|err| match err {
+            Error::Http { status: 400, info } => Error::MissingClientId { info },
+            other => other,
+        })
+    }
+}
+
+fn fixed_token_error(err: Error) -> Error {
+    match err {
+        Error::Unauthorized { info, .. } => Error::Unauthorized {
+            hint: "the fixed token (NEMO_TOKEN or NemoClientBuilder::token) is invalid or expired: set a fresh one, or unset it to use an anonymous token",
+            info,
+        },
+        other => other,
+    }
+}
+
+fn bearer_header(token: &SecretToken) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+        Error::config(
+            "the token contains characters that cannot be sent in a header; check NEMO_TOKEN",
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    REQUEST_ID_HEADERS
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.chars().take(128).collect())
+}
+
+fn map_reqwest(err: reqwest::Error, url: &Url) -> Error {
+    map_reqwest_with_timeout(err, url, None)
+}
+
+fn map_reqwest_with_timeout(err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+    let host = url.host_str().unwrap_or("the service").to_string();
+    let err = err.without_url();
+    if err.is_connect() {
+        if err.is_timeout() {
+            return Error::Timeout {
+                kind: TimeoutKind::Connect,
+                after: timeout.unwrap_or_default(),
+            };
+        }
+        return Error::Connect {
+            host,
+            source: Box::new(err),
+        };
+    }
+    if err.is_timeout() {
+        return Error::Timeout {
+            kind: TimeoutKind::Request,
+            after: timeout.unwrap_or_default(),
+        };
+    }
+    if err.is_builder() {
+        return Error::config(format!("could not build the request: {err}"));
+    }
+    Error::Network {
+        may_have_reached_server: true,
+        source: Box::new(err),
+    }
+}
+
+/// Text of a JSON string or other JSON value, trimmed for messages.
+fn text_of(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?;
+    let text = match serde_json::from_str::<String>(raw.get()) {
+        Ok(text) => text,
+        Err(_) if raw.get() == "null" => return None,
+        Err(_) => raw.get().to_string(),
+    };
+    Some(clip(&text))
+}
+
+fn clip(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() > 300 {
+        let mut clipped: String = text.chars().take(300).collect();
+        clipped.push('…');
+        clipped
+    } else {
+        text.to_string()
+    }
+}
+
+fn code_of(raw: Option<&RawValue>) -> Option<i64> {
+    let raw = raw?.get().trim();
+    let raw = raw.trim_matches('"');
+    raw.parse::<i64>().ok().or_else(|| {
+        raw.parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0)
+            .map(|f| f as i64)
+    })
+}
+
+/// Maps an HTTP status plus what the body said to an error. `code` wins when present.
+pub(crate) fn error_for(
+    status: StatusCode,
+    code: Option<i64>,
+    info: ApiInfo,
+    retry_after: Option<Duration>,
+) -> Error {
+    if let Some(code) = code.filter(|code| *code != 0) {
+        return match code {
+            1001 => Error::Unauthorized {
+                hint: "a new token is fetched automatically; if this persists, check the token",
+                info,
+            },
+            1002 => Error::SessionNotFound {
+                session_id: None,
+                info,
+            },
+            2001 => Error::NoCredits {
+                register_url: None,
+                info,
+            },
+            4001 => Error::UnsupportedFile {
+                file: None,
+                extension: None,
+                info: Some(info),
+            },
+            4002 => Error::FileTooLarge {
+                file: None,
+                size: None,
+                limit: None,
+                info: Some(info),
+            },
+            // Some services echo the HTTP status as the body code.
+            401 => Error::Unauthorized {
+                hint: "a new token is fetched automatically; if this persists, check the token",
+                info,
+            },
+            402 => Error::ExportBlocked { info },
+            429 => Error::RateLimited { retry_after, info },
+            400 if looks_like_missing_client_id(&info) => Error::MissingClientId { info },
+            _ => Error::Api { code, info },
+        };
+    }
+    match status.as_u16() {
+        401 => Error::Unauthorized {
+            hint: "a new token is fetched automatically; if this persists, check the token",
+            info,
+        },
+        402 => Error::ExportBlocked { info },
+        429 => Error::RateLimited { retry_after, info },
+        400 if looks_like_missing_client_id(&info) => Error::MissingClientId { info },
+        status => Error::Http { status, info },
+    }
+}
+
+fn looks_like_missing_client_id(info: &ApiInfo) -> bool {
+    info.message.as_deref().is_some_and(|m| {
+        let m = m.to_ascii_lowercase();
+        m.contains("client-id") || m.contains("client id") || m.contains("client_id")
+    })
+}
+
+/// Decodes any of the service's envelopes. Success gives `data` (or the whole body when it
+/// has no envelope) decoded as `T`.
+pub(crate) fn decode_envelope<T: DeserializeOwned>(
+    status: StatusCode,
+    request_id: Option<String>,
+    body: &[u8],
+    expected: &'static str,
+    retry_after: Option<Duration>,
+) -> Result<T> {
+    let mut info = ApiInfo {
+        http_status: Some(status.as_u16()),
+        request_id,
+        retry_after,
+        ..ApiInfo::default()
+    };
+    let envelope = match serde_json::from_slice::<Envelope<'_>>(body) {
+        Ok(envelope) => envelope,
+        Err(parse_err) => {
+            // Not a JSON object: a proxy page, plain text, or garbage.
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body[..body.len().min(2048)]);
+                info.message = Some(clip(&text)).filter(|t| !t.is_empty());
+                return Err(error_for(status, None, info, retry_after));
+            }
+            // A bare JSON value that is not an object may still be what the caller wants.
+            return serde_json::from_slice::<T>(body).map_err(|_| Error::Decode {
+                expected,
+                detail: format!("the body is not JSON ({parse_err})"),
+                info,
+            });
+        }
+    };
+    let code = code_of(envelope.code);
+    info.code = code.filter(|c| *c != 0);
+    info.message = text_of(envelope.message)
+        .or_else(|| text_of(envelope.msg))
+        .or_else(|| text_of(envelope.error))
+        .or_else(|| text_of(envelope.detail));
+    if info.code.is_some() {
+        return Err(error_for(status, code, info, retry_after));
+    }
+    if !status.is_success() {
+        return Err(error_for(status, None, info, retry_after));
+    }
+    if envelope.success == Some(false)
+        || (envelope.error.is_some()
+            && envelope.data.is_none()
+            && envelope.success.is_none()
+            && envelope.code.is_none()
+            && is_error_value(envelope.error))
+    {
+        return Err(Error::Rejected { info });
+    }
+    let data: &[u8] = match envelope.data {
+        Some(raw) if envelope.code.is_some() || envelope.success.is_some() => raw.get().as_bytes(),
+        _ => body,
+    };
+    serde_json::from_slice::<T>(data).map_err(|err| Error::Decode {
+        expected,
+        detail: err.to_string(),
+        info,
+    })
+}
+
+fn is_error_value(raw: Option<&RawValue>) -> bool {
+    raw.is_some_and(|raw| !matches!(raw.get().trim(), "null" | "\"\"" | "false"))
+}
+
+/// Parses `retry-after-ms` (milliseconds) then `Retry-After` (seconds).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .map(Duration::from_secs_f64)
+}

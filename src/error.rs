@@ -179,7 +179,7 @@ pub enum Error {
         /// What to do about it.
         hint: &'static str,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// Code 1002: the session does not exist.
     #[error("session {} was not found{}; create a new session with `NemoClient::create_session`", session_id.as_deref().unwrap_or("(unknown)"), info.suffix())]
@@ -187,7 +187,7 @@ pub enum Error {
         /// The session id the request named, when known.
         session_id: Option<String>,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// Code 2001: no credits left.
     #[error("no credits left on this NemoVideo account{}; {}", info.suffix(), match register_url { Some(url) => format!("register at {url} to keep this project and get more credits"), None => "top up credits in your NemoVideo account".to_string() })]
@@ -195,20 +195,20 @@ pub enum Error {
         /// For anonymous users: the registration link that binds this anonymous account.
         register_url: Option<String>,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// Code 4001, or a local check before uploading: the file type is not supported.
-    #[error("{} is not a supported file type{}; supported formats: {}", file_label(file.as_ref(), extension.as_deref()), info.as_ref().map(ApiInfo::suffix).unwrap_or_default(), SUPPORTED_FORMATS.join(", "))]
+    #[error("{} is not a supported file type{}; supported formats: {}", file_label(file.as_ref(), extension.as_deref()), info.as_deref().map(ApiInfo::suffix).unwrap_or_default(), SUPPORTED_FORMATS.join(", "))]
     UnsupportedFile {
         /// The local file, when the check was local.
         file: Option<PathBuf>,
         /// The extension that was refused, when known.
         extension: Option<String>,
         /// Response details when the server refused it.
-        info: Option<ApiInfo>,
+        info: Option<Box<ApiInfo>>,
     },
     /// Code 4002, or a local check before uploading: the file is over the size limit.
-    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({} MB, limit {} MB)", size / 1_000_000, limit / 1_000_000), (None, Some(limit)) => format!(" (limit {} MB)", limit / 1_000_000), _ => String::new() }, info.as_ref().map(ApiInfo::suffix).unwrap_or_default())]
+    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({} MB, limit {} MB)", size / 1_000_000, limit / 1_000_000), (None, Some(limit)) => format!(" (limit {} MB)", limit / 1_000_000), _ => String::new() }, info.as_deref().map(ApiInfo::suffix).unwrap_or_default())]
     FileTooLarge {
         /// The local file, when the check was local.
         file: Option<PathBuf>,
@@ -217,19 +217,19 @@ pub enum Error {
         /// The limit in bytes, when known.
         limit: Option<u64>,
         /// Response details when the server refused it.
-        info: Option<ApiInfo>,
+        info: Option<Box<ApiInfo>>,
     },
     /// HTTP 400 on the anonymous-token call: the `X-Client-Id` header was missing or invalid.
     #[error("the service refused the client id when issuing an anonymous token{}; set NEMO_CLIENT_ID to a UUID or leave it unset to let the SDK generate one", info.suffix())]
     MissingClientId {
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// HTTP 402: the plan does not allow export (this is not about credits).
     #[error("export is blocked on the free plan{}; register or upgrade your plan to unlock export", info.suffix())]
     ExportBlocked {
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// HTTP 429: rate limited (anonymous tokens: one per client per 7 days).
     #[error("rate limited by the service{}; {}", info.suffix(), match retry_after { Some(wait) => format!("wait {} s and try again", wait.as_secs().max(1)), None => "wait a little and try again".to_string() })]
@@ -237,7 +237,7 @@ pub enum Error {
         /// How long the server asked to wait, when it said.
         retry_after: Option<Duration>,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// A non-zero body code this SDK does not know.
     #[error("the service returned error code {code}{}; check the request, or report the request id to NemoVideo if it persists", info.suffix())]
@@ -245,14 +245,14 @@ pub enum Error {
         /// The code as sent.
         code: i64,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// The service refused the request (`{"success": false, "error": ...}`) with a success
     /// status and no code.
     #[error("the service refused the request{}; check the request (for a render: that the timeline has clips)", info.suffix())]
     Rejected {
         /// Response details; `message` holds the service's reason.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// A non-success HTTP status without a known body code.
     #[error("the service answered HTTP {status}{}; {}", info.suffix(), http_hint(*status))]
@@ -260,7 +260,7 @@ pub enum Error {
         /// The HTTP status.
         status: u16,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// Could not connect to the service (DNS, refused, TLS). The request never reached it.
     #[error(
@@ -298,7 +298,7 @@ pub enum Error {
         /// What went wrong.
         detail: String,
         /// Response details.
-        info: ApiInfo,
+        info: Box<ApiInfo>,
     },
     /// A response body was larger than the configured cap.
     #[error("the service sent more than {limit} bytes where a small response was expected; raise `max_response_bytes` if this is legitimate")]
@@ -346,6 +346,12 @@ pub enum Error {
         code: Option<String>,
         /// The agent's message.
         message: String,
+    },
+    /// The session's timeline has nothing to export.
+    #[error("session {session_id} has nothing to export yet: its timeline has no clips; upload a clip or ask the agent to add one, then export")]
+    NothingToExport {
+        /// The session.
+        session_id: String,
     },
     /// The render job failed on the server.
     #[error("render {job_id} failed: {message}; check the timeline (NemoClient::state) and export again")]
@@ -417,8 +423,10 @@ impl Error {
             | Error::Api { info, .. }
             | Error::Http { info, .. }
             | Error::Rejected { info }
-            | Error::Decode { info, .. } => Some(info),
-            Error::UnsupportedFile { info, .. } | Error::FileTooLarge { info, .. } => info.as_ref(),
+            | Error::Decode { info, .. } => Some(&**info),
+            Error::UnsupportedFile { info, .. } | Error::FileTooLarge { info, .. } => {
+                info.as_deref()
+            }
             _ => None,
         }
     }
@@ -432,9 +440,10 @@ impl Error {
             Error::RateLimited { retry_after, .. } => RetryPolicy::WaitThenRetryOnce(
                 retry_after.unwrap_or(crate::client::DEFAULT_RATE_LIMIT_WAIT),
             ),
-            Error::Http { status, .. } if matches!(status, 408 | 409 | 500..=599) => {
-                RetryPolicy::Backoff
-            }
+            Error::Http {
+                status: 408 | 409 | 500..=599,
+                ..
+            } => RetryPolicy::Backoff,
             Error::Connect { .. } | Error::Timeout { .. } | Error::Network { .. } => {
                 RetryPolicy::Backoff
             }

@@ -24,9 +24,18 @@
 pub mod auth;
 mod client;
 mod credits;
+pub mod draft;
 pub mod error;
+pub mod events;
+pub mod intent;
+pub mod render;
 mod session;
+pub mod sse;
+pub mod state;
+pub mod stream;
 mod transport;
+pub mod turn;
+pub mod upload;
 mod wire;
 
 pub use auth::{AnonymousCredentials, SecretToken};
@@ -36,5 +45,12 @@ pub use client::{
     DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
+pub use draft::{Draft, Track, TrackKind};
 pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use events::AgentEvent;
+pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
 pub use session::{ClaimLink, Session};
+pub use state::{SessionState, StateDiff};
+pub use stream::{MessageOptions, MessageStream};
+pub use turn::{Turn, TurnEnd, TurnOptions};
+pub use upload::{UploadProgress, UploadResult, UploadedFile};

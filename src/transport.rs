@@ -123,11 +123,6 @@ impl Request {
         self
     }
 
-    pub(crate) fn replay(mut self, replay: Replay) -> Request {
-        self.replay = replay;
-        self
-    }
-
     pub(crate) fn unauthenticated(mut self) -> Request {
         self.authenticated = false;
         self
@@ -184,11 +179,11 @@ impl ReadResponse {
             Ok(_) => Error::Decode {
                 expected,
                 detail: "the service answered with something else".to_string(),
-                info: ApiInfo {
+                info: Box::new(ApiInfo {
                     http_status: Some(self.status.as_u16()),
                     request_id: self.request_id,
                     ..ApiInfo::default()
-                },
+                }),
             },
         }
     }
@@ -197,7 +192,6 @@ impl ReadResponse {
 /// A successful response whose body has not been read (streams and downloads).
 pub(crate) struct RawResponse {
     pub(crate) response: reqwest::Response,
-    pub(crate) request_id: Option<String>,
 }
 
 /// Sends requests. Owned by the client; shared by its clones.
@@ -288,10 +282,6 @@ impl Transport {
         &self.auth
     }
 
-    pub(crate) fn base_url(&self) -> &Url {
-        &self.base_url
-    }
-
     pub(crate) fn web_url(&self) -> &Url {
         &self.web_url
     }
@@ -332,7 +322,6 @@ impl Transport {
         let session_id = request.session_id.as_deref();
         self.with_retries(&request, |response| async move {
             let status = response.status();
-            let request_id = request_id_of(response.headers());
             let content_type = response
                 .headers()
                 .get(CONTENT_TYPE)
@@ -340,7 +329,7 @@ impl Transport {
                 .unwrap_or("")
                 .to_ascii_lowercase();
             if status.is_success() && content_type.starts_with(content_type_prefix) {
-                return Ok(RawResponse { response, request_id });
+                return Ok(RawResponse { response });
             }
             // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
             let read = self.read_body(response).await?;
@@ -349,7 +338,7 @@ impl Transport {
                 Ok(_) => Err(Error::Decode {
                     expected,
                     detail: format!("the response had content type {content_type:?}, not {content_type_prefix:?}"),
-                    info: ApiInfo { http_status: Some(read.status.as_u16()), request_id: read.request_id, ..ApiInfo::default() },
+                    info: Box::new(ApiInfo { http_status: Some(read.status.as_u16()), request_id: read.request_id, ..ApiInfo::default() }),
                 }),
             }
         })
@@ -382,10 +371,7 @@ impl Transport {
                 let response = builder.send().await.map_err(|err| map_reqwest(err, url))?;
                 tracing::Span::current().record("status", response.status().as_u16());
                 if response.status().is_success() {
-                    return Ok(RawResponse {
-                        request_id: request_id_of(response.headers()),
-                        response,
-                    });
+                    return Ok(RawResponse { response });
                 }
                 Err(self.enrich(self.read_body(response).await?.into_error("a file"), None))
             }
@@ -734,6 +720,7 @@ pub(crate) fn error_for(
     info: ApiInfo,
     retry_after: Option<Duration>,
 ) -> Error {
+    let info = Box::new(info);
     if let Some(code) = code.filter(|code| *code != 0) {
         return match code {
             1001 => Error::Unauthorized {
@@ -817,7 +804,7 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
             return serde_json::from_slice::<T>(body).map_err(|_| Error::Decode {
                 expected,
                 detail: format!("the body is not JSON ({parse_err})"),
-                info,
+                info: Box::new(info),
             });
         }
     };
@@ -840,7 +827,9 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
             && envelope.code.is_none()
             && is_error_value(envelope.error))
     {
-        return Err(Error::Rejected { info });
+        return Err(Error::Rejected {
+            info: Box::new(info),
+        });
     }
     let data: &[u8] = match envelope.data {
         Some(raw) if envelope.code.is_some() || envelope.success.is_some() => raw.get().as_bytes(),
@@ -849,7 +838,7 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
     serde_json::from_slice::<T>(data).map_err(|err| Error::Decode {
         expected,
         detail: err.to_string(),
-        info,
+        info: Box::new(info),
     })
 }
 

@@ -1,0 +1,724 @@
+//! Export: submit a render, wait for it (resumably), cancel it, and download the result safely.
+//!
+//! Policy and defaults:
+//! - A render is `POST /api/render/proxy/lambda` with id `render_<ms>` (unique within the
+//!   process even for two renders in the same millisecond), `sessionId`, the draft exactly as
+//!   the state returned it, and output `mp4`/`high` unless [`RenderOptions`] says otherwise.
+//!   Submitting is not idempotent: it is re-sent only when it never reached the server.
+//!   HTTP 402 is [`Error::ExportBlocked`]: never retried.
+//! - [`RenderJob`] is `Serialize + Deserialize`: store it, and after a restart re-attach with
+//!   [`NemoClient::wait_for_render`] instead of orphaning the job.
+//! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
+//!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
+//!   again at the next interval without losing the job. Unknown statuses count as running.
+//! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
+//!   byte count against `Content-Length`, sync, then rename into place: on any failure or
+//!   cancellation the temporary file is removed and nothing appears at the target. The bearer
+//!   token goes only to the API's own origin, never to a CDN or across a redirect.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::client::NemoClient;
+use crate::draft::Draft;
+use crate::error::{Error, Result};
+use crate::session::Session;
+use crate::transport::{RawResponse, Request};
+
+/// Default poll interval: 30 s, as the service advises.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// Default longest wait for a render: 20 minutes.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(20 * 60);
+
+/// Output settings for a render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RenderOptions {
+    /// Container format. Default `mp4`.
+    pub format: String,
+    /// Quality preset. Default `high`.
+    pub quality: String,
+    /// Resolution such as `1080p`. Default: none (the service decides).
+    pub resolution: Option<String>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            format: "mp4".to_string(),
+            quality: "high".to_string(),
+            resolution: None,
+        }
+    }
+}
+
+impl RenderOptions {
+    /// Sets the format (default `mp4`).
+    pub fn format(mut self, format: impl Into<String>) -> Self {
+        self.format = format.into();
+        self
+    }
+
+    /// Sets the quality (default `high`).
+    pub fn quality(mut self, quality: impl Into<String>) -> Self {
+        self.quality = quality.into();
+        self
+    }
+
+    /// Sets the resolution, e.g. `1080p` (default: none).
+    pub fn resolution(mut self, resolution: impl Into<String>) -> Self {
+        self.resolution = Some(resolution.into());
+        self
+    }
+}
+
+/// A submitted render. Store it (it is `Serialize + Deserialize`) to resume waiting later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RenderJob {
+    /// The render id (`render_<ms>`).
+    pub id: String,
+    /// The session it renders.
+    pub session_id: String,
+    /// Submission time, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub submitted_at_ms: u64,
+}
+
+impl RenderJob {
+    /// Re-attaches to a render known only by its id (e.g. from a log or another process).
+    pub fn from_id(id: impl Into<String>, session_id: impl Into<String>) -> RenderJob {
+        RenderJob {
+            id: id.into(),
+            session_id: session_id.into(),
+            submitted_at_ms: 0,
+        }
+    }
+}
+
+/// Where a render is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RenderStatus {
+    /// Queued.
+    Pending,
+    /// Rendering.
+    Processing,
+    /// Done; the output can be downloaded.
+    Completed {
+        /// Where the MP4 is. `None` when the service did not say (use the fallback download).
+        output_url: Option<String>,
+    },
+    /// The render failed.
+    Failed {
+        /// The service's reason.
+        error: String,
+    },
+    /// The render was cancelled.
+    Cancelled,
+    /// A status this SDK does not know, kept as sent; treated as still running.
+    Unknown(String),
+}
+
+impl RenderStatus {
+    /// True when the render will not change any more.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self,
+            RenderStatus::Completed { .. } | RenderStatus::Failed { .. } | RenderStatus::Cancelled
+        )
+    }
+
+    /// The status word, as the service spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RenderStatus::Pending => "pending",
+            RenderStatus::Processing => "processing",
+            RenderStatus::Completed { .. } => "completed",
+            RenderStatus::Failed { .. } => "failed",
+            RenderStatus::Cancelled => "cancelled",
+            RenderStatus::Unknown(status) => status,
+        }
+    }
+}
+
+impl fmt::Display for RenderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One poll's answer: the status and, when sent, the progress.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RenderProgress {
+    /// The render's status.
+    pub status: RenderStatus,
+    /// Progress from 0 to 100, when the service sent it.
+    pub progress: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for RenderProgress {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let map = Map::deserialize(deserializer)?;
+        Ok(RenderProgress::from_map(&map))
+    }
+}
+
+impl RenderProgress {
+    /// Reads both documented shapes: `{"status", "progress", "outputUrl", "error"}` (inside
+    /// `data`) and `{"status", "output": {"url"}}`.
+    fn from_map(map: &Map<String, Value>) -> RenderProgress {
+        let text = |value: Option<&Value>| -> Option<String> {
+            match value? {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Null => None,
+                Value::Object(inner) => inner
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| Some(Value::Object(inner.clone()).to_string())),
+                Value::String(_) => None,
+                other => Some(other.to_string()),
+            }
+        };
+        let output_url = text(map.get("outputUrl"))
+            .or_else(|| text(map.get("output_url")))
+            .or_else(|| {
+                map.get("output")
+                    .and_then(|o| o.get("url"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                map.get("output")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        let status_word = map
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let status = match status_word.as_str() {
+            "pending" | "queued" => RenderStatus::Pending,
+            "processing" | "running" | "rendering" => RenderStatus::Processing,
+            "completed" | "complete" | "succeeded" | "success" | "done" => {
+                RenderStatus::Completed { output_url }
+            }
+            "failed" | "error" => RenderStatus::Failed {
+                error: text(map.get("error"))
+                    .unwrap_or_else(|| "the service gave no reason".to_string()),
+            },
+            "cancelled" | "canceled" => RenderStatus::Cancelled,
+            _ => RenderStatus::Unknown(status_word),
+        };
+        let progress = match map.get("progress") {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => s.trim().trim_end_matches('%').parse().ok(),
+            _ => None,
+        }
+        .filter(|p: &f64| p.is_finite())
+        .map(|p| p.clamp(0.0, 100.0));
+        RenderProgress { status, progress }
+    }
+}
+
+/// Progress callback for [`NemoClient::wait_for_render`].
+pub type RenderProgressFn = Arc<dyn Fn(&RenderProgress) + Send + Sync>;
+
+/// How to wait for a render.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct WaitOptions {
+    /// Time between polls. Default 30 s.
+    pub poll_interval: Duration,
+    /// Longest total wait before [`Error::RenderTimedOut`]. Default 20 minutes.
+    pub max_wait: Duration,
+    /// Called after each successful poll.
+    pub on_progress: Option<RenderProgressFn>,
+}
+
+impl fmt::Debug for WaitOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitOptions")
+            .field("poll_interval", &self.poll_interval)
+            .field("max_wait", &self.max_wait)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+impl Default for WaitOptions {
+    fn default() -> Self {
+        WaitOptions {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            max_wait: DEFAULT_MAX_WAIT,
+            on_progress: None,
+        }
+    }
+}
+
+impl WaitOptions {
+    /// Sets the poll interval (default 30 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the longest wait (default 20 minutes).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// Sets a callback run after each poll with the status and progress.
+    pub fn on_progress(
+        mut self,
+        callback: impl Fn(&RenderProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_progress = Some(Arc::new(callback));
+        self
+    }
+}
+
+/// Download progress: bytes written and, when the server said, the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DownloadProgress {
+    /// Bytes written so far.
+    pub received: u64,
+    /// `Content-Length`, when sent.
+    pub total: Option<u64>,
+}
+
+/// A finished export: the render job and where its output is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Export {
+    /// The render job.
+    pub job: RenderJob,
+    /// The output URL, when the service gave one.
+    pub output_url: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SubmitBody<'a> {
+    id: &'a str,
+    #[serde(rename = "sessionId")]
+    session_id: &'a str,
+    draft: &'a RawValue,
+    output: OutputBody<'a>,
+}
+
+#[derive(Serialize)]
+struct OutputBody<'a> {
+    format: &'a str,
+    quality: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolution: Option<&'a str>,
+}
+
+/// A new render id, `render_<ms>`: the milliseconds are bumped past the last id handed out,
+/// so two renders in the same millisecond still get different ids.
+pub(crate) fn new_render_id() -> (String, u64) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut last = LAST_MS.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_MS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (format!("render_{next}"), next),
+            Err(actual) => last = actual,
+        }
+    }
+}
+
+impl NemoClient {
+    /// Submits a render of `draft` (as read from [`NemoClient::state`]) for the session.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use nemo_video::render::RenderOptions;
+    /// let state = client.state(&session).await?;
+    /// if let Some(draft) = state.draft() {
+    ///     let job = client.render(&session, draft, &RenderOptions::default()).await?;
+    ///     println!("render {} submitted", job.id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn render(
+        &self,
+        session: &Session,
+        draft: &Draft,
+        options: &RenderOptions,
+    ) -> Result<RenderJob> {
+        let raw_draft: &RawValue = serde_json::from_str(draft.as_json_str()).map_err(|err| {
+            Error::invalid_input(format!(
+                "the draft is not valid JSON ({err}); pass the draft from NemoClient::state"
+            ))
+        })?;
+        let (id, submitted_at_ms) = new_render_id();
+        let body = SubmitBody {
+            id: &id,
+            session_id: session.id(),
+            draft: raw_draft,
+            output: OutputBody {
+                format: &options.format,
+                quality: &options.quality,
+                resolution: options.resolution.as_deref(),
+            },
+        };
+        let request = Request::post(&["api", "render", "proxy", "lambda"])
+            .json(&body)?
+            .session(session.id())
+            .expect("a render job");
+        let _: serde::de::IgnoredAny = self.transport().call(request).await?;
+        Ok(RenderJob {
+            id,
+            session_id: session.id().to_string(),
+            submitted_at_ms,
+        })
+    }
+
+    /// Polls a render once.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob) -> nemo_video::Result<()> {
+    /// let progress = client.render_status(&job).await?;
+    /// println!("{} ({:?}%)", progress.status, progress.progress);
+    /// # Ok(()) }
+    /// ```
+    pub async fn render_status(&self, job: &RenderJob) -> Result<RenderProgress> {
+        let request = Request::get(&["api", "render", "proxy", "lambda", job.id.as_str()])
+            .expect("a render status");
+        self.transport().call(request).await
+    }
+
+    /// Waits until the render finishes and returns its output URL (`None` when the service
+    /// gave none: use [`download_render`](Self::download_render), which falls back to the
+    /// API's download endpoint).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob) -> nemo_video::Result<()> {
+    /// use nemo_video::render::WaitOptions;
+    /// let options = WaitOptions::default().on_progress(|p| println!("{} {:?}%", p.status, p.progress));
+    /// let url = client.wait_for_render(&job, &options).await?;
+    /// # let _ = url; Ok(()) }
+    /// ```
+    pub async fn wait_for_render(
+        &self,
+        job: &RenderJob,
+        options: &WaitOptions,
+    ) -> Result<Option<String>> {
+        let started = Instant::now();
+        let mut last_status = "not polled yet".to_string();
+        loop {
+            match self.render_status(job).await {
+                Ok(progress) => {
+                    if let Some(callback) = &options.on_progress {
+                        callback(&progress);
+                    }
+                    last_status = match progress.progress {
+                        Some(percent) => format!("{} {percent:.0}%", progress.status),
+                        None => progress.status.to_string(),
+                    };
+                    match progress.status {
+                        RenderStatus::Completed { output_url } => return Ok(output_url),
+                        RenderStatus::Failed { error } => {
+                            return Err(Error::RenderFailed {
+                                job_id: job.id.clone(),
+                                message: error,
+                            })
+                        }
+                        RenderStatus::Cancelled => {
+                            return Err(Error::RenderFailed {
+                                job_id: job.id.clone(),
+                                message: "the render was cancelled".to_string(),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(render_id = %job.id, error = %err, "render poll failed; polling again at the next interval");
+                }
+                Err(err) => return Err(err),
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= options.max_wait {
+                return Err(Error::RenderTimedOut {
+                    job_id: job.id.clone(),
+                    last_status,
+                    waited: elapsed,
+                });
+            }
+            tokio::time::sleep(options.poll_interval.min(options.max_wait - elapsed)).await;
+        }
+    }
+
+    /// Exports the session in one call: reads the state, refuses with
+    /// [`Error::NothingToExport`] when the timeline is empty, renders, waits, and returns the
+    /// job with its output URL. Download it with [`download_render`](Self::download_render).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use nemo_video::render::{RenderOptions, WaitOptions};
+    /// let wait = WaitOptions::default().on_progress(|p| println!("{} {:?}%", p.status, p.progress));
+    /// let export = client.export(&session, &RenderOptions::default(), &wait).await?;
+    /// client.download_render(&export.job, export.output_url.as_deref(), "edited.mp4", |_| {}).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn export(
+        &self,
+        session: &Session,
+        options: &RenderOptions,
+        wait: &WaitOptions,
+    ) -> Result<Export> {
+        let state = self.state(session).await?;
+        let draft = state
+            .draft()
+            .filter(|draft| draft.is_ready_for_export())
+            .ok_or_else(|| Error::NothingToExport {
+                session_id: session.id().to_string(),
+            })?;
+        let job = self.render(session, draft, options).await?;
+        let output_url = self.wait_for_render(&job, wait).await?;
+        Ok(Export { job, output_url })
+    }
+
+    /// Cancels a render (`POST /api/render/proxy/lambda/<id>/cancel`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob) -> nemo_video::Result<()> {
+    /// client.cancel_render(&job).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel_render(&self, job: &RenderJob) -> Result<()> {
+        let request = Request::post(&[
+            "api",
+            "render",
+            "proxy",
+            "lambda",
+            job.id.as_str(),
+            "cancel",
+        ])
+        .expect("a cancel confirmation");
+        let _: serde::de::IgnoredAny = self.transport().call(request).await?;
+        Ok(())
+    }
+
+    /// Downloads `url` to `path`: streamed, checked against `Content-Length`, renamed into
+    /// place only when whole. Returns the number of bytes written. The bearer token is sent
+    /// only when `url` is on the API's own origin.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, url: String) -> nemo_video::Result<()> {
+    /// let bytes = client.download(&url, "edited.mp4", |p| eprint!("\r{} bytes", p.received)).await?;
+    /// println!("saved {bytes} bytes");
+    /// # Ok(()) }
+    /// ```
+    pub async fn download(
+        &self,
+        url: &str,
+        path: impl AsRef<Path>,
+        progress: impl Fn(DownloadProgress) + Send + Sync,
+    ) -> Result<u64> {
+        let url = Url::parse(url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
+            })?;
+        let response = self.transport().open_url(&url).await?;
+        save_response(response, path.as_ref(), &progress).await
+    }
+
+    /// Downloads a finished render to `path`: from its output URL when it has one, else (or
+    /// when that fails) from `GET /api/render/proxy/<id>/download`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob, url: Option<String>) -> nemo_video::Result<()> {
+    /// client.download_render(&job, url.as_deref(), "edited.mp4", |_| {}).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn download_render(
+        &self,
+        job: &RenderJob,
+        output_url: Option<&str>,
+        path: impl AsRef<Path>,
+        progress: impl Fn(DownloadProgress) + Send + Sync,
+    ) -> Result<u64> {
+        let path = path.as_ref();
+        if let Some(url) = output_url {
+            match self.download(url, path, &progress).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(err @ (Error::InvalidInput { .. } | Error::Io { .. })) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(render_id = %job.id, error = %err, "output URL download failed; trying the API's download endpoint");
+                }
+            }
+        }
+        let url =
+            self.transport()
+                .url_for(&["api", "render", "proxy", job.id.as_str(), "download"]);
+        let response = self.transport().open_url(&url).await?;
+        save_response(response, path, &progress).await
+    }
+}
+
+/// Streams a response body into `path` through a temporary file in the same directory.
+async fn save_response(
+    response: RawResponse,
+    path: &Path,
+    progress: &(impl Fn(DownloadProgress) + Send + Sync),
+) -> Result<u64> {
+    let RawResponse { mut response, .. } = response;
+    let target = absolute(path)?;
+    let dir = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !dir.is_dir() {
+        return Err(Error::invalid_input(format!(
+            "the folder {} does not exist; create it or choose another output path",
+            dir.display()
+        )));
+    }
+    let total = response.content_length();
+    // Dropped on every early return (error or cancellation), which deletes the file.
+    let temp = tempfile::Builder::new()
+        .prefix(".nemo-download-")
+        .suffix(".part")
+        .tempfile_in(&dir)
+        .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
+    let mut writer = std::io::BufWriter::with_capacity(1024 * 1024, temp);
+    let mut received: u64 = 0;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(err) => {
+                return Err(Error::Network {
+                    may_have_reached_server: true,
+                    source: Box::new(err.without_url()),
+                })
+            }
+        };
+        received += chunk.len() as u64;
+        if total.is_some_and(|total| received > total) {
+            return Err(short_download(received, total));
+        }
+        writer
+            .write_all(&chunk)
+            .map_err(|err| Error::io("could not write to", &target, err))?;
+        progress(DownloadProgress { received, total });
+    }
+    if total.is_some_and(|total| received != total) {
+        return Err(short_download(received, total));
+    }
+    let temp = writer
+        .into_inner()
+        .map_err(|err| Error::io("could not write to", &target, err.into_error()))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(|err| Error::io("could not write to", &target, err))?;
+    temp.persist(&target).map_err(|err| {
+        Error::io(
+            "could not move the download into place at",
+            &target,
+            err.error,
+        )
+    })?;
+    Ok(received)
+}
+
+fn short_download(received: u64, total: Option<u64>) -> Error {
+    Error::Network {
+        may_have_reached_server: true,
+        source: Box::new(std::io::Error::other(format!(
+            "the download ended after {received} of {} bytes; nothing was saved, try again",
+            total.map_or_else(|| "?".to_string(), |t| t.to_string())
+        ))),
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::invalid_input(
+            "the output path is empty; name a file such as edited.mp4",
+        ));
+    }
+    if path.is_dir() {
+        return Err(Error::invalid_input(format!(
+            "{} is a folder; name a file inside it, such as {}/edited.mp4",
+            path.display(),
+            path.display()
+        )));
+    }
+    std::path::absolute(path).map_err(|err| Error::io("could not resolve", path, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(json: &str) -> RenderProgress {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn both_status_shapes() {
+        let a = progress(
+            r#"{"id":"r","status":"completed","progress":100,"outputUrl":"https://cdn/x.mp4"}"#,
+        );
+        assert_eq!(
+            a.status,
+            RenderStatus::Completed {
+                output_url: Some("https://cdn/x.mp4".into())
+            }
+        );
+        let b = progress(r#"{"status":"completed","output":{"url":"https://cdn/y.mp4"}}"#);
+        assert_eq!(
+            b.status,
+            RenderStatus::Completed {
+                output_url: Some("https://cdn/y.mp4".into())
+            }
+        );
+        let failed = progress(r#"{"status":"failed","error":"boom"}"#);
+        assert_eq!(
+            failed.status,
+            RenderStatus::Failed {
+                error: "boom".into()
+            }
+        );
+        let odd = progress(r#"{"status":"warming_up","progress":"12%"}"#);
+        assert_eq!(odd.status, RenderStatus::Unknown("warming_up".into()));
+        assert_eq!(odd.progress, Some(12.0));
+        assert!(!odd.status.is_finished());
+    }
+
+    #[test]
+    fn ids_are_unique_within_a_millisecond() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_render_id().0).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids
+            .iter()
+            .all(|id| id.starts_with("render_") && id[7..].bytes().all(|b| b.is_ascii_digit())));
+    }
+}

@@ -1,0 +1,308 @@
+//! Talking to the agent: `POST /run_sse`, read as a stream of typed [`AgentEvent`]s.
+//!
+//! Policy and defaults ([`MessageOptions`]):
+//! - The message is sent once. It is re-sent only when it certainly never reached the server
+//!   (connect error) or the server refused it before doing anything (1001, 429); a connection
+//!   that drops mid-stream ends the stream with [`Error::StreamDisconnected`] (events seen, last
+//!   event id) and is never retried, because a second send starts the work again and charges
+//!   credits twice. Reconcile by reading the state ([`NemoClient::run_turn`] does).
+//! - An error before the stream starts (HTTP status, a body code such as 2001, a response that
+//!   is not `text/event-stream`) is returned by [`NemoClient::send_message`] itself.
+//! - Idle limit 10 minutes, reset by any bytes (heartbeats included); total limit 15 minutes;
+//!   an [`AgentEvent::StillWorking`] every 2 minutes without text, so an app can tell its user.
+//! - An `{"error": ...}` frame, or an event with `errorCode`, ends the stream with
+//!   [`Error::Agent`].
+//! - Events larger than 16 MiB end the stream with an error instead of growing memory.
+//! - Dropping the stream closes the connection.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use reqwest::header::{HeaderValue, ACCEPT};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::client::NemoClient;
+use crate::error::{Error, Result, TimeoutKind};
+use crate::events::{decode_frame, AgentEvent};
+use crate::session::Session;
+use crate::sse::{SseFrame, SseParser};
+use crate::transport::Request;
+
+/// Default idle limit: 10 minutes without a byte.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default total limit for one message: 15 minutes, as the service documents.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Default interval for [`AgentEvent::StillWorking`]: 2 minutes without text.
+pub const DEFAULT_STILL_WORKING_INTERVAL: Duration = Duration::from_secs(2 * 60);
+/// Default cap on one SSE event: 16 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Limits for one message's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageOptions {
+    /// Longest silence (no bytes at all) before [`TimeoutKind::StreamIdle`]. Default 10 min.
+    pub idle_timeout: Duration,
+    /// Longest whole stream before [`TimeoutKind::StreamTotal`]. Default 15 min.
+    pub total_timeout: Duration,
+    /// How often [`AgentEvent::StillWorking`] is emitted while no text arrives. Default 2 min.
+    pub still_working_interval: Duration,
+    /// Largest single event in bytes. Default 16 MiB.
+    pub max_event_bytes: usize,
+}
+
+impl Default for MessageOptions {
+    fn default() -> Self {
+        MessageOptions {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            total_timeout: DEFAULT_TOTAL_TIMEOUT,
+            still_working_interval: DEFAULT_STILL_WORKING_INTERVAL,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+impl MessageOptions {
+    /// Sets the idle limit (default 10 minutes).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the total limit (default 15 minutes).
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = timeout;
+        self
+    }
+
+    /// Sets the still-working interval (default 2 minutes).
+    pub fn still_working_interval(mut self, interval: Duration) -> Self {
+        self.still_working_interval = interval;
+        self
+    }
+
+    /// Sets the largest event accepted (default 16 MiB).
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct RunSseBody<'a> {
+    app_name: &'static str,
+    user_id: &'static str,
+    session_id: &'a str,
+    new_message: NewMessage<'a>,
+}
+
+#[derive(Serialize)]
+struct NewMessage<'a> {
+    parts: [TextPart<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct TextPart<'a> {
+    text: &'a str,
+}
+
+/// The agent's events for one message. Implements
+/// `futures_core::Stream<Item = Result<AgentEvent>>`; ends when the server closes the
+/// stream. Dropping it closes the connection.
+pub struct MessageStream {
+    inner: Pin<Box<dyn Stream<Item = Result<AgentEvent>> + Send>>,
+}
+
+impl fmt::Debug for MessageStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for MessageStream {
+    type Item = Result<AgentEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl MessageStream {
+    /// The next event, or `None` at the end of the stream (a convenience over
+    /// `futures::StreamExt::next`).
+    pub async fn next_event(&mut self) -> Option<Result<AgentEvent>> {
+        std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await
+    }
+}
+
+impl NemoClient {
+    /// Sends `text` to the agent and returns its events as a stream, with the default
+    /// [`MessageOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use nemo_video::events::AgentEvent;
+    /// let mut stream = client.send_message(&session, "add a title that says Hello").await?;
+    /// while let Some(event) = stream.next_event().await {
+    ///     match event? {
+    ///         AgentEvent::Text(chunk) if !chunk.partial && !chunk.thought => println!("{}", chunk.text),
+    ///         AgentEvent::StillWorking { .. } => println!("⏳ Still working..."),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_message(&self, session: &Session, text: &str) -> Result<MessageStream> {
+        self.send_message_with(session, text, &MessageOptions::default())
+            .await
+    }
+
+    /// Like [`send_message`](Self::send_message) with explicit limits.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use std::time::Duration;
+    /// use nemo_video::stream::MessageOptions;
+    /// let options = MessageOptions::default().idle_timeout(Duration::from_secs(120));
+    /// let stream = client.send_message_with(&session, "trim to 10 s", &options).await?;
+    /// # let _ = stream; Ok(()) }
+    /// ```
+    pub async fn send_message_with(
+        &self,
+        session: &Session,
+        text: &str,
+        options: &MessageOptions,
+    ) -> Result<MessageStream> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid_input(
+                "the message is empty; say what to change in the video",
+            ));
+        }
+        let body = RunSseBody {
+            app_name: "nemo_agent",
+            user_id: "me",
+            session_id: session.id(),
+            new_message: NewMessage {
+                parts: [TextPart { text }],
+            },
+        };
+        let request = Request::post(&["run_sse"])
+            .json(&body)?
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"))
+            // The stream has its own idle and total limits below.
+            .timeout(None)
+            .session(session.id())
+            .expect("the agent's event stream");
+        let opened_at = Instant::now();
+        let raw = tokio::time::timeout(
+            options.total_timeout,
+            self.transport().open(request, "text/event-stream"),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            kind: TimeoutKind::StreamTotal,
+            after: options.total_timeout,
+        })??;
+        Ok(MessageStream {
+            inner: Box::pin(event_stream(raw.response, options.clone(), opened_at)),
+        })
+    }
+}
+
+/// Turns the response body into events, enforcing the limits.
+fn event_stream(
+    mut response: reqwest::Response,
+    options: MessageOptions,
+    opened_at: Instant,
+) -> impl Stream<Item = Result<AgentEvent>> + Send {
+    async_stream::stream! {
+        let mut parser = SseParser::with_max_event_size(options.max_event_bytes);
+        let total_deadline = opened_at + options.total_timeout;
+        let mut last_bytes = Instant::now();
+        let mut last_news = Instant::now();
+        let mut events_seen: u64 = 0;
+        let mut last_event_id: Option<String> = None;
+        let mut finished = false;
+        loop {
+            // Hand out every complete frame before reading more.
+            loop {
+                let frame = if finished { parser.finish() } else { parser.next_frame() };
+                let Some(frame) = frame else { break };
+                match frame {
+                    Ok(SseFrame::Event(event)) => {
+                        events_seen += 1;
+                        if let Some(id) = event.id() {
+                            last_event_id = Some(id.to_string());
+                        }
+                        for decoded in decode_frame(event.data()) {
+                            match decoded {
+                                AgentEvent::Error(error) => {
+                                    yield Err(Error::Agent { code: error.code.clone(), message: error.message.clone() });
+                                    return;
+                                }
+                                other => {
+                                    if other.visible_text().is_some() {
+                                        last_news = Instant::now();
+                                    }
+                                    yield Ok(other);
+                                }
+                            }
+                        }
+                    }
+                    Ok(SseFrame::Comment(_)) => yield Ok(AgentEvent::Heartbeat),
+                    Err(err) => {
+                        yield Err(Error::StreamDisconnected {
+                            events_seen,
+                            last_event_id: last_event_id.clone(),
+                            detail: err.to_string(),
+                        });
+                        return;
+                    }
+                }
+            }
+            if finished {
+                return;
+            }
+            let idle_deadline = last_bytes + options.idle_timeout;
+            let still_deadline = last_news + options.still_working_interval;
+            let wake = idle_deadline.min(total_deadline).min(still_deadline);
+            tokio::select! {
+                chunk = response.chunk() => match chunk {
+                    Ok(Some(bytes)) => {
+                        last_bytes = Instant::now();
+                        parser.push(&bytes);
+                    }
+                    Ok(None) => finished = true,
+                    Err(err) => {
+                        yield Err(Error::StreamDisconnected {
+                            events_seen,
+                            last_event_id: last_event_id.clone(),
+                            detail: err.without_url().to_string(),
+                        });
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= total_deadline {
+                        yield Err(Error::Timeout { kind: TimeoutKind::StreamTotal, after: options.total_timeout });
+                        return;
+                    }
+                    if now >= idle_deadline {
+                        yield Err(Error::Timeout { kind: TimeoutKind::StreamIdle, after: options.idle_timeout });
+                        return;
+                    }
+                    if now >= still_deadline {
+                        let elapsed = now - last_news;
+                        last_news = now;
+                        yield Ok(AgentEvent::StillWorking { elapsed });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! One message, run to the end, always with an answer.
+//!
+//! [`NemoClient::run_turn`] reads the session state, sends the message, follows the stream,
+//! and returns a [`Turn`]:
+//! - the agent's text shown once: partial chunks are replaced by the final full text; thoughts
+//!   are left out;
+//! - the tool calls and results, and whether the agent now waits for the user (a final tool
+//!   call with no result, such as `ask_question`, with its question);
+//! - when the turn had no text (about 30% of edits) or the stream was cut off or timed out:
+//!   what changed, found by reading the state again and comparing it with the state before
+//!   the message. The state is read up to 4 times, 1 s, 2 s, 4 s apart, before concluding that
+//!   nothing changed (the service may apply an edit a moment after the stream closes).
+//!
+//! The message is never sent twice. A cut-off stream ends the turn with
+//! [`TurnEnd::Disconnected`]; errors before the stream starts, and agent errors inside it,
+//! are returned as `Err`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::NemoClient;
+use crate::error::{Error, Result};
+use crate::events::{AgentEvent, ToolCall, ToolResult};
+use crate::session::Session;
+use crate::state::{SessionState, StateDiff};
+use crate::stream::MessageOptions;
+
+/// Callback receiving each event as it arrives (for live display).
+pub type EventFn = Arc<dyn Fn(&AgentEvent) + Send + Sync>;
+
+/// Settings for [`NemoClient::run_turn_with`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TurnOptions {
+    /// Stream limits. Default [`MessageOptions::default`].
+    pub message: MessageOptions,
+    /// Called with every event as it arrives. Default: none.
+    pub on_event: Option<EventFn>,
+    /// State reads when looking for what changed. Default 4.
+    pub reconcile_attempts: u32,
+    /// Delay before the second state read, doubling after. Default 1 s.
+    pub reconcile_delay: Duration,
+}
+
+impl Default for TurnOptions {
+    fn default() -> Self {
+        TurnOptions {
+            message: MessageOptions::default(),
+            on_event: None,
+            reconcile_attempts: 4,
+            reconcile_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Debug for TurnOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnOptions")
+            .field("message", &self.message)
+            .field("on_event", &self.on_event.is_some())
+            .field("reconcile_attempts", &self.reconcile_attempts)
+            .field("reconcile_delay", &self.reconcile_delay)
+            .finish()
+    }
+}
+
+impl TurnOptions {
+    /// Sets the stream limits.
+    pub fn message(mut self, message: MessageOptions) -> Self {
+        self.message = message;
+        self
+    }
+
+    /// Sets a callback for every event as it arrives.
+    pub fn on_event(mut self, callback: impl Fn(&AgentEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(callback));
+        self
+    }
+
+    /// Sets how many times, and from what first delay, the state is re-read to find changes.
+    pub fn reconcile(mut self, attempts: u32, first_delay: Duration) -> Self {
+        self.reconcile_attempts = attempts.max(1);
+        self.reconcile_delay = first_delay;
+        self
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TurnEnd {
+    /// The stream closed normally.
+    Completed,
+    /// The agent asked the user something and waits for the answer.
+    WaitingForUser {
+        /// The unanswered tool call (e.g. `ask_question`).
+        call: ToolCall,
+        /// The question, when the call carried one.
+        question: Option<String>,
+    },
+    /// The stream was cut off or timed out; the message was not re-sent.
+    Disconnected(Error),
+}
+
+/// The outcome of one message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Turn {
+    /// The agent's text, once (final texts joined by blank lines). Empty when it said nothing.
+    pub text: String,
+    /// Tool calls, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Tool results, in order.
+    pub tool_results: Vec<ToolResult>,
+    /// How it ended.
+    pub end: TurnEnd,
+    /// What changed in the session, when the turn had no text or was cut off (`None` when
+    /// the agent's text speaks for itself and the state was not re-read).
+    pub changes: Option<StateDiff>,
+    /// The state after the turn, when it was re-read.
+    pub state_after: Option<SessionState>,
+}
+
+impl Turn {
+    /// What to show the user: the agent's text; else what changed; else a sentence saying
+    /// nothing visibly changed.
+    pub fn answer(&self) -> String {
+        let mut answer = if !self.text.is_empty() {
+            self.text.clone()
+        } else if let Some(changes) = self.changes.as_ref().filter(|c| !c.is_empty()) {
+            format!("Done. {changes}")
+        } else if let TurnEnd::WaitingForUser {
+            question: Some(question),
+            ..
+        } = &self.end
+        {
+            question.clone()
+        } else {
+            "The agent finished without changing the timeline.".to_string()
+        };
+        if let TurnEnd::Disconnected(err) = &self.end {
+            answer.push_str(&format!("\n(The connection was cut off: {err})"));
+        }
+        answer
+    }
+
+    /// True when the agent waits for the user's answer.
+    pub fn is_waiting_for_user(&self) -> bool {
+        matches!(self.end, TurnEnd::WaitingForUser { .. })
+    }
+}
+
+/// Collects a turn's events into text, calls and results.
+#[derive(Default)]
+struct TurnCollector {
+    finals: Vec<String>,
+    partial: String,
+    tool_calls: Vec<ToolCall>,
+    tool_results: Vec<ToolResult>,
+}
+
+impl TurnCollector {
+    fn add(&mut self, event: &AgentEvent) {
+        match event {
+            AgentEvent::Text(chunk) if chunk.thought => {}
+            AgentEvent::Text(chunk) if chunk.partial => self.partial.push_str(&chunk.text),
+            AgentEvent::Text(chunk) => {
+                // The complete text replaces the partial chunks that preceded it.
+                self.partial.clear();
+                if !chunk.text.trim().is_empty() {
+                    self.finals.push(chunk.text.clone());
+                }
+            }
+            AgentEvent::ToolCall(call) => self.tool_calls.push(call.clone()),
+            AgentEvent::ToolResult(result) => self.tool_results.push(result.clone()),
+            _ => {}
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut parts: Vec<&str> = self.finals.iter().map(|s| s.trim()).collect();
+        if !self.partial.trim().is_empty() {
+            parts.push(self.partial.trim());
+        }
+        parts.join("\n\n")
+    }
+
+    /// The last tool call, when nothing answered it.
+    fn unanswered_call(&self) -> Option<&ToolCall> {
+        let last = self.tool_calls.last()?;
+        let answered = self
+            .tool_results
+            .iter()
+            .any(|result| match (&last.id, &result.id) {
+                (Some(call_id), Some(result_id)) => call_id == result_id,
+                _ => result.name == last.name,
+            });
+        (!answered).then_some(last)
+    }
+}
+
+impl NemoClient {
+    /// Runs one message to the end with default [`TurnOptions`]. See the
+    /// [module docs](crate::turn).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// let turn = client.run_turn(&session, "remove the background person").await?;
+    /// println!("{}", turn.answer());
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_turn(&self, session: &Session, text: &str) -> Result<Turn> {
+        self.run_turn_with(session, text, &TurnOptions::default())
+            .await
+    }
+
+    /// Runs one message to the end, calling `options.on_event` for each event as it arrives.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use nemo_video::events::AgentEvent;
+    /// use nemo_video::turn::TurnOptions;
+    /// let options = TurnOptions::default().on_event(|event| match event {
+    ///     AgentEvent::Text(chunk) if chunk.partial => print!("{}", chunk.text),
+    ///     AgentEvent::StillWorking { .. } => println!("⏳ Still working..."),
+    ///     _ => {}
+    /// });
+    /// let turn = client.run_turn_with(&session, "add lo-fi music at 35%", &options).await?;
+    /// println!("\n{}", turn.answer());
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_turn_with(
+        &self,
+        session: &Session,
+        text: &str,
+        options: &TurnOptions,
+    ) -> Result<Turn> {
+        let before = self.state(session).await?;
+        let mut stream = self
+            .send_message_with(session, text, &options.message)
+            .await?;
+        let mut collector = TurnCollector::default();
+        let mut cut_off: Option<Error> = None;
+        while let Some(item) = stream.next_event().await {
+            match item {
+                Ok(event) => {
+                    if let Some(callback) = &options.on_event {
+                        callback(&event);
+                    }
+                    collector.add(&event);
+                }
+                Err(err @ (Error::StreamDisconnected { .. } | Error::Timeout { .. })) => {
+                    cut_off = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        drop(stream);
+        let text = collector.text();
+        let end = match (cut_off, collector.unanswered_call()) {
+            (Some(err), _) => TurnEnd::Disconnected(err),
+            (None, Some(call)) => TurnEnd::WaitingForUser {
+                question: call.question_text(),
+                call: call.clone(),
+            },
+            (None, None) => TurnEnd::Completed,
+        };
+        let needs_state = text.is_empty() || matches!(end, TurnEnd::Disconnected(_));
+        let (changes, state_after) = if needs_state {
+            let (diff, after) = self.reconcile(session, &before, options).await?;
+            (Some(diff), Some(after))
+        } else {
+            (None, None)
+        };
+        Ok(Turn {
+            text,
+            tool_calls: collector.tool_calls,
+            tool_results: collector.tool_results,
+            end,
+            changes,
+            state_after,
+        })
+    }
+
+    /// Re-reads the state with growing delays until it differs from `before`.
+    async fn reconcile(
+        &self,
+        session: &Session,
+        before: &SessionState,
+        options: &TurnOptions,
+    ) -> Result<(StateDiff, SessionState)> {
+        let mut delay = options.reconcile_delay;
+        let mut attempt = 1;
+        loop {
+            let after = self.state(session).await?;
+            let diff = before.diff(&after);
+            if !diff.is_empty() || attempt >= options.reconcile_attempts {
+                return Ok((diff, after));
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! Uploads: local files streamed from disk as one multipart request, or media by URL.
+//!
+//! Policy and defaults:
+//! - Checked locally before anything is sent: each file exists, is a readable regular file,
+//!   has a supported extension (case-insensitive: mp4 mov avi webm mkv jpg png gif webp mp3
+//!   wav m4a aac) and is within the size limit (500 MiB by default,
+//!   [`NemoClientBuilder::max_upload_bytes`](crate::NemoClientBuilder::max_upload_bytes)).
+//!   A failed check sends no request.
+//! - One `multipart/form-data` request with one part named `files` per file, the file name
+//!   kept, and an exact `Content-Length`. Bodies are streamed from disk by a reader thread in
+//!   256 KiB reads with at most 4 chunks in flight, so memory stays flat whatever the size.
+//! - Uploading is not idempotent (a second upload adds a second copy): it is re-sent only when
+//!   the request certainly never reached the server.
+//! - Time limit: the request timeout plus 4 s per MiB (a 500 MiB clip gets about 34 minutes).
+//! - URL imports accept only `http`/`https` URLs with a host.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::client::NemoClient;
+use crate::error::{Error, Result, SUPPORTED_FORMATS};
+use crate::session::Session;
+use crate::transport::{Request, StreamBody};
+
+/// Size of each read from disk.
+const READ_CHUNK: usize = 256 * 1024;
+/// Chunks buffered between the reader thread and the connection.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Progress of an upload, passed to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadProgress {
+    /// Bytes handed to the connection so far (multipart framing included).
+    pub sent: u64,
+    /// Bytes the whole request body will have.
+    pub total: u64,
+}
+
+/// A progress callback: called from the uploading task, so keep it quick.
+pub type ProgressFn = Arc<dyn Fn(UploadProgress) + Send + Sync>;
+
+/// One uploaded file as the service describes it. Every field is optional; fields this SDK
+/// does not know are kept in `extra`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct UploadedFile {
+    /// File name as stored.
+    pub filename: Option<String>,
+    /// Kind of media (`video`, `image`, `audio`, ...).
+    pub file_type: Option<String>,
+    /// Where the service stored it.
+    pub cdn_url: Option<String>,
+    /// Duration in seconds.
+    pub duration: Option<f64>,
+    /// Width in pixels.
+    pub width: Option<u32>,
+    /// Height in pixels.
+    pub height: Option<u32>,
+    /// Frames per second.
+    pub fps: Option<f64>,
+    /// Content hash.
+    pub hash: Option<String>,
+    /// Everything else the service sent.
+    pub extra: Map<String, Value>,
+}
+
+/// The result of an upload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct UploadResult {
+    /// The uploaded files, in the order the service listed them.
+    pub files: Vec<UploadedFile>,
+    /// Whether the service added the media to the session's state.
+    pub session_state_applied: Option<bool>,
+    /// Everything else the service sent.
+    pub extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for UploadResult {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let mut map = Map::deserialize(deserializer)?;
+        let files = match map.remove("files") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(map) => UploadedFile::from_map(map),
+                    other => {
+                        let mut extra = Map::new();
+                        extra.insert("value".to_string(), other);
+                        UploadedFile {
+                            extra,
+                            ..UploadedFile::default()
+                        }
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                map.insert("files".to_string(), other);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let session_state_applied = match map.remove("session_state_applied") {
+            Some(Value::Bool(applied)) => Some(applied),
+            Some(other) => {
+                map.insert("session_state_applied".to_string(), other);
+                None
+            }
+            None => None,
+        };
+        Ok(UploadResult {
+            files,
+            session_state_applied,
+            extra: map,
+        })
+    }
+}
+
+impl UploadedFile {
+    /// Takes the known fields out of `map` when they have the expected type; anything else
+    /// (unknown keys, or known keys with surprising types) stays in `extra`.
+    fn from_map(mut map: Map<String, Value>) -> UploadedFile {
+        fn take<T>(
+            map: &mut Map<String, Value>,
+            key: &str,
+            convert: impl Fn(&Value) -> Option<T>,
+        ) -> Option<T> {
+            let value = map.get(key)?;
+            let converted = convert(value)?;
+            map.remove(key);
+            Some(converted)
+        }
+        let string = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let float = |v: &Value| match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let pixels = |v: &Value| match v {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && *f < 1e9)
+                    .map(|f| f.round() as u32)
+            }),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        UploadedFile {
+            filename: take(&mut map, "filename", string),
+            file_type: take(&mut map, "file_type", string),
+            cdn_url: take(&mut map, "cdn_url", string),
+            duration: take(&mut map, "duration", float),
+            width: take(&mut map, "width", pixels),
+            height: take(&mut map, "height", pixels),
+            fps: take(&mut map, "fps", float),
+            hash: take(&mut map, "hash", string),
+            extra: map,
+        }
+    }
+}
+
+/// A file checked and ready to send.
+#[derive(Clone)]
+struct CheckedFile {
+    path: PathBuf,
+    file_name: String,
+    content_type: &'static str,
+    len: u64,
+}
+
+impl fmt::Debug for CheckedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckedFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// The MIME type sent for each supported extension.
+fn content_type_for(extension: &str) -> Option<&'static str> {
+    Some(match extension {
+        "mp4" => "video/mp4",
+        "mov" => "video/quicktime",
+        "avi" => "video/x-msvideo",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "jpg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "m4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        _ => return None,
+    })
+}
+
+/// Runs every local check on one file; sends nothing.
+fn check_file(path: &Path, limit: u64) -> Result<CheckedFile> {
+    let extension = path
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    debug_assert!(SUPPORTED_FORMATS
+        .iter()
+        .all(|f| content_type_for(f).is_some()));
+    let Some(content_type) = content_type_for(&extension) else {
+        return Err(Error::UnsupportedFile {
+            file: Some(path.to_path_buf()),
+            extension: Some(extension).filter(|e| !e.is_empty()),
+            info: None,
+        });
+    };
+    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::invalid_input(format!("{} does not exist; check the path", path.display()))
+        }
+        _ => Error::io("could not read", path, err),
+    })?;
+    if !metadata.is_file() {
+        return Err(Error::invalid_input(format!(
+            "{} is not a regular file; pass a media file",
+            path.display()
+        )));
+    }
+    // Opening proves it is readable now, rather than failing halfway through the upload.
+    File::open(path).map_err(|err| Error::io("could not open", path, err))?;
+    let len = metadata.len();
+    if len > limit {
+        return Err(Error::FileTooLarge {
+            file: Some(path.to_path_buf()),
+            size: Some(len),
+            limit: Some(limit),
+            info: None,
+        });
+    }
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!("upload.{extension}"));
+    Ok(CheckedFile {
+        path: path.to_path_buf(),
+        file_name,
+        content_type,
+        len,
+    })
+}
+
+/// Quotes a file name for a `Content-Disposition` header as browsers do (WHATWG): `"`, CR and
+/// LF are percent-encoded; other bytes, UTF-8 included, pass through.
+fn quote_filename(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        match ch {
+            '"' => out.push_str("%22"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The multipart framing around each file, computed once so the length is exact.
+struct MultipartPlan {
+    boundary: String,
+    heads: Vec<Bytes>,
+    tail: Bytes,
+    files: Vec<CheckedFile>,
+    total: u64,
+}
+
+impl MultipartPlan {
+    fn new(files: Vec<CheckedFile>) -> MultipartPlan {
+        let boundary = format!("nemo-video-{}", uuid::Uuid::new_v4().simple());
+        let heads: Vec<Bytes> = files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| {
+                let lead = if index == 0 { "" } else { "\r\n" };
+                Bytes::from(format!(
+                    "{lead}--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n",
+                    quote_filename(&file.file_name),
+                    file.content_type
+                ))
+            })
+            .collect();
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        let total = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+            + files.iter().map(|f| f.len).sum::<u64>()
+            + tail.len() as u64;
+        MultipartPlan {
+            boundary,
+            heads,
+            tail,
+            files,
+            total,
+        }
+    }
+
+    /// Starts a reader thread that produces the body's chunks, and wraps them as a body.
+    fn body(&self, progress: Option<ProgressFn>) -> StreamBody {
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
+        let heads = self.heads.clone();
+        let tail = self.tail.clone();
+        let files = self.files.clone();
+        std::thread::Builder::new()
+            .name("nemo-upload-reader".to_string())
+            .spawn(move || produce_chunks(&heads, &files, tail, &sender))
+            .map(drop)
+            .unwrap_or_else(
+                |err| tracing::warn!(error = %err, "could not start the upload reader thread"),
+            );
+        let total = self.total;
+        let stream = async_stream::stream! {
+            let mut receiver = receiver;
+            let mut sent = 0u64;
+            while let Some(chunk) = receiver.recv().await {
+                if let Ok(bytes) = &chunk {
+                    sent += bytes.len() as u64;
+                    if let Some(progress) = &progress {
+                        progress(UploadProgress { sent, total });
+                    }
+                }
+                yield chunk;
+            }
+            if sent != total {
+                yield Err(std::io::Error::other("the upload body ended early"));
+            }
+        };
+        StreamBody {
+            body: reqwest::Body::wrap_stream(stream),
+            content_type: format!("multipart/form-data; boundary={}", self.boundary),
+            content_length: self.total,
+        }
+    }
+}
+
+/// The reader thread: framing and file bytes, exactly `len` bytes per file. Stops as soon as
+/// the receiver is gone (request dropped or failed).
+fn produce_chunks(
+    heads: &[Bytes],
+    files: &[CheckedFile],
+    tail: Bytes,
+    sender: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    for (head, file) in heads.iter().zip(files) {
+        if sender.blocking_send(Ok(head.clone())).is_err() {
+            return;
+        }
+        let mut reader = match File::open(&file.path) {
+            Ok(reader) => reader,
+            Err(err) => {
+                let _ = sender.blocking_send(Err(err));
+                return;
+            }
+        };
+        let mut remaining = file.len;
+        while remaining > 0 {
+            let want = READ_CHUNK.min(usize::try_from(remaining).unwrap_or(READ_CHUNK));
+            let mut buffer = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match reader.read(&mut buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        let _ = sender.blocking_send(Err(err));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                let _ = sender.blocking_send(Err(std::io::Error::other(format!(
+                    "{} shrank while it was being uploaded",
+                    file.path.display()
+                ))));
+                return;
+            }
+            buffer.truncate(filled);
+            remaining -= filled as u64;
+            if sender.blocking_send(Ok(buffer.freeze())).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = sender.blocking_send(Ok(tail));
+}
+
+#[derive(Serialize)]
+struct UrlUploadBody<'a> {
+    urls: &'a [String],
+    source_type: &'static str,
+}
+
+impl NemoClient {
+    /// Uploads local files into the session as one multipart request (one `files` part per
+    /// file). See the [module docs](crate::upload) for the checks made before sending.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// let result = client.upload_files(&session, &["clip.mp4"]).await?;
+    /// for file in &result.files {
+    ///     println!("{:?}: {:?} s", file.filename, file.duration);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_files<P: AsRef<Path>>(
+        &self,
+        session: &Session,
+        paths: &[P],
+    ) -> Result<UploadResult> {
+        self.upload_files_inner(session, paths, None).await
+    }
+
+    /// Like [`upload_files`](Self::upload_files), calling `progress` with bytes sent and
+    /// the total as the body streams out.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// client
+    ///     .upload_files_with_progress(&session, &["clip.mp4"], |p| {
+    ///         eprint!("\r{} / {} bytes", p.sent, p.total);
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_files_with_progress<P, F>(
+        &self,
+        session: &Session,
+        paths: &[P],
+        progress: F,
+    ) -> Result<UploadResult>
+    where
+        P: AsRef<Path>,
+        F: Fn(UploadProgress) + Send + Sync + 'static,
+    {
+        self.upload_files_inner(session, paths, Some(Arc::new(progress)))
+            .await
+    }
+
+    async fn upload_files_inner<P: AsRef<Path>>(
+        &self,
+        session: &Session,
+        paths: &[P],
+        progress: Option<ProgressFn>,
+    ) -> Result<UploadResult> {
+        if paths.is_empty() {
+            return Err(Error::invalid_input(
+                "no files to upload; pass at least one path",
+            ));
+        }
+        let limit = self.config().max_upload_bytes;
+        let files = paths
+            .iter()
+            .map(|path| check_file(path.as_ref(), limit))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = Arc::new(MultipartPlan::new(files));
+        let mib = plan.total.div_ceil(1024 * 1024);
+        let timeout = self.config().request_timeout
+            + Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX));
+        let factory_plan = Arc::clone(&plan);
+        let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
+            .stream_body(Arc::new(move || Ok(factory_plan.body(progress.clone()))))
+            .timeout(Some(timeout))
+            .session(session.id())
+            .expect("an upload result");
+        self.transport()
+            .call(request)
+            .await
+            .map_err(|err| attach_file(err, &plan.files))
+    }
+
+    /// Imports media by URL (`{"urls": [...], "source_type": "url"}`). Only `http`/`https`
+    /// URLs are accepted.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// client.upload_urls(&session, &["https://example.com/clip.mp4"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_urls<S: AsRef<str>>(
+        &self,
+        session: &Session,
+        urls: &[S],
+    ) -> Result<UploadResult> {
+        if urls.is_empty() {
+            return Err(Error::invalid_input(
+                "no URLs to import; pass at least one http(s) URL",
+            ));
+        }
+        let urls = urls
+            .iter()
+            .map(|raw| {
+                let raw = raw.as_ref().trim();
+                match url::Url::parse(raw) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(url.to_string()),
+                    _ => Err(Error::invalid_input(format!(
+                        "{raw:?} is not an http(s) URL; only http:// and https:// links can be imported"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
+            .json(&UrlUploadBody {
+                urls: &urls,
+                source_type: "url",
+            })?
+            .session(session.id())
+            .expect("an upload result");
+        self.transport().call(request).await
+    }
+}
+
+/// Names the local file in a 4001/4002 from the server when only one file was sent.
+fn attach_file(err: Error, files: &[CheckedFile]) -> Error {
+    let single = (files.len() == 1).then(|| &files[0]);
+    match (err, single) {
+        (
+            Error::UnsupportedFile {
+                file: None,
+                extension,
+                info,
+            },
+            Some(file),
+        ) => Error::UnsupportedFile {
+            file: Some(file.path.clone()),
+            extension,
+            info,
+        },
+        (
+            Error::FileTooLarge {
+                file: None,
+                limit,
+                info,
+                ..
+            },
+            Some(file),
+        ) => Error::FileTooLarge {
+            file: Some(file.path.clone()),
+            size: Some(file.len),
+            limit,
+            info,
+        },
+        (err, _) => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_format_has_a_content_type() {
+        for format in SUPPORTED_FORMATS {
+            assert!(content_type_for(format).is_some(), "{format}");
+        }
+    }
+
+    #[test]
+    fn filenames_are_quoted_like_browsers_do() {
+        assert_eq!(quote_filename("a\"b\r\n.mp4"), "a%22b%0D%0A.mp4");
+        assert_eq!(quote_filename("vidéo.mp4"), "vidéo.mp4");
+    }
+
+    #[test]
+    fn plan_length_matches_framing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.mp4");
+        std::fs::write(&path, vec![7u8; 1000]).unwrap();
+        let file = check_file(&path, 10_000).unwrap();
+        let plan = MultipartPlan::new(vec![file.clone(), file]);
+        let framing: usize = plan.heads.iter().map(Bytes::len).sum::<usize>() + plan.tail.len();
+        assert_eq!(plan.total, framing as u64 + 2000);
+    }
+}

@@ -833,6 +833,13 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
     }
     let data: &[u8] = match envelope.data {
         Some(raw) if envelope.code.is_some() || envelope.success.is_some() => raw.get().as_bytes(),
+        // `{"data": ...}` without a code is still an envelope: decoding the whole body instead
+        // would fill a type with all-default fields (credits) with zeros. The whole body stays
+        // the fallback, for a bare object that merely has a field named `data`.
+        Some(raw) if raw.get() != "null" => match serde_json::from_str::<T>(raw.get()) {
+            Ok(value) => return Ok(value),
+            Err(_) => body,
+        },
         _ => body,
     };
     serde_json::from_slice::<T>(data).map_err(|err| Error::Decode {

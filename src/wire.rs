@@ -5,16 +5,20 @@ use serde_json::value::RawValue;
 
 /// Decodes an id that may arrive as a JSON string or a JSON number, keeping a number's exact
 /// digits (session ids exceed 2^53, so they must never pass through `f64`). `null` gives `None`.
+///
+/// The raw value is owned (`Box`), not borrowed: a borrowed `&RawValue` only works with
+/// `serde_json::from_str`/`from_slice`, so a stored `Session` could not be read back with
+/// `from_reader` or `from_value`.
 pub(crate) fn opt_id<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<String>, D::Error> {
-    let raw: Option<&RawValue> = Option::deserialize(deserializer)?;
+    let raw: Option<Box<RawValue>> = Option::deserialize(deserializer)?;
     Ok(raw.and_then(|raw| id_from_raw(raw.get())))
 }
 
 /// Like [`opt_id`] for a required id.
 pub(crate) fn id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    let raw: &RawValue = Deserialize::deserialize(deserializer)?;
+    let raw: Box<RawValue> = Deserialize::deserialize(deserializer)?;
     id_from_raw(raw.get())
         .ok_or_else(|| serde::de::Error::custom("expected an id (a string or a number)"))
 }

@@ -1,0 +1,644 @@
+//! Transport behaviour seen from outside: headers on the wire, envelope decoding, the error
+//! each signal becomes, retries and waits, request ids, and secrets kept out of output.
+
+mod support;
+
+use std::mem::discriminant;
+use std::time::{Duration, Instant};
+
+use nemo_video::{ApiCode, Error, NemoClient, RetryPolicy, Session};
+use serde_json::json;
+use support::*;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Mounts `template` for the credits endpoint and returns the error `credits()` gives.
+async fn credits_error(template: ResponseTemplate) -> (Error, usize) {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_credits(&server, template).await;
+    let err = fixed_client(&server, dir.path())
+        .credits()
+        .await
+        .expect_err("the call must fail");
+    assert_no_token(&err);
+    let count = requests_to(&server, CREDITS_PATH).await.len();
+    (err, count)
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire form
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn credits_request_has_exact_wire_form() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_credits(&server, ok(credits_body())).await;
+
+    let credits = fixed_client(&server, dir.path()).credits().await.unwrap();
+    assert_eq!(credits.available, 87.5);
+    assert_eq!(credits.frozen, 12.5);
+    assert_eq!(credits.total, 100.0);
+
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request, no token call for a fixed token"
+    );
+    let request = &requests[0];
+    assert_eq!(request.method.as_str(), "GET");
+    assert_eq!(request.url.path(), CREDITS_PATH);
+    assert_eq!(request.url.query(), None);
+    assert_eq!(
+        header(request, "authorization"),
+        Some(format!("Bearer {FIXED_TOKEN}").as_str())
+    );
+    assert_eq!(header(request, "x-skill-source"), Some("video-object-ops"));
+    assert_eq!(
+        header(request, "x-skill-version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(header(request, "x-skill-platform"), Some(PLATFORM));
+    let agent = header(request, "user-agent").unwrap();
+    assert!(agent.contains("nemo-video"), "User-Agent {agent:?}");
+    assert!(
+        agent.contains(env!("CARGO_PKG_VERSION")),
+        "User-Agent {agent:?}"
+    );
+    assert_eq!(
+        header(request, "x-client-id"),
+        None,
+        "X-Client-Id only on the token call"
+    );
+    assert!(request.body.is_empty(), "a GET has no body");
+}
+
+#[tokio::test]
+async fn attribution_headers_follow_the_builder() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_credits(&server, ok(credits_body())).await;
+    let client = builder(&server, dir.path())
+        .token(FIXED_TOKEN)
+        .skill_source("my-skill")
+        .skill_version("9.8.7")
+        .skill_platform("cursor")
+        .user_agent("my-app/1.0")
+        .build()
+        .unwrap();
+    client.credits().await.unwrap();
+    let request = &requests_to(&server, CREDITS_PATH).await[0];
+    assert_eq!(header(request, "x-skill-source"), Some("my-skill"));
+    assert_eq!(header(request, "x-skill-version"), Some("9.8.7"));
+    assert_eq!(header(request, "x-skill-platform"), Some("cursor"));
+    assert_eq!(header(request, "user-agent"), Some("my-app/1.0"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Error codes → variant and retry policy
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn code_1001_with_http_200_is_unauthorized_and_asks_for_a_new_token() {
+    let (err, count) = credits_error(code(1001, "token expired")).await;
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert!(err.is_unauthorized());
+    assert_eq!(err.retry_policy(), RetryPolicy::RefreshToken);
+    assert_eq!(err.api_code(), Some(ApiCode::TokenExpired));
+    assert_eq!(err.http_status(), Some(200));
+    assert_eq!(count, 1, "a fixed token is not replayed");
+}
+
+#[tokio::test]
+async fn code_1001_with_http_401_is_unauthorized() {
+    let (err, count) = credits_error(code_with_status(401, 1001, "token expired")).await;
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.retry_policy(), RetryPolicy::RefreshToken);
+    assert_eq!(err.api_code(), Some(ApiCode::TokenExpired));
+    assert_eq!(err.http_status(), Some(401));
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn bare_http_401_is_unauthorized() {
+    let (err, _) = credits_error(ResponseTemplate::new(401)).await;
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.retry_policy(), RetryPolicy::RefreshToken);
+}
+
+#[tokio::test]
+async fn code_1002_is_session_not_found_naming_the_session() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("POST"))
+        .and(path(CLAIM_PATH))
+        .respond_with(code(1002, "session not found"))
+        .mount(&server)
+        .await;
+    let session: Session =
+        serde_json::from_str(r#"{"session_id":"s-404","task_id":"t-1"}"#).unwrap();
+    let err = fixed_client(&server, dir.path())
+        .claim_link(&session)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::SessionNotFound { session_id, .. } => {
+            assert_eq!(session_id.as_deref(), Some("s-404"))
+        }
+        other => panic!("expected SessionNotFound, got {other:?}"),
+    }
+    assert!(err.is_session_not_found());
+    assert_eq!(err.retry_policy(), RetryPolicy::NewSession);
+    assert_eq!(err.api_code(), Some(ApiCode::SessionNotFound));
+    assert!(err.to_string().contains("s-404"), "{err}");
+    assert_eq!(requests_to(&server, CLAIM_PATH).await.len(), 1);
+}
+
+#[tokio::test]
+async fn code_2001_is_no_credits_and_is_requested_exactly_once() {
+    let (err, count) = credits_error(code(2001, "insufficient credits")).await;
+    assert!(matches!(err, Error::NoCredits { .. }), "{err:?}");
+    assert!(err.is_no_credits());
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(err.api_code(), Some(ApiCode::NoCredits));
+    assert_eq!(count, 1, "2001 is never retried");
+    // A fixed token is not an anonymous account: no registration link is invented.
+    match &err {
+        Error::NoCredits { register_url, .. } => assert_eq!(register_url, &None),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn code_2001_for_an_anonymous_user_carries_the_registration_link() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_token(&server).await;
+    mount_credits(&server, code(2001, "insufficient credits")).await;
+    let client = client(&server, dir.path());
+    let err = client.credits().await.unwrap_err();
+    let expected = format!("{WEB_URL}/register?bind={ANON_USER}");
+    match &err {
+        Error::NoCredits { register_url, .. } => {
+            assert_eq!(register_url.as_deref(), Some(expected.as_str()))
+        }
+        other => panic!("expected NoCredits, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&expected), "{err}");
+    assert_eq!(
+        client.registration_url().as_deref(),
+        Some(expected.as_str())
+    );
+    assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 1);
+    assert_no_token(&err);
+}
+
+#[tokio::test]
+async fn code_4001_is_unsupported_file() {
+    let (err, count) = credits_error(code(4001, "unsupported format")).await;
+    assert!(
+        matches!(err, Error::UnsupportedFile { info: Some(_), .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(err.api_code(), Some(ApiCode::UnsupportedFile));
+    assert!(err.to_string().contains("mp4"), "lists the formats: {err}");
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn code_4002_is_file_too_large() {
+    let (err, count) = credits_error(code(4002, "file too large")).await;
+    assert!(
+        matches!(err, Error::FileTooLarge { info: Some(_), .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(err.api_code(), Some(ApiCode::FileTooLarge));
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn http_402_is_export_blocked_and_not_retried() {
+    let (err, count) = credits_error(
+        ResponseTemplate::new(402).set_body_json(json!({"detail": "Payment Required"})),
+    )
+    .await;
+    assert!(matches!(err, Error::ExportBlocked { .. }), "{err:?}");
+    assert!(err.is_export_blocked());
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(err.http_status(), Some(402));
+    assert!(
+        err.to_string().contains("register or upgrade"),
+        "says what to do: {err}"
+    );
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn http_429_without_a_wait_is_rate_limited_with_the_30s_default() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_credits(&server, ResponseTemplate::new(429)).await;
+    // Refuse waits over 1 s so the test does not sleep the default 30 s.
+    let mut retry = fast_retry();
+    retry.max_server_wait = Duration::from_secs(1);
+    let client = builder(&server, dir.path())
+        .token(FIXED_TOKEN)
+        .retry(retry)
+        .build()
+        .unwrap();
+    let err = client.credits().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_rate_limited());
+    assert_eq!(
+        err.retry_policy(),
+        RetryPolicy::WaitThenRetryOnce(Duration::from_secs(30))
+    );
+    assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 1);
+}
+
+#[tokio::test]
+async fn http_429_with_a_wait_over_the_cap_fails_at_once_with_that_wait() {
+    let start = Instant::now();
+    let (err, count) =
+        credits_error(ResponseTemplate::new(429).insert_header("Retry-After", "120")).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "did not sleep 120 s"
+    );
+    assert!(
+        matches!(err, Error::RateLimited { retry_after: Some(wait), .. } if wait == Duration::from_secs(120)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.retry_policy(),
+        RetryPolicy::WaitThenRetryOnce(Duration::from_secs(120))
+    );
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn unknown_body_code_is_kept() {
+    let (err, count) = credits_error(code(7777, "quota shard offline")).await;
+    match &err {
+        Error::Api { code, info } => {
+            assert_eq!(*code, 7777);
+            assert_eq!(info.code, Some(7777));
+            assert_eq!(info.message.as_deref(), Some("quota shard offline"));
+        }
+        other => panic!("expected Api, got {other:?}"),
+    }
+    assert_eq!(err.api_code(), Some(ApiCode::Other(7777)));
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert!(err.to_string().contains("7777"), "{err}");
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn http_500_and_503_are_transient_and_retried_for_a_get() {
+    for status in [500u16, 503] {
+        let (err, count) = credits_error(ResponseTemplate::new(status)).await;
+        assert!(
+            matches!(err, Error::Http { status: s, .. } if s == status),
+            "{status}: {err:?}"
+        );
+        assert_eq!(err.retry_policy(), RetryPolicy::Backoff, "{status}");
+        assert!(err.is_transient());
+        assert_eq!(count, 3, "{status}: first attempt plus 2 retries");
+    }
+}
+
+#[tokio::test]
+async fn body_code_decodes_the_same_with_http_200_and_4xx() {
+    for (n, status) in [
+        (1002, 404u16),
+        (2001, 402),
+        (2001, 403),
+        (4001, 400),
+        (4002, 413),
+        (7777, 400),
+    ] {
+        let (with_200, _) = credits_error(code(n, "same text")).await;
+        let (with_4xx, _) = credits_error(code_with_status(status, n, "same text")).await;
+        assert_eq!(
+            discriminant(&with_200),
+            discriminant(&with_4xx),
+            "code {n}: {with_200:?} vs {with_4xx:?}"
+        );
+        assert_eq!(with_200.api_code(), with_4xx.api_code(), "code {n}");
+        assert_eq!(
+            with_200.retry_policy(),
+            with_4xx.retry_policy(),
+            "code {n} with HTTP {status}"
+        );
+        assert_eq!(with_4xx.http_status(), Some(status));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn get_503_then_200_succeeds_after_exactly_two_requests() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("GET"))
+        .and(path(CREDITS_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_credits(&server, ok(credits_body())).await;
+    let credits = fixed_client(&server, dir.path()).credits().await.unwrap();
+    assert_eq!(credits.available, 87.5);
+    assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 2);
+}
+
+#[tokio::test]
+async fn post_that_got_503_is_not_replayed() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("POST"))
+        .and(path(SESSION_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SESSION_PATH))
+        .respond_with(ok(json!({"task_id": "t1", "session_id": "s1"})))
+        .mount(&server)
+        .await;
+    let err = fixed_client(&server, dir.path())
+        .create_session(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http { status: 503, .. }), "{err:?}");
+    assert_eq!(
+        requests_to(&server, SESSION_PATH).await.len(),
+        1,
+        "creating a session twice would make two projects"
+    );
+}
+
+#[tokio::test]
+async fn http_429_retry_after_seconds_is_waited_then_one_retry() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("GET"))
+        .and(path(CREDITS_PATH))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_credits(&server, ok(credits_body())).await;
+    let start = Instant::now();
+    let credits = fixed_client(&server, dir.path()).credits().await.unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(credits.total, 100.0);
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "waited only {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?}");
+    assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 2);
+}
+
+#[tokio::test]
+async fn http_429_retry_after_ms_is_honoured_before_retry_after() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("GET"))
+        .and(path(CREDITS_PATH))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after-ms", "300")
+                // Ignored in favour of retry-after-ms; would make the test take 30 s.
+                .insert_header("Retry-After", "30"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_credits(&server, ok(credits_body())).await;
+    let start = Instant::now();
+    fixed_client(&server, dir.path()).credits().await.unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(270),
+        "waited only {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?}");
+    assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 2);
+}
+
+#[tokio::test]
+async fn post_that_got_429_is_replayed_once_since_nothing_was_done() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("POST"))
+        .and(path(SESSION_PATH))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "50"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SESSION_PATH))
+        .respond_with(ok(json!({"task_id": "t1", "session_id": "s1"})))
+        .mount(&server)
+        .await;
+    let session = fixed_client(&server, dir.path())
+        .create_session(None)
+        .await
+        .unwrap();
+    assert_eq!(session.id(), "s1");
+    assert_eq!(requests_to(&server, SESSION_PATH).await.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Envelopes and odd bodies
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn plain_text_502_is_an_http_error_retried_for_a_get() {
+    let (err, count) = credits_error(
+        ResponseTemplate::new(502)
+            .set_body_raw(b"<html>502 Bad Gateway</html>".to_vec(), "text/html"),
+    )
+    .await;
+    match &err {
+        Error::Http { status, info } => {
+            assert_eq!(*status, 502);
+            assert!(
+                info.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("Bad Gateway"),
+                "{info:?}"
+            );
+        }
+        other => panic!("expected Http 502, got {other:?}"),
+    }
+    assert_eq!(err.retry_policy(), RetryPolicy::Backoff);
+    assert_eq!(count, 3, "retried twice, then the error");
+}
+
+#[tokio::test]
+async fn success_false_envelope_is_rejected_with_the_reason() {
+    let (err, count) = credits_error(
+        ResponseTemplate::new(200).set_body_json(json!({"success": false, "error": "x"})),
+    )
+    .await;
+    match &err {
+        Error::Rejected { info } => assert_eq!(info.message.as_deref(), Some("x")),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn fastapi_detail_with_422_is_http_422_with_the_message() {
+    let (err, count) = credits_error(
+        ResponseTemplate::new(422).set_body_json(json!({"detail": "field required: task_name"})),
+    )
+    .await;
+    match &err {
+        Error::Http { status, info } => {
+            assert_eq!(*status, 422);
+            assert_eq!(info.message.as_deref(), Some("field required: task_name"));
+        }
+        other => panic!("expected Http 422, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("field required: task_name"),
+        "{err}"
+    );
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn data_without_an_envelope_code_is_decoded() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    mount_credits(
+        &server,
+        ResponseTemplate::new(200).set_body_json(json!({"data": credits_body()})),
+    )
+    .await;
+    let credits = fixed_client(&server, dir.path()).credits().await.unwrap();
+    assert_eq!(credits.available, 87.5);
+    assert_eq!(credits.frozen, 12.5);
+    assert_eq!(credits.total, 100.0);
+}
+
+#[tokio::test]
+async fn success_true_envelope_and_bare_object_are_decoded() {
+    for body in [
+        json!({"success": true, "data": credits_body()}),
+        credits_body(),
+        json!({"code": "0", "msg": "ok", "data": credits_body()}),
+    ] {
+        let server = MockServer::start().await;
+        let dir = tempdir();
+        mount_credits(&server, ResponseTemplate::new(200).set_body_json(&body)).await;
+        let credits = fixed_client(&server, dir.path()).credits().await.unwrap();
+        assert_eq!(credits.available, 87.5, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn request_id_is_captured_from_the_response() {
+    let (err, _) = credits_error(
+        code_with_status(402, 2001, "insufficient credits")
+            .insert_header("x-request-id", "req-abc-123"),
+    )
+    .await;
+    assert!(err.is_no_credits(), "{err:?}");
+    assert_eq!(err.request_id(), Some("req-abc-123"));
+    assert!(
+        err.to_string().contains("req-abc-123"),
+        "quoted for support: {err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets and connection failures
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_never_appears_in_client_debug() {
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    let fixed = fixed_client(&server, dir.path());
+    for shown in [
+        format!("{fixed:?}"),
+        format!("{fixed:#?}"),
+        format!("{:?}", fixed.config()),
+    ] {
+        assert!(!shown.contains(FIXED_TOKEN), "{shown}");
+        assert!(shown.contains("***"), "the token is shown masked: {shown}");
+    }
+    let shown = format!("{:?}", builder(&server, dir.path()).token(FIXED_TOKEN));
+    assert!(!shown.contains(FIXED_TOKEN), "{shown}");
+
+    // An anonymous client, after it fetched and holds its token.
+    mount_token(&server).await;
+    mount_credits(&server, ok(credits_body())).await;
+    let anonymous = client(&server, dir.path());
+    anonymous.credits().await.unwrap();
+    let creds = anonymous.anonymous_credentials().await.unwrap();
+    assert_eq!(creds.token.expose(), ANON_TOKEN);
+    for shown in [
+        format!("{anonymous:?}"),
+        format!("{creds:?}"),
+        format!("{}", creds.token),
+    ] {
+        assert!(!shown.contains(ANON_TOKEN), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn closed_port_is_a_connect_error_that_never_reached_the_server() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempdir();
+    let client = NemoClient::builder()
+        .base_url(format!("http://127.0.0.1:{port}"))
+        .config_dir(dir.path())
+        .token(FIXED_TOKEN)
+        .retry(fast_retry())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = client.credits().await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.is_connect());
+    assert!(err.never_reached_server());
+    assert_eq!(err.retry_policy(), RetryPolicy::Backoff);
+    assert!(
+        err.to_string().contains("127.0.0.1"),
+        "names the host: {err}"
+    );
+    assert_no_token(&err);
+
+    // Creating a session is not idempotent, but a request that never connected is safe to
+    // send again: the error is the same connect error.
+    let err = client.create_session(None).await.unwrap_err();
+    assert!(err.never_reached_server(), "{err:?}");
+}

@@ -47,7 +47,10 @@ fn parse_args() -> Result<Args, String> {
     let mut positional = Vec::new();
     let mut raw = std::env::args().skip(1);
     while let Some(arg) = raw.next() {
-        let mut value = |name: &str| raw.next().ok_or_else(|| format!("{name} needs a value; {USAGE}"));
+        let mut value = |name: &str| {
+            raw.next()
+                .ok_or_else(|| format!("{name} needs a value; {USAGE}"))
+        };
         match arg.as_str() {
             "--output" | "-o" => args.output = Some(PathBuf::from(value("--output")?)),
             "--language" => args.language = Some(value("--language")?),
@@ -62,7 +65,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--simulate" => args.simulate = true,
             "--help" | "-h" => return Err(USAGE.to_string()),
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}; {USAGE}")),
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown option {flag}; {USAGE}"))
+            }
             _ => positional.push(arg),
         }
     }
@@ -99,7 +104,11 @@ impl Progress {
             bar.set_message(label);
             bar
         });
-        Progress { bar, label, last_line: Mutex::new(u64::MAX) }
+        Progress {
+            bar,
+            label,
+            last_line: Mutex::new(u64::MAX),
+        }
     }
 
     fn set(&self, position: u64, total: u64) {
@@ -110,7 +119,11 @@ impl Progress {
             }
             None => {
                 // Plain output: a line per 25% step.
-                let step = if total == 0 { 4 } else { position.saturating_mul(4) / total };
+                let step = position
+                    .saturating_mul(4)
+                    .checked_div(total)
+                    .unwrap_or(4)
+                    .min(4);
                 let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
                 if *last != step {
                     *last = step;
@@ -149,12 +162,17 @@ async fn run(args: Args) -> Result<(), String> {
     let demo = args.input.is_none();
     let input = match &args.input {
         Some(path) => path.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join("sample_input.mp4"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets")
+            .join("sample_input.mp4"),
     };
     let output = match &args.output {
         Some(path) => path.clone(),
         None => {
-            let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".to_string());
+            let stem = input
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "video".to_string());
             PathBuf::from(format!("{stem}_edited.mp4"))
         }
     };
@@ -165,17 +183,29 @@ async fn run(args: Args) -> Result<(), String> {
         simulator = Simulator::start()
             .await
             .map_err(|err| format!("could not start the offline simulator: {err}"))?;
-        println!("(offline demo: using the built-in NemoVideo simulator at {})", simulator.base_url());
+        println!(
+            "(offline demo: using the built-in NemoVideo simulator at {})",
+            simulator.base_url()
+        );
         // Simulator tokens are kept in memory only, never mixed with real credentials.
-        NemoClient::builder().base_url(simulator.base_url()).no_persistence().build()
+        NemoClient::builder()
+            .base_url(simulator.base_url())
+            .no_persistence()
+            .build()
     } else {
         NemoClient::from_env()
     }
     .map_err(|err| err.to_string())?;
 
-    let session = client.create_session(args.language.as_deref()).await.map_err(|err| err.to_string())?;
+    let session = client
+        .create_session(args.language.as_deref())
+        .await
+        .map_err(|err| err.to_string())?;
     let credits = client.credits().await.map_err(|err| err.to_string())?;
-    println!("Connected and ready ({} credits available).", credits.available);
+    println!(
+        "Connected and ready ({} credits available).",
+        credits.available
+    );
 
     let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
     println!("Uploading {} ({} bytes)...", input.display(), size);
@@ -206,7 +236,10 @@ async fn run(args: Args) -> Result<(), String> {
         AgentEvent::StillWorking { .. } => println!("⏳ Still working..."),
         _ => {}
     });
-    let turn = client.run_turn_with(&session, &args.prompt, &options).await.map_err(|err| err.to_string())?;
+    let turn = client
+        .run_turn_with(&session, &args.prompt, &options)
+        .await
+        .map_err(|err| err.to_string())?;
     if live && !turn.text.is_empty() && !turn.text.contains('\n') {
         // The partial chunks already showed the text as it arrived.
     }
@@ -220,15 +253,27 @@ async fn run(args: Args) -> Result<(), String> {
                 question.as_deref().unwrap_or("it asked a question")
             ));
         }
-        TurnEnd::Disconnected(err) => println!("(the agent's stream was cut off: {err}; continuing with the saved timeline)"),
+        TurnEnd::Disconnected(err) => {
+            println!("(the agent's stream was cut off: {err}; continuing with the saved timeline)")
+        }
         _ => {}
     }
 
-    let state = client.state(&session).await.map_err(|err| err.to_string())?;
+    let state = client
+        .state(&session)
+        .await
+        .map_err(|err| err.to_string())?;
     println!("{}", state.summary());
 
-    let poll_interval = args.poll_interval.unwrap_or(if demo { Duration::from_secs(1) } else { Duration::from_secs(30) });
-    println!("Exporting (checking every {} s)...", poll_interval.as_secs_f64());
+    let poll_interval = args.poll_interval.unwrap_or(if demo {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    });
+    println!(
+        "Exporting (checking every {} s)...",
+        poll_interval.as_secs_f64()
+    );
     let render_progress = Arc::new(Progress::new("render", 100, false));
     let bar = Arc::clone(&render_progress);
     let wait = WaitOptions::default()
@@ -245,9 +290,12 @@ async fn run(args: Args) -> Result<(), String> {
     let download_progress = Arc::new(Progress::new("download", 0, true));
     let bar = Arc::clone(&download_progress);
     let bytes = client
-        .download_render(&export.job, export.output_url.as_deref(), &output, move |p| {
-            bar.set(p.received, p.total.unwrap_or(p.received))
-        })
+        .download_render(
+            &export.job,
+            export.output_url.as_deref(),
+            &output,
+            move |p| bar.set(p.received, p.total.unwrap_or(p.received)),
+        )
         .await
         .map_err(|err| err.to_string())?;
     download_progress.finish();

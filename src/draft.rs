@@ -265,7 +265,8 @@ pub enum TrackKind {
     Audio,
     /// `tt` = 7.
     Text,
-    /// Any other code, kept as sent.
+    /// Any code other than 0, 1 and 7, kept as sent (build kinds with
+    /// [`TrackKind::from_code`] so that `Other` never holds those three).
     Other(i64),
 }
 

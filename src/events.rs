@@ -24,8 +24,9 @@
 //!
 //! Empty or whitespace-only data and the plain text `heartbeat` (any ASCII case) give
 //! [`AgentEvent::Heartbeat`]; so does `{"type":"heartbeat"}`. SSE comment lines never reach
-//! this module: the SSE parser drops them. [`AgentEvent::StillWorking`] is never decoded; the
-//! stream layer synthesizes it after every 2 minutes of silence.
+//! this module: the SSE parser surfaces them and the stream turns them into heartbeats.
+//! [`AgentEvent::StillWorking`] is never decoded; the stream layer synthesizes it after every
+//! 2 minutes without text (configurable).
 //!
 //! Decoding is tolerant field by field: a field of the wrong type (`"partial": "yes"`,
 //! `"text": 5`, `"content": []`) is treated as absent instead of rejecting the frame. Ids
@@ -212,9 +213,9 @@ pub enum AgentEvent {
     /// A frame (or a part of one) of a shape this version does not know; the raw text is kept.
     Unknown(UnknownEvent),
     /// Never decoded from the wire: the stream layer emits it after every 2 minutes without
-    /// any other event, so callers can show "⏳ Still working...".
+    /// text from the agent (configurable), so callers can show "⏳ Still working...".
     StillWorking {
-        /// How long the stream has been silent.
+        /// How long since the agent's last text (or the previous `StillWorking`).
         elapsed: Duration,
     },
 }
@@ -373,7 +374,7 @@ impl ToolCall {
     /// The question in the arguments: the first of the keys `question`, `text`, `prompt` that
     /// holds a string. Works whatever the tool's name.
     pub fn question_text(&self) -> Option<String> {
-        let args = serde_json::from_str::<QuestionArgs<'_>>(self.args.as_str()).ok()?;
+        let args = self.question_args()?;
         [args.question, args.text, args.prompt]
             .into_iter()
             .find_map(|field| field.0)
@@ -384,7 +385,7 @@ impl ToolCall {
     /// in the arguments; for objects in it, their `label`, `text` or `value` string. Empty when
     /// there are none.
     pub fn question_options(&self) -> Vec<String> {
-        let Ok(args) = serde_json::from_str::<QuestionArgs<'_>>(self.args.as_str()) else {
+        let Some(args) = self.question_args() else {
             return Vec::new();
         };
         args.options
@@ -395,6 +396,13 @@ impl ToolCall {
             .filter_map(|option| option.0)
             .map(Cow::into_owned)
             .collect()
+    }
+
+    fn question_args(&self) -> Option<QuestionArgs<'_>> {
+        // `Lenient`: a derived struct would also accept a JSON array, field by position.
+        serde_json::from_str::<Lenient<QuestionArgs<'_>>>(self.args.as_str())
+            .ok()?
+            .0
     }
 }
 

@@ -183,13 +183,13 @@ pub fn route(text: &str) -> Intent {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GuiAction {
-    /// "click [button]": do what the button does through the API (usually by sending the
+    /// `click [button]`: do what the button does through the API (usually by sending the
     /// request to the agent).
     Execute {
         /// The button's name as written (`Apply`, `应用`); empty when the reply names none.
         target: String,
     },
-    /// "open [panel]": read the session state and show the relevant part.
+    /// `open [panel]`: read the session state and show the relevant part.
     ReadState {
         /// The panel's name as written (`Effects`, `时间线`); empty when the reply names none.
         panel: String,
@@ -533,7 +533,7 @@ const DRAG_WORDS_ZH: &[&str] = &["拖拽", "拖动", "拖放", "拖到", "拖入
 const TIMELINE_ZH: &[&str] = &["时间线", "时间轴"];
 /// Characters that end a Chinese name: "点击应用即可" names `应用`.
 const NAME_STOPS_ZH: &[char] = &[
-    '即', '就', '来', '以', '后', '然', '并', '再', '和', '或', '查', '进', '中', '里', '上',
+    '即', '就', '来', '以', '后', '然', '并', '再', '和', '或', '查', '进',
 ];
 
 fn scan_chinese(reply: &str, found: &mut Vec<(usize, GuiAction)>) {

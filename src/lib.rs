@@ -30,6 +30,9 @@ pub mod events;
 pub mod intent;
 pub mod render;
 mod session;
+#[cfg(feature = "simulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
+pub mod simulator;
 pub mod sse;
 pub mod state;
 pub mod stream;

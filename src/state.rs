@@ -609,7 +609,7 @@ fn to_raw(value: &serde_json::Value) -> Box<RawValue> {
 
 /// `data.state`: an object is decoded, anything else kept as raw JSON.
 enum StateValue {
-    Object(StateParts),
+    Object(Box<StateParts>),
     Other(Box<RawValue>),
 }
 
@@ -689,7 +689,7 @@ impl<'de> Visitor<'de> for StateVisitor {
             };
             push_slot(&mut parts.order, slot);
         }
-        Ok(StateValue::Object(parts))
+        Ok(StateValue::Object(Box::new(parts)))
     }
 }
 
@@ -754,7 +754,7 @@ impl<'de> Visitor<'de> for DataVisitor {
                 DataKey::State => {
                     match map.next_value::<StateValue>()? {
                         StateValue::Object(parts) => {
-                            state.state = Some(parts);
+                            state.state = Some(*parts);
                             push_slot(&mut state.order, DataSlot::State);
                         }
                         StateValue::Other(raw) => {
@@ -1169,8 +1169,8 @@ fn align<T>(
     for (mi, mj) in matches {
         // Leftovers between the previous match and this one.
         let mut olds: Vec<usize> = (i..mi).collect();
-        for nj in j..mj {
-            match olds.iter().position(|&oi| compatible(&old[oi], &new[nj])) {
+        for (nj, item) in new.iter().enumerate().take(mj).skip(j) {
+            match olds.iter().position(|&oi| compatible(&old[oi], item)) {
                 Some(p) => {
                     for oi in olds.drain(..p) {
                         pairs.push(Pair::Old(oi));

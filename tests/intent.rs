@@ -1,0 +1,288 @@
+//! Routing user messages and translating the agent's GUI-speak.
+
+use nemo_video::intent::{gui_actions, route, GuiAction, Intent};
+
+#[test]
+fn route_follows_the_table_in_both_languages() {
+    let cases: &[(&str, Intent)] = &[
+        // Export
+        ("export", Intent::Export),
+        ("Export it please", Intent::Export),
+        ("EXPORT!", Intent::Export),
+        ("can you export the video?", Intent::Export),
+        ("download", Intent::Export),
+        ("I want to download the final video", Intent::Export),
+        ("send me the video", Intent::Export),
+        ("Please send me the video when it's done", Intent::Export),
+        ("导出", Intent::Export),
+        ("帮我导出视频", Intent::Export),
+        ("export视频", Intent::Export),
+        // Credits
+        ("credits", Intent::Credits),
+        ("How many credits do I have left?", Intent::Credits),
+        ("what's my balance", Intent::Credits),
+        ("积分", Intent::Credits),
+        ("我还有多少积分？", Intent::Credits),
+        ("查询余额", Intent::Credits),
+        // Status
+        ("status", Intent::Status),
+        ("What's the status?", Intent::Status),
+        ("show tracks", Intent::Status),
+        ("Show tracks please", Intent::Status),
+        ("状态", Intent::Status),
+        ("项目状态怎么样", Intent::Status),
+        // Upload
+        ("upload", Intent::Upload),
+        ("How do I upload a clip?", Intent::Upload),
+        ("re-upload the file", Intent::Upload),
+        ("上传", Intent::Upload),
+        ("我要上传视频", Intent::Upload),
+        // Edit
+        (
+            "remove the background person and replace it with a solid color",
+            Intent::Edit,
+        ),
+        ("make it look better", Intent::Edit),
+        ("add lo-fi BGM at 35%", Intent::Edit),
+        ("把背景里的人去掉", Intent::Edit),
+        ("", Intent::Edit),
+        ("hello", Intent::Edit),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(route(text), *expected, "route({text:?})");
+    }
+}
+
+#[test]
+fn route_matches_whole_words_only() {
+    let cases: &[(&str, Intent)] = &[
+        ("is it exported yet", Intent::Edit),
+        ("exporting takes long?", Intent::Edit),
+        ("reupload", Intent::Edit),
+        ("downloads", Intent::Edit),
+        ("statuses", Intent::Edit),
+        ("show me the tracks", Intent::Edit),
+        ("tracks show", Intent::Edit),
+        ("send me the final video", Intent::Edit),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(route(text), *expected, "route({text:?})");
+    }
+}
+
+#[test]
+fn route_ignores_quoted_text() {
+    let cases: &[(&str, Intent)] = &[
+        ("add a title that says \"export\"", Intent::Edit),
+        ("a title saying 'download now'", Intent::Edit),
+        ("title: “Upload your story”", Intent::Edit),
+        ("标题写「导出」", Intent::Edit),
+        ("字幕《上传》", Intent::Edit),
+        // An apostrophe is not a quote; an unclosed quote is kept as text.
+        ("don't forget to export", Intent::Export),
+        ("export \"final", Intent::Export),
+        ("'export' is what I want: export", Intent::Export),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(route(text), *expected, "route({text:?})");
+    }
+}
+
+#[test]
+fn route_sends_edits_that_mention_keywords_to_the_agent() {
+    let cases: &[(&str, Intent)] = &[
+        ("add a title that says export", Intent::Edit),
+        ("make the download speed text bigger", Intent::Edit),
+        ("remove the person and then export", Intent::Edit),
+        ("add end credits", Intent::Edit),
+        ("change the status bar color", Intent::Edit),
+        ("添加一个写着导出的标题", Intent::Edit),
+        ("删除状态栏", Intent::Edit),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(route(text), *expected, "route({text:?})");
+    }
+}
+
+#[test]
+fn route_uses_table_order_when_several_rows_match() {
+    assert_eq!(route("export and show my credits"), Intent::Export);
+    assert_eq!(route("credits status"), Intent::Credits);
+    assert_eq!(route("status of my upload"), Intent::Status);
+    assert_eq!(route("上传后导出"), Intent::Export);
+}
+
+#[test]
+fn skips_agent_matches_the_table() {
+    for intent in [
+        Intent::Export,
+        Intent::Credits,
+        Intent::Status,
+        Intent::Upload,
+    ] {
+        assert!(intent.skips_agent(), "{intent:?}");
+    }
+    assert!(!Intent::Edit.skips_agent());
+}
+
+fn execute(target: &str) -> GuiAction {
+    GuiAction::Execute {
+        target: target.to_owned(),
+    }
+}
+
+fn read_state(panel: &str) -> GuiAction {
+    GuiAction::ReadState {
+        panel: panel.to_owned(),
+    }
+}
+
+#[test]
+fn gui_actions_english() {
+    let cases: Vec<(&str, Vec<GuiAction>)> = vec![
+        ("Click [Apply] to confirm.", vec![execute("Apply")]),
+        ("click the \"Apply\" button", vec![execute("Apply")]),
+        ("Click on the Add Music button.", vec![execute("Add Music")]),
+        ("Then click Apply to save.", vec![execute("Apply")]),
+        ("Click **Generate** when ready", vec![execute("Generate")]),
+        (
+            "tap the 'Remove Object' option",
+            vec![execute("Remove Object")],
+        ),
+        ("Click here to continue.", vec![execute("")]),
+        ("Open the Effects panel", vec![read_state("Effects")]),
+        ("open [Media Library]", vec![read_state("Media Library")]),
+        (
+            "Open the timeline to check it.",
+            vec![read_state("timeline")],
+        ),
+        ("Open Settings.", vec![read_state("Settings")]),
+        ("Drag the clip onto track 2.", vec![GuiAction::SendEdit]),
+        ("Drag and drop your logo here.", vec![GuiAction::SendEdit]),
+        ("drop it onto the timeline", vec![GuiAction::SendEdit]),
+        (
+            "Preview in timeline to see the result",
+            vec![GuiAction::ShowSummary],
+        ),
+        (
+            "You can preview it in the timeline.",
+            vec![GuiAction::ShowSummary],
+        ),
+        ("Check the timeline preview.", vec![GuiAction::ShowSummary]),
+        ("Press the Export button.", vec![GuiAction::Export]),
+        (
+            "Use the Export button at the top right.",
+            vec![GuiAction::Export],
+        ),
+        ("click [Export]", vec![GuiAction::Export]),
+        ("click Export Video", vec![GuiAction::Export]),
+        ("Open the Export panel", vec![GuiAction::Export]),
+    ];
+    for (reply, expected) in cases {
+        assert_eq!(gui_actions(reply), expected, "gui_actions({reply:?})");
+    }
+}
+
+#[test]
+fn gui_actions_chinese() {
+    let cases: Vec<(&str, Vec<GuiAction>)> = vec![
+        ("点击「应用」", vec![execute("应用")]),
+        ("请点击应用按钮", vec![execute("应用")]),
+        ("点击【确定】即可", vec![execute("确定")]),
+        ("单击确定即可", vec![execute("确定")]),
+        ("点击 Apply 按钮", vec![execute("Apply")]),
+        ("打开时间线面板", vec![read_state("时间线")]),
+        ("打开设置", vec![read_state("设置")]),
+        ("打开素材库，然后选择视频", vec![read_state("素材库")]),
+        ("将片段拖拽到第二条轨道", vec![GuiAction::SendEdit]),
+        ("把音乐拖动到时间线上", vec![GuiAction::SendEdit]),
+        ("在时间线上预览效果", vec![GuiAction::ShowSummary]),
+        ("预览时间轴", vec![GuiAction::ShowSummary]),
+        ("导出", vec![GuiAction::Export]),
+        ("点击右上角的导出按钮", vec![GuiAction::Export]),
+        ("完成后点击导出即可", vec![GuiAction::Export]),
+    ];
+    for (reply, expected) in cases {
+        assert_eq!(gui_actions(reply), expected, "gui_actions({reply:?})");
+    }
+}
+
+#[test]
+fn gui_actions_keep_order_of_appearance_without_duplicates() {
+    let reply = "First open the Effects panel, click [Apply], drag the title to 0:02, \
+                 click [Apply] again, preview in timeline, then press the Export button. \
+                 Remember: the Export button renders in the cloud.";
+    assert_eq!(
+        gui_actions(reply),
+        [
+            read_state("Effects"),
+            execute("Apply"),
+            GuiAction::SendEdit,
+            GuiAction::ShowSummary,
+            GuiAction::Export,
+        ]
+    );
+
+    let reply = "先打开时间线面板，拖拽片段，然后点击「应用」，最后点击导出按钮导出。";
+    assert_eq!(
+        gui_actions(reply),
+        [
+            read_state("时间线"),
+            GuiAction::SendEdit,
+            execute("应用"),
+            GuiAction::Export,
+        ]
+    );
+
+    // Different buttons are different actions.
+    assert_eq!(
+        gui_actions("click [Apply], then click [Save]"),
+        [execute("Apply"), execute("Save")]
+    );
+}
+
+#[test]
+fn gui_actions_ignore_text_without_gui_instructions() {
+    for reply in [
+        "",
+        "I removed the background person and replaced it with a solid color.",
+        "The render is queued; it takes 30-90 seconds.",
+        "This is an open question: do you want music?",
+        "I added a drop shadow to the title.",
+        "Here is a preview of the plan.",
+        "Your video was exported successfully.",
+        "我已经把背景里的人去掉了。",
+    ] {
+        assert_eq!(gui_actions(reply), [], "gui_actions({reply:?})");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics_and_actions_are_distinct(text in "\\PC{0,80}") {
+        let _ = route(&text);
+        let actions = gui_actions(&text);
+        for (index, action) in actions.iter().enumerate() {
+            proptest::prop_assert!(!actions[index + 1..].contains(action));
+        }
+    }
+
+    #[test]
+    fn mixed_gui_words_never_panic(
+        words in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "click", "open", "the", "[", "]", "\"", "'", "「", "」", "点击", "打开", "导出",
+                "按钮", "的", "预览", "时间线", "Export", "button", "drag", "drop", "it", "panel",
+                "preview", "timeline", "**", "Apply", " ", "，", "\n", "é", "上",
+            ]),
+            0..24,
+        )
+    ) {
+        let text: String = words.concat();
+        let _ = route(&text);
+        let _ = gui_actions(&text);
+        let spaced = words.join(" ");
+        let _ = route(&spaced);
+        let _ = gui_actions(&spaced);
+    }
+}

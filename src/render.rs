@@ -545,8 +545,10 @@ impl NemoClient {
             .ok_or_else(|| {
                 Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
             })?;
+        // Check the output path before asking anything of the server.
+        let target = output_target(path.as_ref())?;
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path.as_ref(), &progress).await
+        save_response(response, &target, &progress).await
     }
 
     /// Downloads a finished render to `path`: from its output URL when it has one, else (or
@@ -564,7 +566,8 @@ impl NemoClient {
         path: impl AsRef<Path>,
         progress: impl Fn(DownloadProgress) + Send + Sync,
     ) -> Result<u64> {
-        let path = path.as_ref();
+        let path = output_target(path.as_ref())?;
+        let path = path.as_path();
         if let Some(url) = output_url {
             match self.download(url, path, &progress).await {
                 Ok(bytes) => return Ok(bytes),
@@ -582,24 +585,32 @@ impl NemoClient {
     }
 }
 
-/// Streams a response body into `path` through a temporary file in the same directory.
-async fn save_response(
-    response: RawResponse,
-    path: &Path,
-    progress: &(impl Fn(DownloadProgress) + Send + Sync),
-) -> Result<u64> {
-    let RawResponse { mut response, .. } = response;
+/// The absolute download target, after checking that it names a file in an existing folder.
+fn output_target(path: &Path) -> Result<PathBuf> {
     let target = absolute(path)?;
-    let dir = target
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = target.parent().unwrap_or_else(|| Path::new("."));
     if !dir.is_dir() {
         return Err(Error::invalid_input(format!(
             "the folder {} does not exist; create it or choose another output path",
             dir.display()
         )));
     }
+    Ok(target)
+}
+
+/// Streams a response body into `target` (checked by [`output_target`]) through a temporary
+/// file in the same directory.
+async fn save_response(
+    response: RawResponse,
+    target: &Path,
+    progress: &(impl Fn(DownloadProgress) + Send + Sync),
+) -> Result<u64> {
+    let RawResponse { mut response, .. } = response;
+    let target = target.to_path_buf();
+    let dir = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let total = response.content_length();
     // Dropped on every early return (error or cancellation), which deletes the file.
     let temp = tempfile::Builder::new()

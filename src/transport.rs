@@ -231,6 +231,8 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
     #[serde(default, borrow)]
     detail: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    status: Option<&'a RawValue>,
 }
 
 const REQUEST_ID_HEADERS: &[&str] = &[
@@ -820,11 +822,15 @@ pub(crate) fn decode_envelope<T: DeserializeOwned>(
     if !status.is_success() {
         return Err(error_for(status, None, info, retry_after));
     }
+    // A bare `{"error": ...}` is an error envelope, but not when the body also has its own
+    // `status`: that is a resource describing itself (a render poll answers
+    // `{"status":"failed","error":"..."}`), and the resource module decides what it means.
     if envelope.success == Some(false)
         || (envelope.error.is_some()
             && envelope.data.is_none()
             && envelope.success.is_none()
             && envelope.code.is_none()
+            && envelope.status.is_none()
             && is_error_value(envelope.error))
     {
         return Err(Error::Rejected {

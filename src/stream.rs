@@ -227,7 +227,8 @@ fn event_stream(
         let mut events_seen: u64 = 0;
         let mut last_event_id: Option<String> = None;
         let mut finished = false;
-        loop {
+        // `Some(error)` when the stream ends with an error, `None` at a clean end.
+        let ending: Option<Error> = 'read: loop {
             // Hand out every complete frame before reading more.
             loop {
                 let frame = if finished { parser.finish() } else { parser.next_frame() };
@@ -241,8 +242,7 @@ fn event_stream(
                         for decoded in decode_frame(event.data()) {
                             match decoded {
                                 AgentEvent::Error(error) => {
-                                    yield Err(Error::Agent { code: error.code.clone(), message: error.message.clone() });
-                                    return;
+                                    break 'read Some(Error::Agent { code: error.code.clone(), message: error.message.clone() });
                                 }
                                 other => {
                                     if other.visible_text().is_some() {
@@ -255,17 +255,16 @@ fn event_stream(
                     }
                     Ok(SseFrame::Comment(_)) => yield Ok(AgentEvent::Heartbeat),
                     Err(err) => {
-                        yield Err(Error::StreamDisconnected {
+                        break 'read Some(Error::StreamDisconnected {
                             events_seen,
                             last_event_id: last_event_id.clone(),
                             detail: err.to_string(),
                         });
-                        return;
                     }
                 }
             }
             if finished {
-                return;
+                break 'read None;
             }
             let idle_deadline = last_bytes + options.idle_timeout;
             let still_deadline = last_news + options.still_working_interval;
@@ -278,23 +277,20 @@ fn event_stream(
                     }
                     Ok(None) => finished = true,
                     Err(err) => {
-                        yield Err(Error::StreamDisconnected {
+                        break 'read Some(Error::StreamDisconnected {
                             events_seen,
                             last_event_id: last_event_id.clone(),
                             detail: err.without_url().to_string(),
                         });
-                        return;
                     }
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     if now >= total_deadline {
-                        yield Err(Error::Timeout { kind: TimeoutKind::StreamTotal, after: options.total_timeout });
-                        return;
+                        break 'read Some(Error::Timeout { kind: TimeoutKind::StreamTotal, after: options.total_timeout });
                     }
                     if now >= idle_deadline {
-                        yield Err(Error::Timeout { kind: TimeoutKind::StreamIdle, after: options.idle_timeout });
-                        return;
+                        break 'read Some(Error::Timeout { kind: TimeoutKind::StreamIdle, after: options.idle_timeout });
                     }
                     if now >= still_deadline {
                         let elapsed = now - last_news;
@@ -303,6 +299,12 @@ fn event_stream(
                     }
                 }
             }
+        };
+        // Close the connection before reporting the end: a caller that stops at the error
+        // (and keeps the stream around) must not keep a connection the server streams into.
+        drop(response);
+        if let Some(error) = ending {
+            yield Err(error);
         }
     }
 }

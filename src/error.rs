@@ -330,7 +330,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The message stream ended before the agent finished.
-    #[error("the agent's stream was cut off after {events_seen} events{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
+    #[error("the agent's stream was cut off after {events_seen} event{}{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", if *events_seen == 1 { "" } else { "s" }, last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
     StreamDisconnected {
         /// How many events arrived before the cut.
         events_seen: u64,

@@ -11,7 +11,8 @@
 //! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
 //!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
 //!   again at the next interval without losing the job. Unknown statuses count as running.
-//! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
+//! - Downloads stream to a temporary file beside the target (the request timeout, 60 s by
+//!   default, limits the wait for the headers and each silence between chunks) (1 MiB write buffer), check the
 //!   byte count against `Content-Length`, sync, then rename into place: on any failure or
 //!   cancellation the temporary file is removed and nothing appears at the target. The bearer
 //!   token goes only to the API's own origin, never to a CDN or across a redirect.
@@ -30,7 +31,7 @@ use url::Url;
 
 use crate::client::NemoClient;
 use crate::draft::Draft;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::session::Session;
 use crate::transport::{RawResponse, Request};
 
@@ -548,7 +549,13 @@ impl NemoClient {
         // Check the output path before asking anything of the server.
         let target = output_target(path.as_ref())?;
         let response = self.transport().open_url(&url).await?;
-        save_response(response, &target, &progress).await
+        save_response(
+            response,
+            self.transport().request_timeout(),
+            &target,
+            &progress,
+        )
+        .await
     }
 
     /// Downloads a finished render to `path`: from its output URL when it has one, else (or
@@ -581,7 +588,13 @@ impl NemoClient {
             self.transport()
                 .url_for(&["api", "render", "proxy", job.id.as_str(), "download"]);
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path, &progress).await
+        save_response(
+            response,
+            self.transport().request_timeout(),
+            path,
+            &progress,
+        )
+        .await
     }
 }
 
@@ -602,6 +615,7 @@ fn output_target(path: &Path) -> Result<PathBuf> {
 /// file in the same directory.
 async fn save_response(
     response: RawResponse,
+    idle_limit: Duration,
     target: &Path,
     progress: &(impl Fn(DownloadProgress) + Send + Sync),
 ) -> Result<u64> {
@@ -621,7 +635,13 @@ async fn save_response(
     let mut writer = std::io::BufWriter::with_capacity(1024 * 1024, temp);
     let mut received: u64 = 0;
     loop {
-        let chunk = match response.chunk().await {
+        let next = tokio::time::timeout(idle_limit, response.chunk())
+            .await
+            .map_err(|_| Error::Timeout {
+                kind: TimeoutKind::Request,
+                after: idle_limit,
+            })?;
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(err) => {

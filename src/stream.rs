@@ -29,7 +29,7 @@ use crate::client::NemoClient;
 use crate::error::{Error, Result, TimeoutKind};
 use crate::events::{decode_frame, AgentEvent};
 use crate::session::Session;
-use crate::sse::{SseFrame, SseParser};
+use crate::sse::{SseError, SseFrame, SseParser};
 use crate::transport::Request;
 
 /// Default idle limit: 10 minutes without a byte.
@@ -254,11 +254,13 @@ fn event_stream(
                         }
                     }
                     Ok(SseFrame::Comment(_)) => yield Ok(AgentEvent::Heartbeat),
-                    Err(err) => {
+                    Err(SseError::EventTooLarge { limit }) => {
                         break 'read Some(Error::StreamDisconnected {
                             events_seen,
                             last_event_id: last_event_id.clone(),
-                            detail: err.to_string(),
+                            detail: format!(
+                                "the service sent an event larger than the {limit}-byte limit, so the stream was closed; raise MessageOptions::max_event_bytes if such events are expected"
+                            ),
                         });
                     }
                 }

@@ -280,6 +280,12 @@ impl Transport {
         })
     }
 
+    /// The per-attempt time limit for ordinary requests; also the longest silence allowed
+    /// between two chunks of a download.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub(crate) fn auth(&self) -> &Auth {
         &self.auth
     }
@@ -362,15 +368,25 @@ impl Transport {
                 status = tracing::field::Empty
             );
             let result = async {
-                let mut builder = self
-                    .http
-                    .get(url.clone())
-                    .headers(self.static_headers.clone());
+                let mut builder = self.http.get(url.clone());
                 if same_origin {
                     let token = self.auth.token(self).await?;
-                    builder = builder.header(AUTHORIZATION, bearer_header(&token)?);
+                    builder = builder
+                        .headers(self.static_headers.clone())
+                        .header(AUTHORIZATION, bearer_header(&token)?);
+                } else if let Some(agent) = self.static_headers.get(USER_AGENT) {
+                    // Another host (a CDN) gets no token and no attribution headers.
+                    builder = builder.header(USER_AGENT, agent.clone());
                 }
-                let response = builder.send().await.map_err(|err| map_reqwest(err, url))?;
+                // The body can be large: only the wait for the headers is limited here; the
+                // caller limits the silence between chunks.
+                let response = tokio::time::timeout(self.request_timeout, builder.send())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        kind: TimeoutKind::Request,
+                        after: self.request_timeout,
+                    })?
+                    .map_err(|err| map_reqwest(err, url))?;
                 tracing::Span::current().record("status", response.status().as_u16());
                 if response.status().is_success() {
                     return Ok(RawResponse { response });
@@ -397,6 +413,16 @@ impl Transport {
         F: Fn(reqwest::Response) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        // `.` and `..` would be normalised away by URL parsing and hit another endpoint.
+        if let Some(bad) = request
+            .segments
+            .iter()
+            .find(|s| s.is_empty() || s.as_str() == "." || s.as_str() == "..")
+        {
+            return Err(Error::invalid_input(format!(
+                "{bad:?} is not a valid id; pass the id the service returned"
+            )));
+        }
         let url = self.url_for(&request.segments);
         let mut attempt: u32 = 0;
         let mut backoff_retries: u32 = 0;

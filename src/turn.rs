@@ -6,7 +6,8 @@
 //!   are left out;
 //! - the tool calls and results, and whether the agent now waits for the user (a final tool
 //!   call with no result, such as `ask_question`, with its question);
-//! - when the turn had no text (about 30% of edits) or the stream was cut off or timed out:
+//! - when the turn had no text (about 30% of edits) or the stream was cut off or timed out
+//!   (but not when the agent asked a question):
 //!   what changed, found by reading the state again and comparing it with the state before
 //!   the message. The state is read up to 4 times, 1 s, 2 s, 4 s apart, before concluding that
 //!   nothing changed (the service may apply an edit a moment after the stream closes).
@@ -120,6 +121,8 @@ pub struct Turn {
     pub changes: Option<StateDiff>,
     /// The state after the turn, when it was re-read.
     pub state_after: Option<SessionState>,
+    /// Why the state could not be re-read, when that failed (the turn itself is kept).
+    pub state_error: Option<Error>,
 }
 
 impl Turn {
@@ -128,19 +131,21 @@ impl Turn {
     pub fn answer(&self) -> String {
         let mut answer = if !self.text.is_empty() {
             self.text.clone()
-        } else if let Some(changes) = self.changes.as_ref().filter(|c| !c.is_empty()) {
-            format!("Done. {changes}")
         } else if let TurnEnd::WaitingForUser {
             question: Some(question),
             ..
         } = &self.end
         {
             question.clone()
+        } else if let Some(changes) = self.changes.as_ref().filter(|c| !c.is_empty()) {
+            format!("Done. {changes}")
+        } else if let Some(err) = &self.state_error {
+            format!("The agent finished, but the timeline could not be read to see what changed ({err}).")
         } else {
             "The agent finished without changing the timeline.".to_string()
         };
         if let TurnEnd::Disconnected(err) = &self.end {
-            answer.push_str(&format!("\n(The connection was cut off: {err})"));
+            answer.push_str(&format!("\n({err})"));
         }
         answer
     }
@@ -267,21 +272,36 @@ impl NemoClient {
             },
             (None, None) => TurnEnd::Completed,
         };
-        let needs_state = text.is_empty() || matches!(end, TurnEnd::Disconnected(_));
-        let (changes, state_after) = if needs_state {
-            let (diff, after) = self.reconcile(session, &before, options).await?;
-            (Some(diff), Some(after))
-        } else {
-            (None, None)
+        // A question needs the user's answer, not a timeline check; a silent or cut-off turn
+        // is explained by what changed.
+        let needs_state = match end {
+            TurnEnd::Disconnected(_) => true,
+            TurnEnd::WaitingForUser { .. } => false,
+            _ => text.is_empty(),
         };
-        Ok(Turn {
+        let mut turn = Turn {
             text,
             tool_calls: collector.tool_calls,
             tool_results: collector.tool_results,
             end,
-            changes,
-            state_after,
-        })
+            changes: None,
+            state_after: None,
+            state_error: None,
+        };
+        if needs_state {
+            // The message was consumed: a failed state read must not lose the turn.
+            match self.reconcile(session, &before, options).await {
+                Ok((diff, after)) => {
+                    turn.changes = Some(diff);
+                    turn.state_after = Some(after);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not read the state after the turn");
+                    turn.state_error = Some(err);
+                }
+            }
+        }
+        Ok(turn)
     }
 
     /// Re-reads the state with growing delays until it differs from `before`.

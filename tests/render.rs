@@ -669,6 +669,21 @@ async fn download_writes_the_exact_bytes_and_reports_progress() {
     let cdn_requests = received(&cdn).await;
     assert_eq!(cdn_requests.len(), 1);
     assert!(header(&cdn_requests[0], "authorization").is_none());
+    // Nor the attribution headers, which are for the API only.
+    assert!(header(&cdn_requests[0], "x-skill-source").is_none());
+    assert!(header(&cdn_requests[0], "user-agent").is_some_and(|ua| ua.contains("nemo-video")));
+    assert!(received(&api).await.is_empty());
+}
+
+#[tokio::test]
+async fn dot_ids_are_refused_before_any_request() {
+    let api = MockServer::start().await;
+    let client = client(&api);
+    for id in [".", "..", ""] {
+        let job = RenderJob::from_id(id, "sid");
+        let err = client.cancel_render(&job).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{id:?}: {err}");
+    }
     assert!(received(&api).await.is_empty());
 }
 

@@ -253,9 +253,10 @@ async fn a_final_unanswered_question_waits_for_the_user() {
         .await
         .with_drafts(vec![one_video_draft()]);
     let client = server.client();
-    let options = fast_options().reconcile(1, Duration::from_millis(10));
+    // Default reconcile settings: a question must not wait for state re-reads.
+    let started = std::time::Instant::now();
     let turn = client
-        .run_turn_with(&server.session(), "remove the person", &options)
+        .run_turn_with(&server.session(), "remove the person", &fast_options())
         .await
         .expect("turn runs");
     assert!(turn.is_waiting_for_user(), "{:?}", turn.end);
@@ -275,6 +276,13 @@ async fn a_final_unanswered_question_waits_for_the_user() {
         "Which person should I remove, left or right?"
     );
     assert_eq!(server.run_sse_posts(), 1);
+    assert_eq!(server.state_gets(), 1, "only the read before the message");
+    assert!(turn.changes.is_none());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

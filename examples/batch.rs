@@ -8,23 +8,19 @@
 //! With no FILE=INSTRUCTION pairs it runs offline against the simulator with the sample clip
 //! and two instructions.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
-use nemo_video::simulator::Simulator;
-use nemo_video::{Error, NemoClient};
+use nemo_video::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run().await)
 }
 
 async fn run() -> Result<(), String> {
@@ -72,19 +68,7 @@ async fn run() -> Result<(), String> {
             "add lo-fi background music at 35% volume".to_string(),
         ));
     }
-    let simulator;
-    let client = if demo || simulate {
-        simulator = Simulator::start()
-            .await
-            .map_err(|err| format!("could not start the simulator: {err}"))?;
-        NemoClient::builder()
-            .base_url(simulator.base_url())
-            .no_persistence()
-            .build()
-    } else {
-        NemoClient::from_env()
-    }
-    .map_err(|err| err.to_string())?;
+    let (client, _simulator) = support::connect(demo || simulate).await?;
     let poll_interval = poll_interval.unwrap_or(if demo {
         Duration::from_secs(1)
     } else {

@@ -9,6 +9,9 @@
 //! Try: `upload assets/sample_input.mp4`, `remove the background person`, `status`,
 //! `credits`, `export`. End with Ctrl-D.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,19 +20,12 @@ use std::time::Duration;
 use nemo_video::events::AgentEvent;
 use nemo_video::intent::{gui_actions, route, GuiAction, Intent};
 use nemo_video::render::{RenderOptions, WaitOptions};
-use nemo_video::simulator::Simulator;
 use nemo_video::turn::TurnOptions;
 use nemo_video::{NemoClient, Session};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run().await)
 }
 
 struct Bot {
@@ -57,20 +53,12 @@ async fn run() -> Result<(), String> {
         }
     }
     println!("Setting things up...");
-    let simulator;
-    let (client, poll_interval) = if simulate {
-        simulator = Simulator::start()
-            .await
-            .map_err(|err| format!("could not start the simulator: {err}"))?;
-        let client = NemoClient::builder()
-            .base_url(simulator.base_url())
-            .no_persistence()
-            .build();
-        (client, Duration::from_secs(1))
+    let (client, _simulator) = support::connect(simulate).await?;
+    let poll_interval = if simulate {
+        Duration::from_secs(1)
     } else {
-        (NemoClient::from_env(), Duration::from_secs(30))
+        Duration::from_secs(30)
     };
-    let client = client.map_err(|err| err.to_string())?;
     let session = client
         .create_session(language.as_deref())
         .await

@@ -5,20 +5,14 @@
 //! cargo run --example credits -- --simulate
 //! ```
 
-use std::process::ExitCode;
+#[path = "support/mod.rs"]
+mod support;
 
-use nemo_video::simulator::Simulator;
-use nemo_video::NemoClient;
+use std::process::ExitCode;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run().await)
 }
 
 async fn run() -> Result<(), String> {
@@ -31,19 +25,7 @@ async fn run() -> Result<(), String> {
             ))
         }
     };
-    let simulator;
-    let client = if simulate {
-        simulator = Simulator::start()
-            .await
-            .map_err(|err| format!("could not start the simulator: {err}"))?;
-        NemoClient::builder()
-            .base_url(simulator.base_url())
-            .no_persistence()
-            .build()
-    } else {
-        NemoClient::from_env()
-    }
-    .map_err(|err| err.to_string())?;
+    let (client, _simulator) = support::connect(simulate).await?;
     let credits = client.credits().await.map_err(|err| err.to_string())?;
     println!(
         "Credits: {} available, {} frozen, {} total",

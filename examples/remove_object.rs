@@ -10,6 +10,9 @@
 //! unless `--simulate` is given. Auth: `NEMO_TOKEN`, or an anonymous token persisted under
 //! `NEMO_CONFIG_DIR` (default `~/.config/nemovideo/`).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,9 +22,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use nemo_video::events::AgentEvent;
 use nemo_video::render::{RenderOptions, WaitOptions};
-use nemo_video::simulator::Simulator;
 use nemo_video::turn::{TurnEnd, TurnOptions};
-use nemo_video::NemoClient;
 
 const DEFAULT_PROMPT: &str = "remove the background person and replace it with a solid color";
 const USAGE: &str = "usage: remove_object [INPUT [PROMPT]] [--output PATH] [--language CODE] [--poll-interval SECS] [--simulate]";
@@ -149,13 +150,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -176,27 +171,31 @@ async fn run(args: Args) -> Result<(), String> {
             PathBuf::from(format!("{stem}_edited.mp4"))
         }
     };
-    // The simulator must outlive the client's use of it.
-    let simulator;
+    // Fail before connecting (and creating a session) when the input cannot be read.
+    let size = match std::fs::metadata(&input) {
+        Ok(meta) if meta.is_file() => meta.len(),
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a file; pass a video file such as clip.mp4",
+                input.display()
+            ))
+        }
+        Err(err) => {
+            return Err(format!(
+                "cannot read {}: {err}; check the path",
+                input.display()
+            ))
+        }
+    };
     println!("Setting things up...");
-    let client = if demo || args.simulate {
-        simulator = Simulator::start()
-            .await
-            .map_err(|err| format!("could not start the offline simulator: {err}"))?;
+    // The simulator (when used) must outlive the client's use of it.
+    let (client, simulator) = support::connect(demo || args.simulate).await?;
+    if let Some(simulator) = &simulator {
         println!(
             "(offline demo: using the built-in NemoVideo simulator at {})",
             simulator.base_url()
         );
-        // Simulator tokens are kept in memory only, never mixed with real credentials.
-        NemoClient::builder()
-            .base_url(simulator.base_url())
-            .no_persistence()
-            .build()
-    } else {
-        NemoClient::from_env()
     }
-    .map_err(|err| err.to_string())?;
-
     let session = client
         .create_session(args.language.as_deref())
         .await
@@ -207,7 +206,6 @@ async fn run(args: Args) -> Result<(), String> {
         credits.available
     );
 
-    let size = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
     println!("Uploading {} ({} bytes)...", input.display(), size);
     let upload_progress = Arc::new(Progress::new("upload", size, true));
     let bar = Arc::clone(&upload_progress);
@@ -240,9 +238,6 @@ async fn run(args: Args) -> Result<(), String> {
         .run_turn_with(&session, &args.prompt, &options)
         .await
         .map_err(|err| err.to_string())?;
-    if live && !turn.text.is_empty() && !turn.text.contains('\n') {
-        // The partial chunks already showed the text as it arrived.
-    }
     if turn.text.is_empty() {
         println!("{}", turn.answer());
     }

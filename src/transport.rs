@@ -741,7 +741,8 @@ fn code_of(raw: Option<&RawValue>) -> Option<i64> {
     })
 }
 
-/// Maps an HTTP status plus what the body said to an error. `code` wins when present.
+/// Maps an HTTP status plus what the body said to an error. A non-zero body code wins; some
+/// services echo an HTTP status (401, 402, 429, 400) as the body code, which maps the same way.
 pub(crate) fn error_for(
     status: StatusCode,
     code: Option<i64>,
@@ -749,51 +750,58 @@ pub(crate) fn error_for(
     retry_after: Option<Duration>,
 ) -> Error {
     let info = Box::new(info);
-    if let Some(code) = code.filter(|code| *code != 0) {
-        return match code {
-            1001 => Error::Unauthorized {
-                hint: "a new token is fetched automatically; if this persists, check the token",
-                info,
-            },
-            1002 => Error::SessionNotFound {
+    let code = code.filter(|code| *code != 0);
+    match code {
+        Some(1001) => return unauthorized(info),
+        Some(1002) => {
+            return Error::SessionNotFound {
                 session_id: None,
                 info,
-            },
-            2001 => Error::NoCredits {
+            }
+        }
+        Some(2001) => {
+            return Error::NoCredits {
                 register_url: None,
                 info,
-            },
-            4001 => Error::UnsupportedFile {
+            }
+        }
+        Some(4001) => {
+            return Error::UnsupportedFile {
                 file: None,
                 extension: None,
                 info: Some(info),
-            },
-            4002 => Error::FileTooLarge {
+            }
+        }
+        Some(4002) => {
+            return Error::FileTooLarge {
                 file: None,
                 size: None,
                 limit: None,
                 info: Some(info),
-            },
-            // Some services echo the HTTP status as the body code.
-            401 => Error::Unauthorized {
-                hint: "a new token is fetched automatically; if this persists, check the token",
-                info,
-            },
-            402 => Error::ExportBlocked { info },
-            429 => Error::RateLimited { retry_after, info },
-            400 if looks_like_missing_client_id(&info) => Error::MissingClientId { info },
-            _ => Error::Api { code, info },
-        };
+            }
+        }
+        _ => {}
     }
-    match status.as_u16() {
-        401 => Error::Unauthorized {
-            hint: "a new token is fetched automatically; if this persists, check the token",
-            info,
-        },
+    let signal = code.unwrap_or(i64::from(status.as_u16()));
+    match signal {
+        401 => unauthorized(info),
         402 => Error::ExportBlocked { info },
         429 => Error::RateLimited { retry_after, info },
         400 if looks_like_missing_client_id(&info) => Error::MissingClientId { info },
-        status => Error::Http { status, info },
+        _ => match code {
+            Some(code) => Error::Api { code, info },
+            None => Error::Http {
+                status: status.as_u16(),
+                info,
+            },
+        },
+    }
+}
+
+fn unauthorized(info: Box<ApiInfo>) -> Error {
+    Error::Unauthorized {
+        hint: "a new token is fetched automatically; if this persists, check the token",
+        info,
     }
 }
 

@@ -721,7 +721,11 @@ pub(crate) fn error_for(
     retry_after: Option<Duration>,
 ) -> Error {
     let info = Box::new(info);
-    if let Some(code) = code.filter(|code| *code != 0) {
+    // A body code that merely echoes a failing HTTP status (`503` with `{"code":503}`) says
+    // nothing more than the status, so the status decides: otherwise a transient 5xx would
+    // become an unknown code that is never retried.
+    let echoes_status = |code: i64| !status.is_success() && code == i64::from(status.as_u16());
+    if let Some(code) = code.filter(|code| *code != 0 && !echoes_status(*code)) {
         return match code {
             1001 => Error::Unauthorized {
                 hint: "a new token is fetched automatically; if this persists, check the token",

@@ -750,7 +750,11 @@ pub(crate) fn error_for(
     retry_after: Option<Duration>,
 ) -> Error {
     let info = Box::new(info);
-    let code = code.filter(|code| *code != 0);
+    // A body code that merely echoes a failing HTTP status (`503` with `{"code":503}`) says
+    // nothing more than the status, so the status decides: otherwise a transient 5xx would
+    // become an unknown code that is never retried.
+    let echoes_status = |code: i64| !status.is_success() && code == i64::from(status.as_u16());
+    let code = code.filter(|code| *code != 0 && !echoes_status(*code));
     match code {
         Some(1001) => return unauthorized(info),
         Some(1002) => {

@@ -400,6 +400,17 @@ impl NemoClientBuilder {
             static_token: self.token,
             client_id: self.client_id,
         };
+        for (name, value) in [
+            ("X-Skill-Source", &config.skill_source),
+            ("X-Skill-Version", &config.skill_version),
+            ("X-Skill-Platform", &config.skill_platform),
+        ] {
+            if value.trim().is_empty() {
+                return Err(Error::config(format!(
+                    "{name} is empty; the service refuses exports (HTTP 402) without attribution, so leave it at its default or set a value"
+                )));
+            }
+        }
         if let Some(client_id) = &config.client_id {
             crate::auth::validate_client_id(client_id)?;
         }

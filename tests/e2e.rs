@@ -457,19 +457,18 @@ async fn export_blocked_by_plan_is_not_retried() {
 }
 
 #[tokio::test]
-async fn missing_attribution_blocks_export() {
+async fn empty_attribution_is_refused_before_anything_is_sent() {
     let sim = simulator().await;
     let dir = tempdir();
-    // The builder accepts an empty source; the service then refuses the export with 402.
-    let client = builder(&sim, dir.path()).skill_source("").build().unwrap();
-    let session = session_with_clip(&client).await;
-    client.run_turn(&session, REMOVE).await.unwrap();
-
-    let out = dir.path().join("edited.mp4");
-    let err = export_to(&client, &session, &out).await.unwrap_err();
-    assert!(matches!(err, Error::ExportBlocked { .. }), "{err:?}");
-    assert_eq!(sim.request_count(Endpoint::RenderSubmit), 1);
-    assert!(!out.exists());
+    // The service refuses exports without attribution (402): an empty value is a mistake
+    // caught at build time, not after the user's edits.
+    let err = builder(&sim, dir.path())
+        .skill_source("")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("X-Skill-Source"), "{err}");
+    assert!(sim.requests().is_empty());
 }
 
 #[tokio::test]

@@ -5,6 +5,10 @@
 //! partial and final text, function calls with nested arguments, function responses with
 //! nested results, state deltas and a few heartbeats.
 //!
+//! Two groups: `decode_10k_frames` decodes ready-made frame strings; `sse_to_events` starts
+//! from the SSE bytes on the wire (16 KiB chunks through `nemo_video::sse`), so it measures
+//! the whole path a message stream takes, parse + JSON.
+//!
 //! Run: `cargo bench --bench events`. Throughput is reported in frames per second.
 
 use std::fmt::Write as _;
@@ -12,6 +16,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nemo_video::events::decode_frame;
+use nemo_video::sse::{SseFrame, SseParser};
 
 /// A small deterministic generator (64-bit LCG), so every run decodes the same bytes.
 struct Lcg(u64);
@@ -244,5 +249,71 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+/// The corpus as it arrives on the wire: one `data:` line per frame, blank line after.
+fn wire_bytes(frames: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for frame in frames {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(frame.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+    out
+}
+
+/// Feeds `wire` through the SSE parser in 16 KiB chunks and hands each event's data to `sink`.
+fn parse_wire(wire: &[u8], mut sink: impl FnMut(&str)) {
+    let mut parser = SseParser::new();
+    for chunk in wire.chunks(16 * 1024) {
+        parser.push(chunk);
+        while let Some(frame) = parser.next_frame() {
+            if let Ok(SseFrame::Event(event)) = frame {
+                sink(event.data());
+            }
+        }
+    }
+    while let Some(frame) = parser.finish() {
+        if let Ok(SseFrame::Event(event)) = frame {
+            sink(event.data());
+        }
+    }
+}
+
+fn sse_to_events(c: &mut Criterion) {
+    let frames = corpus();
+    let wire = wire_bytes(&frames);
+    // Both sides must see the same frames before anything is timed.
+    let mut seen = 0;
+    parse_wire(&wire, |_| seen += 1);
+    assert_eq!(seen, frames.len(), "the parser must yield every frame");
+
+    let mut group = c.benchmark_group("sse_to_events");
+    group.sample_size(15);
+    group.throughput(Throughput::Elements(frames.len() as u64));
+    group.bench_function("agent_events", |b| {
+        b.iter(|| {
+            let mut events = 0;
+            parse_wire(black_box(&wire), |data| {
+                let decoded = decode_frame(data);
+                events += decoded.len();
+                black_box(decoded);
+            });
+            events
+        })
+    });
+    group.bench_function("serde_json_value", |b| {
+        b.iter(|| {
+            let mut values = 0;
+            parse_wire(black_box(&wire), |data| {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(data) {
+                    values += 1;
+                    black_box(value);
+                }
+            });
+            values
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, sse_to_events);
 criterion_main!(benches);

@@ -3,20 +3,61 @@
 //! The Rust client SDK for NemoVideo's AI video agent: get a token, open a session, upload
 //! clips, talk to the agent in plain language, read the timeline, and export an MP4.
 //!
+//! ## The whole job in one function
+//!
 //! ```no_run
-//! # async fn run() -> nemo_video::Result<()> {
+//! use nemo_video::render::{RenderOptions, WaitOptions};
 //! use nemo_video::NemoClient;
 //!
-//! // NEMO_TOKEN if set, else an anonymous token persisted under ~/.config/nemovideo/.
+//! # async fn run() -> nemo_video::Result<()> {
+//! // 1. Connect: NEMO_TOKEN if set, else an anonymous token (100 free credits), fetched once
+//! //    and persisted under ~/.config/nemovideo/ so a restart reuses it.
 //! let client = NemoClient::from_env()?;
+//!
+//! // 2. A session is a project with its own timeline. It is Serialize: store it to resume.
 //! let session = client.create_session(Some("en")).await?;
-//! let credits = client.credits().await?;
-//! println!("session {} ready, {} credits", session.id(), credits.available);
+//!
+//! // 3. Upload: checked locally first, then streamed from disk in one multipart request.
+//! client.upload_files(&session, &["clip.mp4"]).await?;
+//!
+//! // 4. Talk to the agent. A turn always ends in an answer: the agent's words, or, when it
+//! //    says nothing (about 30% of edits), what changed on the timeline.
+//! let turn = client
+//!     .run_turn(&session, "remove the background person and replace it with a solid color")
+//!     .await?;
+//! println!("{}", turn.answer());
+//!
+//! // 5. Read the timeline.
+//! println!("{}", client.state(&session).await?.summary());
+//!
+//! // 6. Export and download: the file lands whole or not at all.
+//! let export = client.export(&session, &RenderOptions::default(), &WaitOptions::default()).await?;
+//! let bytes = client
+//!     .download_render(&export.job, export.output_url.as_deref(), "edited.mp4", |_| {})
+//!     .await?;
+//! println!("Saved edited.mp4 ({bytes} bytes)");
 //! # Ok(()) }
 //! ```
 //!
+//! ## Where to go next
+//!
+//! - [`NemoClientBuilder`]: every setting and its default; [`NemoClient::from_env`] for the
+//!   environment variables.
+//! - [`stream`]: the agent's raw event stream ([`NemoClient::send_message`]) with idle and total
+//!   limits; [`turn`] runs one message to an answer; [`events`] are the typed events.
+//! - [`state`] and [`draft`]: the timeline, its summary, and diffs between two states.
+//! - [`render`]: submit, wait (resumably), cancel, download.
+//! - [`intent`]: routing a bot user's words, and translating the agent's GUI phrasing.
+//! - [`sse`]: the SSE parser, usable on its own.
+//! - `simulator` (feature `simulator`): a fake service on loopback to test your app against.
+//!
+//! ## Errors
+//!
 //! Every failure is an [`Error`] whose message says what happened and what to do, and whose
-//! [`Error::retry_policy`] says whether trying again can help.
+//! [`Error::retry_policy`] says whether trying again can help. The client already retries what
+//! is safe to retry: reads on transient failures, and anything the service refused before doing
+//! work (an expired token, a rate limit). A message or an upload that may have reached the
+//! service is never sent twice, so credits are never charged twice.
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -14,7 +14,10 @@
 //! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
 //!   byte count against `Content-Length`, sync, then rename into place: on any failure or
 //!   cancellation the temporary file is removed and nothing appears at the target. The bearer
-//!   token goes only to the API's own origin, never to a CDN or across a redirect.
+//!   token goes only to the API's own origin, never to a CDN or across a redirect. A download
+//!   has no total limit, but waiting for the response head, and for each next chunk, is
+//!   limited by the request timeout (60 s by default): a stalled server ends it with
+//!   [`Error::Timeout`].
 
 use std::fmt;
 use std::io::Write;
@@ -30,7 +33,7 @@ use url::Url;
 
 use crate::client::NemoClient;
 use crate::draft::Draft;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::session::Session;
 use crate::transport::{RawResponse, Request};
 
@@ -546,7 +549,8 @@ impl NemoClient {
                 Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
             })?;
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path.as_ref(), &progress).await
+        let idle = self.config().request_timeout;
+        save_response(response, path.as_ref(), idle, &progress).await
     }
 
     /// Downloads a finished render to `path`: from its output URL when it has one, else (or
@@ -578,14 +582,17 @@ impl NemoClient {
             self.transport()
                 .url_for(&["api", "render", "proxy", job.id.as_str(), "download"]);
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path, &progress).await
+        let idle = self.config().request_timeout;
+        save_response(response, path, idle, &progress).await
     }
 }
 
 /// Streams a response body into `path` through a temporary file in the same directory.
+/// Fails with a timeout when no bytes arrive for `idle`.
 async fn save_response(
     response: RawResponse,
     path: &Path,
+    idle: Duration,
     progress: &(impl Fn(DownloadProgress) + Send + Sync),
 ) -> Result<u64> {
     let RawResponse { mut response, .. } = response;
@@ -610,7 +617,13 @@ async fn save_response(
     let mut writer = std::io::BufWriter::with_capacity(1024 * 1024, temp);
     let mut received: u64 = 0;
     loop {
-        let chunk = match response.chunk().await {
+        let next = tokio::time::timeout(idle, response.chunk())
+            .await
+            .map_err(|_| Error::Timeout {
+                kind: TimeoutKind::StreamIdle,
+                after: idle,
+            })?;
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(err) => {

@@ -368,7 +368,16 @@ impl Transport {
                     let token = self.auth.token(self).await?;
                     builder = builder.header(AUTHORIZATION, bearer_header(&token)?);
                 }
-                let response = builder.send().await.map_err(|err| map_reqwest(err, url))?;
+                // No reqwest timeout here: it would also cap reading the (large) body, which
+                // `save_response` limits per chunk instead. Waiting for the head gets the
+                // request timeout.
+                let response = tokio::time::timeout(self.request_timeout, builder.send())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        kind: TimeoutKind::Request,
+                        after: self.request_timeout,
+                    })?
+                    .map_err(|err| map_reqwest(err, url))?;
                 tracing::Span::current().record("status", response.status().as_u16());
                 if response.status().is_success() {
                     return Ok(RawResponse { response });
@@ -754,6 +763,12 @@ pub(crate) fn error_for(
             402 => Error::ExportBlocked { info },
             429 => Error::RateLimited { retry_after, info },
             400 if looks_like_missing_client_id(&info) => Error::MissingClientId { info },
+            // A body code that only echoes a transient HTTP status (`{"code":503}` with 503)
+            // says nothing more than the status: keep it retryable.
+            408 | 409 | 500..=599 if code == i64::from(status.as_u16()) => Error::Http {
+                status: status.as_u16(),
+                info,
+            },
             _ => Error::Api { code, info },
         };
     }

@@ -106,7 +106,8 @@ pub struct Config {
     pub user_agent: String,
     /// Limit on establishing a connection.
     pub connect_timeout: Duration,
-    /// Limit on one ordinary request (not streams or downloads, which have their own).
+    /// Limit on one ordinary request (not streams, which have their own). For downloads: the
+    /// limit on waiting for the response head and for each next chunk of the body.
     pub request_timeout: Duration,
     /// Retry settings.
     pub retry: RetryConfig,
@@ -327,8 +328,8 @@ impl NemoClientBuilder {
         self
     }
 
-    /// Limit on one ordinary request, per attempt (streams and downloads have their own
-    /// limits). Default 60 s.
+    /// Limit on one ordinary request, per attempt (streams have their own limits; a download
+    /// gets it for the response head and for each chunk, not for the whole body). Default 60 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self

@@ -11,11 +11,13 @@
 //! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
 //!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
 //!   again at the next interval without losing the job. Unknown statuses count as running.
-//! - Downloads stream to a temporary file beside the target (the request timeout, 60 s by
-//!   default, limits the wait for the headers and each silence between chunks) (1 MiB write buffer), check the
+//! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
 //!   byte count against `Content-Length`, sync, then rename into place: on any failure or
 //!   cancellation the temporary file is removed and nothing appears at the target. The bearer
-//!   token goes only to the API's own origin, never to a CDN or across a redirect.
+//!   token goes only to the API's own origin, never to a CDN or across a redirect. A download
+//!   has no total limit, but waiting for the response head, and for each next chunk, is
+//!   limited by the request timeout (60 s by default): a stalled server ends it with
+//!   [`Error::Timeout`].
 
 use std::fmt;
 use std::io::Write;
@@ -638,7 +640,7 @@ async fn save_response(
         let next = tokio::time::timeout(idle_limit, response.chunk())
             .await
             .map_err(|_| Error::Timeout {
-                kind: TimeoutKind::Request,
+                kind: TimeoutKind::StreamIdle,
                 after: idle_limit,
             })?;
         let chunk = match next {

@@ -15,6 +15,12 @@
 //!   byte count against `Content-Length`, sync, then rename into place: on any failure or
 //!   cancellation the temporary file is removed and nothing appears at the target. The bearer
 //!   token goes only to the API's own origin, never to a CDN or across a redirect.
+//! - A download is a GET, so its response head is retried like any read: backoff for
+//!   transient failures (honouring `Retry-After`), one wait and replay for 429, and on the
+//!   API's own origin one new token and replay for 1001/401. The wait for the head is bounded
+//!   by the request timeout, and so is each silence between body chunks
+//!   ([`TimeoutKind::StreamIdle`]). A body cut short is not resumed: nothing is saved, and
+//!   [`NemoClient::download_render`] then tries the API's download endpoint.
 
 use std::fmt;
 use std::io::Write;
@@ -30,7 +36,7 @@ use url::Url;
 
 use crate::client::NemoClient;
 use crate::draft::Draft;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutKind};
 use crate::session::Session;
 use crate::transport::{RawResponse, Request};
 
@@ -546,7 +552,8 @@ impl NemoClient {
                 Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
             })?;
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path.as_ref(), &progress).await
+        let idle = self.transport().request_timeout();
+        save_response(response, path.as_ref(), idle, &progress).await
     }
 
     /// Downloads a finished render to `path`: from its output URL when it has one, else (or
@@ -578,14 +585,18 @@ impl NemoClient {
             self.transport()
                 .url_for(&["api", "render", "proxy", job.id.as_str(), "download"]);
         let response = self.transport().open_url(&url).await?;
-        save_response(response, path, &progress).await
+        let idle = self.transport().request_timeout();
+        save_response(response, path, idle, &progress).await
     }
 }
 
 /// Streams a response body into `path` through a temporary file in the same directory.
+/// More than `idle` without a byte fails with [`TimeoutKind::StreamIdle`] (a stalled
+/// connection would otherwise hang forever: the body has no overall limit).
 async fn save_response(
     response: RawResponse,
     path: &Path,
+    idle: Duration,
     progress: &(impl Fn(DownloadProgress) + Send + Sync),
 ) -> Result<u64> {
     let RawResponse { mut response, .. } = response;
@@ -610,7 +621,13 @@ async fn save_response(
     let mut writer = std::io::BufWriter::with_capacity(1024 * 1024, temp);
     let mut received: u64 = 0;
     loop {
-        let chunk = match response.chunk().await {
+        let next = tokio::time::timeout(idle, response.chunk())
+            .await
+            .map_err(|_| Error::Timeout {
+                kind: TimeoutKind::StreamIdle,
+                after: idle,
+            })?;
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(err) => {

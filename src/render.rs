@@ -14,10 +14,13 @@
 //! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
 //!   byte count against `Content-Length`, sync, then rename into place: on any failure or
 //!   cancellation the temporary file is removed and nothing appears at the target. The bearer
-//!   token goes only to the API's own origin, never to a CDN or across a redirect. A download
-//!   has no total limit, but waiting for the response head, and for each next chunk, is
-//!   limited by the request timeout (60 s by default): a stalled server ends it with
-//!   [`Error::Timeout`].
+//!   token goes only to the API's own origin, never to a CDN or across a redirect.
+//! - A download is a GET, so its response head is retried like any read: backoff for
+//!   transient failures (honouring `Retry-After`), one wait and replay for 429, and on the
+//!   API's own origin one new token and replay for 1001/401. The wait for the head is bounded
+//!   by the request timeout, and so is each silence between body chunks
+//!   ([`TimeoutKind::StreamIdle`]). A body cut short is not resumed: nothing is saved, and
+//!   [`NemoClient::download_render`] then tries the API's download endpoint.
 
 use std::fmt;
 use std::io::Write;

@@ -8,7 +8,8 @@
 //!   credits twice. Reconcile by reading the state ([`NemoClient::run_turn`] does).
 //! - An error before the stream starts (HTTP status, a body code such as 2001, a response that
 //!   is not `text/event-stream`) is returned by [`NemoClient::send_message`] itself.
-//! - Idle limit 10 minutes, reset by any bytes (heartbeats included); total limit 15 minutes;
+//! - Idle limit 10 minutes, reset by any bytes (heartbeats included) and also applied to the
+//!   wait for the response head; total limit 15 minutes;
 //!   an [`AgentEvent::StillWorking`] every 2 minutes without text, so an app can tell its user.
 //! - An `{"error": ...}` frame, or an event with `errorCode`, ends the stream with
 //!   [`Error::Agent`].
@@ -193,8 +194,10 @@ impl NemoClient {
         let request = Request::post(&["run_sse"])
             .json(&body)?
             .header(ACCEPT, HeaderValue::from_static("text/event-stream"))
-            // The stream has its own idle and total limits below.
+            // The stream has its own idle and total limits below; the idle limit also covers
+            // the wait for the response head (a server that accepts and then says nothing).
             .timeout(None)
+            .head_idle_timeout(options.idle_timeout)
             .session(session.id())
             .expect("the agent's event stream");
         let opened_at = Instant::now();

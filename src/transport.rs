@@ -74,6 +74,8 @@ pub(crate) struct Request {
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Option<Duration>,
     use_default_timeout: bool,
+    /// Per-attempt limit on waiting for the response head, for streams without a timeout.
+    head_idle_timeout: Option<Duration>,
     expected: &'static str,
     session_id: Option<String>,
 }
@@ -95,6 +97,7 @@ impl Request {
             headers: Vec::new(),
             timeout: None,
             use_default_timeout: true,
+            head_idle_timeout: None,
             expected: "a response",
             session_id: None,
         }
@@ -137,6 +140,13 @@ impl Request {
     pub(crate) fn timeout(mut self, timeout: Option<Duration>) -> Request {
         self.timeout = timeout;
         self.use_default_timeout = false;
+        self
+    }
+
+    /// Longest silence before the response head arrives, for a request with no overall
+    /// limit (a stream): it fails with [`TimeoutKind::StreamIdle`], like silence mid-stream.
+    pub(crate) fn head_idle_timeout(mut self, timeout: Duration) -> Request {
+        self.head_idle_timeout = Some(timeout);
         self
     }
 
@@ -356,9 +366,17 @@ impl Transport {
     /// GET an absolute URL (a render output) unread. The bearer token is attached only when
     /// the URL has the API's own scheme, host and port; redirects to another host drop it
     /// (reqwest strips `Authorization` on cross-host redirects).
+    ///
+    /// A GET is safe to replay, so it follows the same policy as other reads: backoff for
+    /// transient failures (honouring the server's wait), one wait-and-replay for 429, and,
+    /// on the API's own origin, one new token and replay for 1001/401. Waiting for the
+    /// response head is limited by the request timeout; the body has no overall limit.
     pub(crate) async fn open_url(&self, url: &Url) -> Result<RawResponse> {
         let same_origin = url.origin() == self.base_url.origin();
         let mut attempt: u32 = 0;
+        let mut backoff_retries: u32 = 0;
+        let mut refreshed = false;
+        let mut waited = false;
         loop {
             attempt += 1;
             let span = tracing::info_span!(
@@ -367,6 +385,7 @@ impl Transport {
                 attempt,
                 status = tracing::field::Empty
             );
+            let mut token_used: Option<SecretToken> = None;
             let result = async {
                 let mut builder = self.http.get(url.clone());
                 if same_origin {
@@ -374,12 +393,11 @@ impl Transport {
                     builder = builder
                         .headers(self.static_headers.clone())
                         .header(AUTHORIZATION, bearer_header(&token)?);
+                    token_used = Some(token);
                 } else if let Some(agent) = self.static_headers.get(USER_AGENT) {
                     // Another host (a CDN) gets no token and no attribution headers.
                     builder = builder.header(USER_AGENT, agent.clone());
                 }
-                // The body can be large: only the wait for the headers is limited here; the
-                // caller limits the silence between chunks.
                 let response = tokio::time::timeout(self.request_timeout, builder.send())
                     .await
                     .map_err(|_| Error::Timeout {
@@ -395,14 +413,36 @@ impl Transport {
             }
             .instrument(span)
             .await;
-            match result {
-                Err(err)
-                    if err.retry_policy() == crate::RetryPolicy::Backoff
-                        && attempt <= self.retry.max_retries =>
-                {
-                    tokio::time::sleep(self.retry.delay_for(attempt - 1)).await;
+            let err = match result {
+                Ok(response) => return Ok(response),
+                Err(err) => err,
+            };
+            match err.retry_policy() {
+                crate::RetryPolicy::RefreshToken if !refreshed => {
+                    let Some(token) = token_used else {
+                        return Err(err);
+                    };
+                    match self.auth.invalidate(&token).await {
+                        Invalidated::Refreshable => refreshed = true,
+                        Invalidated::Fixed => return Err(fixed_token_error(err)),
+                    }
                 }
-                other => return other,
+                crate::RetryPolicy::WaitThenRetryOnce(wait)
+                    if !waited && wait <= self.retry.max_server_wait =>
+                {
+                    waited = true;
+                    tokio::time::sleep(wait).await;
+                }
+                crate::RetryPolicy::Backoff if backoff_retries < self.retry.max_retries => {
+                    let delay = err
+                        .info()
+                        .and_then(|info| info.retry_after)
+                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries))
+                        .min(self.retry.max_server_wait);
+                    backoff_retries += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(err),
             }
         }
     }
@@ -544,10 +584,17 @@ impl Transport {
         if !request.headers.iter().any(|(name, _)| name == ACCEPT) {
             builder = builder.header(ACCEPT, "application/json");
         }
-        builder
-            .send()
-            .await
-            .map_err(|err| map_reqwest_with_timeout(err, url, timeout))
+        let sent = builder.send();
+        let response = match request.head_idle_timeout {
+            Some(idle) => tokio::time::timeout(idle, sent)
+                .await
+                .map_err(|_| Error::Timeout {
+                    kind: TimeoutKind::StreamIdle,
+                    after: idle,
+                })?,
+            None => sent.await,
+        };
+        response.map_err(|err| map_reqwest_with_timeout(err, url, timeout))
     }
 
     /// Reads a (JSON) body, refusing more than the configured cap.

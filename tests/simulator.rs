@@ -723,7 +723,13 @@ async fn poll_until_done(sim: &Simulator, token: &str, id: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn render_lifecycle_completes_on_the_cdn_origin() {
-    let sim = Simulator::builder().fast().start().await.unwrap();
+    // Long enough that the first poll still sees `pending` on a busy machine.
+    let sim = Simulator::builder()
+        .fast()
+        .render_time(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
     let (token, _, sid) = ready(&sim).await;
     run_sse(&sim, &token, &sid, REMOVE).await;
     let (status, body) = submit_render(&sim, &token, &sid, "render_1").await;

@@ -197,7 +197,7 @@ impl NemoClient {
             // The stream has its own idle and total limits below; the idle limit also covers
             // the wait for the response head (a server that accepts and then says nothing).
             .timeout(None)
-            .head_idle_timeout(options.idle_timeout)
+            .head_timeout(options.idle_timeout, TimeoutKind::StreamIdle)
             .session(session.id())
             .expect("the agent's event stream");
         let opened_at = Instant::now();

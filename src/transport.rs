@@ -63,19 +63,30 @@ pub(crate) enum Replay {
     OnlyIfNotReceived,
 }
 
+/// Where a request goes.
+#[derive(Clone)]
+enum Target {
+    /// An API path made of segments, each percent-encoded onto the base URL.
+    Api(Vec<String>),
+    /// An absolute URL (a render output). It gets the token and the attribution headers only
+    /// when it is on the API's own origin.
+    Url(Url),
+}
+
 /// One API call, described by a resource module.
 #[derive(Clone)]
 pub(crate) struct Request {
     method: Method,
-    segments: Vec<String>,
+    target: Target,
     body: Body,
     replay: Replay,
     authenticated: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Option<Duration>,
     use_default_timeout: bool,
-    /// Per-attempt limit on waiting for the response head, for streams without a timeout.
-    head_idle_timeout: Option<Duration>,
+    /// Per-attempt limit on waiting for the response head, for requests without an overall
+    /// limit (streams, downloads), and the error kind it produces.
+    head_timeout: Option<(Duration, TimeoutKind)>,
     expected: &'static str,
     session_id: Option<String>,
 }
@@ -90,14 +101,14 @@ impl Request {
         };
         Request {
             method,
-            segments: segments.iter().map(|s| s.as_ref().to_string()).collect(),
+            target: Target::Api(segments.iter().map(|s| s.as_ref().to_string()).collect()),
             body: Body::Empty,
             replay,
             authenticated: true,
             headers: Vec::new(),
             timeout: None,
             use_default_timeout: true,
-            head_idle_timeout: None,
+            head_timeout: None,
             expected: "a response",
             session_id: None,
         }
@@ -109,6 +120,13 @@ impl Request {
 
     pub(crate) fn post<S: AsRef<str>>(segments: &[S]) -> Request {
         Request::new(Method::POST, segments)
+    }
+
+    /// A GET of an absolute URL, with no overall limit (the body may be large).
+    pub(crate) fn get_url(url: Url) -> Request {
+        let mut request = Request::new::<&str>(Method::GET, &[]);
+        request.target = Target::Url(url);
+        request.timeout(None)
     }
 
     /// A JSON body.
@@ -143,10 +161,10 @@ impl Request {
         self
     }
 
-    /// Longest silence before the response head arrives, for a request with no overall
-    /// limit (a stream): it fails with [`TimeoutKind::StreamIdle`], like silence mid-stream.
-    pub(crate) fn head_idle_timeout(mut self, timeout: Duration) -> Request {
-        self.head_idle_timeout = Some(timeout);
+    /// Longest wait for the response head, for a request with no overall limit (a stream or
+    /// a download); running out fails with `Error::Timeout { kind, .. }`.
+    pub(crate) fn head_timeout(mut self, timeout: Duration, kind: TimeoutKind) -> Request {
+        self.head_timeout = Some((timeout, kind));
         self
     }
 
@@ -363,88 +381,24 @@ impl Transport {
         .await
     }
 
-    /// GET an absolute URL (a render output) unread. The bearer token is attached only when
-    /// the URL has the API's own scheme, host and port; redirects to another host drop it
-    /// (reqwest strips `Authorization` on cross-host redirects).
-    ///
-    /// A GET is safe to replay, so it follows the same policy as other reads: backoff for
-    /// transient failures (honouring the server's wait), one wait-and-replay for 429, and,
-    /// on the API's own origin, one new token and replay for 1001/401. Waiting for the
-    /// response head is limited by the request timeout; the body has no overall limit.
+    /// GET an absolute URL (a render output) unread, through the same retry loop as every
+    /// other read: backoff for transient failures (honouring the server's wait), one wait and
+    /// replay for 429, and, on the API's own origin, one new token and replay for 1001/401.
+    /// The token and the attribution headers go only to the API's own origin; reqwest strips
+    /// `Authorization` on cross-host redirects. Waiting for the response head is limited by
+    /// the request timeout; the body has no overall limit (the caller limits each silence).
     pub(crate) async fn open_url(&self, url: &Url) -> Result<RawResponse> {
-        let same_origin = url.origin() == self.base_url.origin();
-        let mut attempt: u32 = 0;
-        let mut backoff_retries: u32 = 0;
-        let mut refreshed = false;
-        let mut waited = false;
-        loop {
-            attempt += 1;
-            let span = tracing::info_span!(
-                "nemo.download",
-                host = url.host_str().unwrap_or(""),
-                attempt,
-                status = tracing::field::Empty
-            );
-            let mut token_used: Option<SecretToken> = None;
-            let result = async {
-                let mut builder = self.http.get(url.clone());
-                if same_origin {
-                    let token = self.auth.token(self).await?;
-                    builder = builder
-                        .headers(self.static_headers.clone())
-                        .header(AUTHORIZATION, bearer_header(&token)?);
-                    token_used = Some(token);
-                } else if let Some(agent) = self.static_headers.get(USER_AGENT) {
-                    // Another host (a CDN) gets no token and no attribution headers.
-                    builder = builder.header(USER_AGENT, agent.clone());
-                }
-                let response = tokio::time::timeout(self.request_timeout, builder.send())
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        kind: TimeoutKind::Request,
-                        after: self.request_timeout,
-                    })?
-                    .map_err(|err| map_reqwest(err, url))?;
-                tracing::Span::current().record("status", response.status().as_u16());
-                if response.status().is_success() {
-                    return Ok(RawResponse { response });
-                }
-                Err(self.enrich(self.read_body(response).await?.into_error("a file"), None))
+        let request = Request::get_url(url.clone())
+            .head_timeout(self.request_timeout, TimeoutKind::Request)
+            .expect("a file");
+        self.with_retries(&request, |response| async move {
+            if response.status().is_success() {
+                Ok(RawResponse { response })
+            } else {
+                Err(self.read_body(response).await?.into_error("a file"))
             }
-            .instrument(span)
-            .await;
-            let err = match result {
-                Ok(response) => return Ok(response),
-                Err(err) => err,
-            };
-            match err.retry_policy() {
-                crate::RetryPolicy::RefreshToken if !refreshed => {
-                    let Some(token) = token_used else {
-                        return Err(err);
-                    };
-                    match self.auth.invalidate(&token).await {
-                        Invalidated::Refreshable => refreshed = true,
-                        Invalidated::Fixed => return Err(fixed_token_error(err)),
-                    }
-                }
-                crate::RetryPolicy::WaitThenRetryOnce(wait)
-                    if !waited && wait <= self.retry.max_server_wait =>
-                {
-                    waited = true;
-                    tokio::time::sleep(wait).await;
-                }
-                crate::RetryPolicy::Backoff if backoff_retries < self.retry.max_retries => {
-                    let delay = err
-                        .info()
-                        .and_then(|info| info.retry_after)
-                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries))
-                        .min(self.retry.max_server_wait);
-                    backoff_retries += 1;
-                    tokio::time::sleep(delay).await;
-                }
-                _ => return Err(err),
-            }
-        }
+        })
+        .await
     }
 
     /// The retry loop shared by every call. `handle` turns a response into the result.
@@ -453,17 +407,23 @@ impl Transport {
         F: Fn(reqwest::Response) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        // `.` and `..` would be normalised away by URL parsing and hit another endpoint.
-        if let Some(bad) = request
-            .segments
-            .iter()
-            .find(|s| s.is_empty() || s.as_str() == "." || s.as_str() == "..")
-        {
-            return Err(Error::invalid_input(format!(
-                "{bad:?} is not a valid id; pass the id the service returned"
-            )));
-        }
-        let url = self.url_for(&request.segments);
+        let url = match &request.target {
+            Target::Api(segments) => {
+                // `.` and `..` would be normalised away by URL parsing and hit another endpoint.
+                if let Some(bad) = segments
+                    .iter()
+                    .find(|s| s.is_empty() || s.as_str() == "." || s.as_str() == "..")
+                {
+                    return Err(Error::invalid_input(format!(
+                        "{bad:?} is not a valid id; pass the id the service returned"
+                    )));
+                }
+                self.url_for(segments)
+            }
+            Target::Url(url) => url.clone(),
+        };
+        let own_origin = url.origin() == self.base_url.origin();
+        let authenticated = request.authenticated && own_origin;
         let mut attempt: u32 = 0;
         let mut backoff_retries: u32 = 0;
         let mut refreshed = false;
@@ -479,14 +439,16 @@ impl Transport {
             );
             let mut token_used: Option<SecretToken> = None;
             let outcome = async {
-                let token = if request.authenticated {
+                let token = if authenticated {
                     let token = self.auth.token(self).await?;
                     token_used = Some(token.clone());
                     Some(token)
                 } else {
                     None
                 };
-                let response = self.send_once(request, &url, token.as_ref()).await?;
+                let response = self
+                    .send_once(request, &url, own_origin, token.as_ref())
+                    .await?;
                 tracing::Span::current().record("status", response.status().as_u16());
                 handle(response).await
             }
@@ -500,7 +462,7 @@ impl Transport {
                 || err.never_reached_server()
                 || err.rejected_before_processing();
             match err.retry_policy() {
-                crate::RetryPolicy::RefreshToken if !refreshed && request.authenticated => {
+                crate::RetryPolicy::RefreshToken if !refreshed && authenticated => {
                     let Some(token) = token_used else {
                         return Err(err);
                     };
@@ -548,12 +510,16 @@ impl Transport {
         &self,
         request: &Request,
         url: &Url,
+        own_origin: bool,
         token: Option<&SecretToken>,
     ) -> Result<reqwest::Response> {
-        let mut builder = self
-            .http
-            .request(request.method.clone(), url.clone())
-            .headers(self.static_headers.clone());
+        let mut builder = self.http.request(request.method.clone(), url.clone());
+        if own_origin {
+            builder = builder.headers(self.static_headers.clone());
+        } else if let Some(agent) = self.static_headers.get(USER_AGENT) {
+            // Another host (a CDN) gets no token and no attribution headers.
+            builder = builder.header(USER_AGENT, agent.clone());
+        }
         if let Some(token) = token {
             builder = builder.header(AUTHORIZATION, bearer_header(token)?);
         }
@@ -581,17 +547,16 @@ impl Transport {
                     .body(body.body)
             }
         };
-        if !request.headers.iter().any(|(name, _)| name == ACCEPT) {
+        if matches!(request.target, Target::Api(_))
+            && !request.headers.iter().any(|(name, _)| name == ACCEPT)
+        {
             builder = builder.header(ACCEPT, "application/json");
         }
         let sent = builder.send();
-        let response = match request.head_idle_timeout {
-            Some(idle) => tokio::time::timeout(idle, sent)
+        let response = match request.head_timeout {
+            Some((limit, kind)) => tokio::time::timeout(limit, sent)
                 .await
-                .map_err(|_| Error::Timeout {
-                    kind: TimeoutKind::StreamIdle,
-                    after: idle,
-                })?,
+                .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
         response.map_err(|err| map_reqwest_with_timeout(err, url, timeout))

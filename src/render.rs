@@ -11,10 +11,12 @@
 //! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
 //!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
 //!   again at the next interval without losing the job. Unknown statuses count as running.
-//! - Downloads stream to a temporary file beside the target (1 MiB write buffer), check the
-//!   byte count against `Content-Length`, sync, then rename into place: on any failure or
-//!   cancellation the temporary file is removed and nothing appears at the target. The bearer
-//!   token goes only to the API's own origin, never to a CDN or across a redirect.
+//! - Downloads stream to a temporary file beside the target, written by a dedicated thread
+//!   fed through a bounded queue (8 chunks) so network reads and disk writes overlap; then
+//!   the byte count is checked against `Content-Length`, the file synced, and renamed into
+//!   place: on any failure or cancellation the temporary file is removed and nothing appears
+//!   at the target. The bearer token goes only to the API's own origin, never to a CDN or
+//!   across a redirect.
 //! - A download is a GET, so its response head is retried like any read: backoff for
 //!   transient failures (honouring `Retry-After`), one wait and replay for 429, and on the
 //!   API's own origin one new token and replay for 1001/401. The wait for the head is bounded
@@ -23,12 +25,14 @@
 //!   [`NemoClient::download_render`] then tries the API's download endpoint.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -603,6 +607,62 @@ impl NemoClient {
     }
 }
 
+/// Chunks queued between the network and the writer thread. A chunk is one read of the
+/// connection (at most about 400 KiB), so this keeps a download's memory to about 3 MiB
+/// while letting the network run ahead of the disk for a moment.
+const WRITE_QUEUE: usize = 8;
+
+/// What the network side tells the writer thread.
+enum WriterMessage {
+    Chunk(Bytes),
+    /// Every byte arrived: sync the file and report.
+    Finish,
+}
+
+/// Starts the thread that writes the download to `file`. Network reads and disk writes then
+/// overlap instead of taking turns on one task, and the async runtime never blocks on the
+/// disk. The thread reports once: `Ok` after [`WriterMessage::Finish`] when every write and
+/// the sync succeeded, or else the first error. When the sender is dropped without `Finish`
+/// (the download failed or was cancelled) it stops without syncing.
+fn spawn_writer(
+    mut file: File,
+) -> std::io::Result<(
+    tokio::sync::mpsc::Sender<WriterMessage>,
+    tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+)> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    let (report, written) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nemo-download-writer".to_string())
+        .spawn(move || {
+            let mut result = Ok(());
+            while let Some(message) = receiver.blocking_recv() {
+                match message {
+                    // Chunks go straight to the file: they are already large, so a write
+                    // buffer would only add a copy.
+                    WriterMessage::Chunk(chunk) => {
+                        if let Err(err) = file.write_all(&chunk) {
+                            result = Err(err);
+                            break;
+                        }
+                    }
+                    WriterMessage::Finish => {
+                        // Durability before the rename: after a crash the target is either
+                        // absent or the whole file, never a torn one. It costs little here
+                        // because it runs on this thread, after the writes that already
+                        // overlapped the network, and never blocks the async runtime.
+                        result = file.sync_all();
+                        break;
+                    }
+                }
+            }
+            drop(receiver);
+            drop(file);
+            let _ = report.send(result);
+        })?;
+    Ok((sender, written))
+}
+
 /// The absolute download target, after checking that it names a file in an existing folder.
 fn output_target(path: &Path) -> Result<PathBuf> {
     let target = absolute(path)?;
@@ -631,14 +691,19 @@ async fn save_response(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let total = response.content_length();
-    // Dropped on every early return (error or cancellation), which deletes the file.
-    let temp = tempfile::Builder::new()
+    let (file, temp_path) = tempfile::Builder::new()
         .prefix(".nemo-download-")
         .suffix(".part")
         .tempfile_in(&dir)
-        .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
-    let mut writer = std::io::BufWriter::with_capacity(1024 * 1024, temp);
+        .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?
+        .into_parts();
+    // `temp_path` stays with this future: dropping it on any early return (error or
+    // cancellation) deletes the file at once, even while the writer thread still holds it
+    // open.
+    let (chunks, written) =
+        spawn_writer(file).map_err(|err| Error::io("could not start writing", &target, err))?;
     let mut received: u64 = 0;
+    let mut writer_stopped = false;
     loop {
         let next = tokio::time::timeout(idle_limit, response.chunk())
             .await
@@ -660,21 +725,34 @@ async fn save_response(
         if total.is_some_and(|total| received > total) {
             return Err(short_download(received, total));
         }
-        writer
-            .write_all(&chunk)
-            .map_err(|err| Error::io("could not write to", &target, err))?;
+        if chunks.send(WriterMessage::Chunk(chunk)).await.is_err() {
+            // The writer stopped on an error; its report below says which.
+            writer_stopped = true;
+            break;
+        }
         progress(DownloadProgress { received, total });
+    }
+    if !writer_stopped && total.is_some_and(|total| received != total) {
+        // Dropping `chunks` without `Finish` stops the writer without a sync.
+        return Err(short_download(received, total));
+    }
+    // When the writer has already failed, this send fails too and its report has the error.
+    let _ = chunks.send(WriterMessage::Finish).await;
+    match written.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(Error::io("could not write to", &target, err)),
+        Err(_) => {
+            return Err(Error::io(
+                "could not write to",
+                &target,
+                std::io::Error::other("the download writer thread stopped unexpectedly"),
+            ))
+        }
     }
     if total.is_some_and(|total| received != total) {
         return Err(short_download(received, total));
     }
-    let temp = writer
-        .into_inner()
-        .map_err(|err| Error::io("could not write to", &target, err.into_error()))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|err| Error::io("could not write to", &target, err))?;
-    temp.persist(&target).map_err(|err| {
+    temp_path.persist(&target).map_err(|err| {
         Error::io(
             "could not move the download into place at",
             &target,

@@ -8,7 +8,8 @@
 //!   A failed check sends no request.
 //! - One `multipart/form-data` request with one part named `files` per file, the file name
 //!   kept, and an exact `Content-Length`. Bodies are streamed from disk by a reader thread in
-//!   256 KiB reads with at most 4 chunks in flight, so memory stays flat whatever the size.
+//!   256 KiB reads with at most 4 chunks in flight, into six buffers recycled for the whole
+//!   upload, so memory stays flat (about 1.5 MiB of buffers) whatever the size.
 //! - Uploading is not idempotent (a second upload adds a second copy): it is re-sent only when
 //!   the request certainly never reached the server.
 //! - Time limit: the request timeout plus 4 s per MiB (a 500 MiB clip gets about 34 minutes).
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -355,6 +356,74 @@ impl MultipartPlan {
     }
 }
 
+/// A read buffer on loan to the connection. When the connection is done with the chunk (the
+/// last `Bytes` clone is dropped) the buffer goes back to the reader thread's pool, so a whole
+/// upload allocates and zeroes a handful of buffers once, whatever the file size, instead of a
+/// fresh zeroed buffer for every read.
+struct PooledChunk {
+    buffer: Vec<u8>,
+    len: usize,
+    pool: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        // The reader may have finished already; then the buffer is simply freed.
+        let _ = self.pool.send(std::mem::take(&mut self.buffer));
+    }
+}
+
+/// The reader thread's buffers: up to `limit` of them, recycled from the connection.
+struct BufferPool {
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+    return_to: std::sync::mpsc::Sender<Vec<u8>>,
+    allocated: usize,
+    limit: usize,
+    buffer_len: usize,
+}
+
+impl BufferPool {
+    fn new(limit: usize, buffer_len: usize) -> BufferPool {
+        let (return_to, returned) = std::sync::mpsc::channel();
+        BufferPool {
+            returned,
+            return_to,
+            allocated: 0,
+            limit,
+            buffer_len,
+        }
+    }
+
+    /// A buffer of `buffer_len` bytes: a returned one, a new one while under the limit, or
+    /// else the next one the connection gives back. `None` when the body was dropped.
+    fn take(
+        &mut self,
+        sender: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    ) -> Option<Vec<u8>> {
+        if let Ok(buffer) = self.returned.try_recv() {
+            return Some(buffer);
+        }
+        if self.allocated < self.limit {
+            self.allocated += 1;
+            return Some(vec![0; self.buffer_len]);
+        }
+        loop {
+            match self.returned.recv_timeout(Duration::from_millis(100)) {
+                Ok(buffer) => return Some(buffer),
+                // Chunks still queued in a closed channel may never come back; stop instead.
+                Err(_) if sender.is_closed() => return None,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// The reader thread: framing and file bytes, exactly `len` bytes per file. Stops as soon as
 /// the receiver is gone (request dropped or failed).
 fn produce_chunks(
@@ -363,6 +432,8 @@ fn produce_chunks(
     tail: Bytes,
     sender: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) {
+    // The chunks in the channel, one the connection is writing, and one being filled.
+    let mut pool = BufferPool::new(CHUNKS_IN_FLIGHT + 2, READ_CHUNK);
     for (head, file) in heads.iter().zip(files) {
         if sender.blocking_send(Ok(head.clone())).is_err() {
             return;
@@ -376,11 +447,15 @@ fn produce_chunks(
         };
         let mut remaining = file.len;
         while remaining > 0 {
-            let want = READ_CHUNK.min(usize::try_from(remaining).unwrap_or(READ_CHUNK));
-            let mut buffer = BytesMut::zeroed(want);
+            let Some(mut buffer) = pool.take(sender) else {
+                return;
+            };
+            let want = buffer
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             let mut filled = 0;
             while filled < want {
-                match reader.read(&mut buffer[filled..]) {
+                match reader.read(&mut buffer[filled..want]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
@@ -397,9 +472,13 @@ fn produce_chunks(
                 ))));
                 return;
             }
-            buffer.truncate(filled);
             remaining -= filled as u64;
-            if sender.blocking_send(Ok(buffer.freeze())).is_err() {
+            let chunk = Bytes::from_owner(PooledChunk {
+                buffer,
+                len: filled,
+                pool: pool.return_to.clone(),
+            });
+            if sender.blocking_send(Ok(chunk)).is_err() {
                 return;
             }
         }

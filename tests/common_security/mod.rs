@@ -49,15 +49,36 @@ impl<'a> MakeWriter<'a> for LogBuffer {
 /// current-thread runtime so every task of the test logs into it). Span opening and closing
 /// are logged too, with their fields, so the `nemo.request` spans show up even when no
 /// event fires inside them.
-pub fn capture_logs() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+///
+/// Tests that capture logs run one at a time: `tracing` caches each callsite's interest
+/// process-wide, and thread-local subscribers coming and going in parallel tests can leave a
+/// callsite cached as uninteresting, so a span would silently be missing from the capture.
+pub fn capture_logs() -> (LogBuffer, CaptureGuard) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let buffer = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
         .with_writer(buffer.clone())
         .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    (buffer, guard)
+    let subscriber = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    (
+        buffer,
+        CaptureGuard {
+            _subscriber: subscriber,
+            _serial: serial,
+        },
+    )
+}
+
+/// Keeps the capturing subscriber installed, and other capturing tests waiting, until dropped.
+pub struct CaptureGuard {
+    _subscriber: tracing::subscriber::DefaultGuard,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Retries as in production (2), but 10 ms doubling to 40 ms, no jitter.

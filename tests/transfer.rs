@@ -1,0 +1,187 @@
+//! Large transfers: uploads bigger than the reader's recycled buffers arrive byte for byte;
+//! downloads written by the writer thread are whole, report progress, and leave nothing behind
+//! when the body is short or the download is cancelled.
+
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nemo_video::{NemoClient, Session};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Bytes that differ from one 256 KiB read to the next, so a recycled buffer sent twice or
+/// out of order shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 31 % 251) as u8 ^ (i >> 18) as u8)
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn upload_larger_than_the_buffer_pool_arrives_byte_for_byte() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/upload-video/nemo_agent/me/s1"))
+        .respond_with(support::ok(json!({"files": [{"filename": "big.mp4"}]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let dir = support::tempdir();
+    let client = support::fixed_client(&server, dir.path());
+    // Six 256 KiB buffers serve the whole upload, so 3 MiB and change reuses each one twice.
+    let content = pattern(3 * 1024 * 1024 + 12_345);
+    let file = dir.path().join("big.mp4");
+    std::fs::write(&file, &content).unwrap();
+    let last_progress = Arc::new(Mutex::new(None));
+    let seen = last_progress.clone();
+    let result = client
+        .upload_files_with_progress(&Session::from_id("s1"), &[&file], move |p| {
+            *seen.lock().unwrap() = Some((p.sent, p.total));
+        })
+        .await
+        .expect("upload succeeds");
+    assert_eq!(result.files[0].filename.as_deref(), Some("big.mp4"));
+
+    let requests = server.received_requests().await.unwrap();
+    let body = &requests[0].body;
+    let length: usize = support::header(&requests[0], "content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(length, body.len());
+    let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let content_type = support::header(&requests[0], "content-type").unwrap();
+    let boundary = content_type.split("boundary=").nth(1).unwrap();
+    let tail = format!("\r\n--{boundary}--\r\n");
+    assert!(body.ends_with(tail.as_bytes()));
+    assert!(body[start..body.len() - tail.len()] == content[..]);
+    assert_eq!(
+        *last_progress.lock().unwrap(),
+        Some((body.len() as u64, body.len() as u64))
+    );
+}
+
+#[tokio::test]
+async fn download_writes_every_byte_and_reports_progress() {
+    let server = MockServer::start().await;
+    let content = pattern(3 * 1024 * 1024 + 777);
+    Mock::given(method("GET"))
+        .and(path("/out.mp4"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(content.clone()))
+        .mount(&server)
+        .await;
+    let dir = support::tempdir();
+    let client = support::fixed_client(&server, dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("edited.mp4");
+    let last_progress = Mutex::new(None);
+    let written = client
+        .download(&format!("{}/out.mp4", server.uri()), &target, |p| {
+            *last_progress.lock().unwrap() = Some((p.received, p.total));
+        })
+        .await
+        .expect("download succeeds");
+    assert_eq!(written, content.len() as u64);
+    assert!(std::fs::read(&target).unwrap() == content);
+    let len = content.len() as u64;
+    assert_eq!(*last_progress.lock().unwrap(), Some((len, Some(len))));
+    assert_eq!(entries(&out_dir), ["edited.mp4"]);
+}
+
+/// A server that answers every request with a `Content-Length` of `declared` bytes, sends
+/// `sent` of them, then closes the connection, or with `stall` keeps it open and silent.
+async fn partial_server(declared: usize, sent: usize, stall: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {declared}\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&pattern(sent)).await;
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn raw_client(base: &str) -> NemoClient {
+    NemoClient::builder()
+        .base_url(base)
+        .token("t")
+        .no_persistence()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn short_download_fails_and_leaves_nothing() {
+    let base = partial_server(2 * 1024 * 1024, 300 * 1024, false).await;
+    let dir = support::tempdir();
+    let target = dir.path().join("edited.mp4");
+    let err = raw_client(&base)
+        .download(&format!("{base}/out.mp4"), &target, |_| {})
+        .await
+        .expect_err("a short body is an error");
+    assert!(
+        err.to_string().contains("the download ended")
+            || matches!(err, nemo_video::Error::Network { .. }),
+        "{err}"
+    );
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[tokio::test]
+async fn cancelled_download_removes_its_temporary_file_at_once() {
+    let base = partial_server(64 * 1024 * 1024, 512 * 1024, true).await;
+    let dir = support::tempdir();
+    let target = dir.path().join("edited.mp4");
+    let client = raw_client(&base);
+    let received = std::sync::atomic::AtomicU64::new(0);
+    let url = format!("{base}/out.mp4");
+    let download = client.download(&url, &target, |p| {
+        received.store(p.received, std::sync::atomic::Ordering::Relaxed);
+    });
+    let outcome = tokio::time::timeout(Duration::from_millis(500), download).await;
+    assert!(outcome.is_err(), "the download should still be waiting");
+    assert!(received.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // Checked right after the drop: the writer thread may still hold the file open, but its
+    // name is gone and nothing was renamed into place.
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}

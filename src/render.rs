@@ -752,6 +752,17 @@ async fn save_response(
     if total.is_some_and(|total| received != total) {
         return Err(short_download(received, total));
     }
+    // The temporary file is private (0600); the result should have an ordinary file's mode:
+    // the replaced file's, or rw-r--r--.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target)
+            .map(|meta| meta.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        std::fs::set_permissions(&*temp_path, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| Error::io("could not set permissions on", &target, err))?;
+    }
     temp_path.persist(&target).map_err(|err| {
         Error::io(
             "could not move the download into place at",

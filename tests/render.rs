@@ -898,3 +898,34 @@ async fn a_missing_output_folder_fails_before_any_request() {
     );
     assert!(!dir.path().join("no").exists());
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_downloaded_file_gets_an_ordinary_mode_not_the_temp_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let cdn = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/out.mp4"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![1u8; 1000]))
+        .mount(&cdn)
+        .await;
+    let api = MockServer::start().await;
+    let client = client(&api);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    client
+        .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+
+    // Replacing a file keeps the replaced file's mode.
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    client
+        .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}

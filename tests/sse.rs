@@ -905,3 +905,35 @@ proptest! {
         prop_assert_eq!(frames.len(), expected.len());
     }
 }
+
+#[test]
+fn every_single_byte_corruption_of_a_long_value_is_decoded_lossily() {
+    // Long enough for simdutf8's vectorised path; bytes from every class a validator
+    // distinguishes, at every position, in single-line and multi-line data.
+    const INTERESTING: [u8; 22] = [
+        0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1,
+        0xED, 0xEE, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
+    ];
+    let text = "点击 export café ✓ 😀 ".repeat(8);
+    let mut value = text.as_bytes().to_vec();
+    for at in 0..value.len() {
+        for &byte in &INTERESTING {
+            let original = value[at];
+            value[at] = byte;
+            let decoded = String::from_utf8_lossy(&value).into_owned();
+            let mut single = b"data:".to_vec();
+            single.extend_from_slice(&value);
+            single.extend_from_slice(b"\n\n");
+            assert_eq!(parse(&single), vec![ev(&decoded)], "{byte:02X} at {at}");
+            let mut multi = b"data:".to_vec();
+            multi.extend_from_slice(&value);
+            multi.extend_from_slice(b"\ndata:x\n\n");
+            assert_eq!(
+                parse(&multi),
+                vec![ev(&format!("{decoded}\nx"))],
+                "{byte:02X} at {at}, multi-line"
+            );
+            value[at] = original;
+        }
+    }
+}

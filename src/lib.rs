@@ -98,3 +98,19 @@ pub use state::{SessionState, StateDiff};
 pub use stream::{MessageOptions, MessageStream};
 pub use turn::{Turn, TurnEnd, TurnOptions};
 pub use upload::{UploadProgress, UploadResult, UploadedFile};
+
+/// Entry points for the fuzz targets under `fuzz/`, which live in their own crate and so
+/// cannot reach crate-private decoders. **Not public API**: hidden from the docs, exempt from
+/// semver, and may change or disappear in any release.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Runs the response-envelope decoder on `body` as if it came with HTTP `status`, asking
+    /// for an untyped `serde_json::Value`. A status outside `100..=999` is a configuration
+    /// error (no such response can exist).
+    pub fn decode_envelope(status: u16, body: &[u8]) -> Result<(), crate::Error> {
+        let status = reqwest::StatusCode::from_u16(status)
+            .map_err(|_| crate::Error::config(format!("{status} is not an HTTP status")))?;
+        crate::transport::decode_envelope::<serde_json::Value>(status, None, body, "a value", None)
+            .map(drop)
+    }
+}

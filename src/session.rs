@@ -148,7 +148,8 @@ impl NemoClient {
             expires_in: data
                 .expires_in
                 .filter(|secs| secs.is_finite() && *secs >= 0.0)
-                .map(Duration::from_secs_f64),
+                // `from_secs_f64` panics past u64::MAX seconds; such a link never expires.
+                .map(|secs| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)),
         })
     }
 }

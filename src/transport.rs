@@ -917,12 +917,19 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(seconds_saturating(ms / 1000.0));
     }
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(Duration::from_secs_f64)
+        .map(seconds_saturating)
+}
+
+/// A finite, non-negative number of seconds as a `Duration`. `Duration::from_secs_f64`
+/// panics past `u64::MAX` seconds, and a header like `Retry-After: 1e300` must not crash the
+/// client: such a wait is "longer than any cap", so it saturates.
+fn seconds_saturating(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }

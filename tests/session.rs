@@ -164,6 +164,25 @@ async fn session_round_trips_through_serde() {
 }
 
 #[tokio::test]
+async fn claim_link_with_an_expiry_too_large_for_a_duration_does_not_panic() {
+    // `Duration::from_secs_f64(1e300)` panics; a server's number must not crash the client.
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("POST"))
+        .and(path(CLAIM_PATH))
+        .respond_with(ok(json!({"claim_token": "clm_abc", "expires_in": 1e300})))
+        .mount(&server)
+        .await;
+    let session: Session =
+        serde_json::from_str(r#"{"session_id":"7301234567890123457","task_id":"task-1"}"#).unwrap();
+    let link = fixed_client(&server, dir.path())
+        .claim_link(&session)
+        .await
+        .unwrap();
+    assert_eq!(link.expires_in, Some(Duration::MAX));
+}
+
+#[tokio::test]
 async fn claim_link_has_exact_wire_form_and_builds_the_browser_link() {
     let server = MockServer::start().await;
     let dir = tempdir();

@@ -290,6 +290,24 @@ async fn http_429_with_a_wait_over_the_cap_fails_at_once_with_that_wait() {
 }
 
 #[tokio::test]
+async fn http_429_with_a_wait_too_large_for_a_duration_fails_at_once_instead_of_panicking() {
+    // `Duration::from_secs_f64(1e300)` panics; the client must treat the wait as "longer than
+    // any cap" instead of crashing on a header.
+    for (header, value) in [("Retry-After", "1e300"), ("retry-after-ms", "1e300")] {
+        let start = Instant::now();
+        let (err, count) =
+            credits_error(ResponseTemplate::new(429).insert_header(header, value)).await;
+        assert!(start.elapsed() < Duration::from_secs(5), "{header}: waited");
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(wait), .. } if wait == Duration::MAX),
+            "{header}: {err:?}"
+        );
+        assert_eq!(count, 1, "{header}: retried");
+        assert!(err.to_string().contains("rate limited"), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_body_code_is_kept() {
     let (err, count) = credits_error(code(7777, "quota shard offline")).await;
     match &err {

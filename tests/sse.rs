@@ -937,3 +937,84 @@ fn every_single_byte_corruption_of_a_long_value_is_decoded_lossily() {
         }
     }
 }
+
+/// Parses `input` whole, split in two at every position, in three at every pair of
+/// positions, and byte by byte, and checks that every way gives `expected`.
+fn assert_same_at_every_split(input: &[u8], expected: &[F]) {
+    assert_eq!(parse(input), expected, "whole input");
+    assert_eq!(parse_bytewise(input), expected, "byte by byte");
+    for i in 0..=input.len() {
+        let (a, rest) = input.split_at(i);
+        assert_eq!(
+            parse_chunks(&mut SseParser::new(), &[a, rest]),
+            expected,
+            "split at {i}"
+        );
+        for j in 0..=rest.len() {
+            let (b, c) = rest.split_at(j);
+            assert_eq!(
+                parse_chunks(&mut SseParser::new(), &[a, b, c]),
+                expected,
+                "split at {i} and {}",
+                i + j
+            );
+        }
+    }
+}
+
+#[test]
+fn multibyte_characters_split_across_pushes_at_every_position() {
+    for ch in ["é", "点", "😀"] {
+        // A single data line, a joined one, a comment and an event type around it.
+        let input = format!(
+            "data: a{ch}b\n\ndata: {ch}\ndata: x{ch}\n\n: {ch}\nevent: {ch}\ndata: {ch}{ch}\n\n"
+        );
+        let expected = [
+            ev(&format!("a{ch}b")),
+            ev(&format!("{ch}\nx{ch}")),
+            comment(ch),
+            ev_full(&format!("{ch}{ch}"), Some(ch), None, None),
+        ];
+        assert_same_at_every_split(input.as_bytes(), &expected);
+        // The same with the character last before the end of the stream.
+        let input = format!("data: {ch}");
+        assert_same_at_every_split(input.as_bytes(), &[ev(ch)]);
+    }
+}
+
+#[test]
+fn invalid_utf8_in_one_event_does_not_affect_its_neighbours() {
+    let input = b"data: \xE7\x82\xB9ok\n\ndata: a\xFFb\n\ndata: \xE7\x82\xB9\n\ndata: x\ndata: \xC0\n\ndata: \xF0\x9F\x98\x80\n\n";
+    let expected = [
+        ev("点ok"),
+        ev("a\u{FFFD}b"),
+        ev("点"),
+        ev("x\n\u{FFFD}"),
+        ev("😀"),
+    ];
+    assert_same_at_every_split(input, &expected);
+}
+
+#[test]
+fn invalid_sequences_split_across_pushes_decode_like_from_utf8_lossy() {
+    // Truncated sequences followed by ASCII, by a line ending, by another character and by
+    // the end of the stream; a surrogate; an overlong form; a stray continuation byte.
+    let payloads: [&[u8]; 8] = [
+        b"\xE2\x82A",
+        b"\xF0\x9F\x98",
+        b"\xF0\x9F\x98\xE7\x82\xB9",
+        b"\xE2\x82\xE2\x82\xAC",
+        b"\xED\xA0\x80z",
+        b"\xE0\x80\x80",
+        b"\x80\xE7\x82\xB9",
+        b"ok\xC3",
+    ];
+    for payload in payloads {
+        let text = String::from_utf8_lossy(payload).into_owned();
+        let mut input = b"data: ".to_vec();
+        input.extend_from_slice(payload);
+        input.extend_from_slice(b"\n\ndata: \xE7\x82\xB9\n\ndata: ");
+        input.extend_from_slice(payload);
+        assert_same_at_every_split(&input, &[ev(&text), ev("点"), ev(&text)]);
+    }
+}

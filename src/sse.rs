@@ -388,8 +388,11 @@ impl SseParser {
         if self.buf.capacity() - self.buf.len() < bytes.len() {
             // Reserve generously: `BytesMut` then reclaims the consumed front of its buffer
             // (moving the few unconsumed bytes back) once per `MIN_RESERVE` bytes instead of
-            // once per small push.
-            self.buf.reserve(bytes.len().max(MIN_RESERVE));
+            // once per small push. Never more than twice the event limit, though: the buffer
+            // never needs to hold more than one unfinished event plus the push, so memory
+            // stays proportional to the limit even when it is tiny.
+            let generous = MIN_RESERVE.min(self.max_event_size.saturating_mul(2));
+            self.buf.reserve(bytes.len().max(generous));
         }
         self.buf.extend_from_slice(bytes);
     }

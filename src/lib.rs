@@ -82,6 +82,11 @@ pub mod turn;
 pub mod upload;
 mod wire;
 
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use auth::{AnonymousCredentials, SecretToken};
 pub use client::{
     Config, NemoClient, NemoClientBuilder, RetryConfig, DEFAULT_BASE_URL,

@@ -318,19 +318,22 @@ impl MultipartPlan {
     }
 
     /// Starts a reader thread that produces the body's chunks, and wraps them as a body.
-    fn body(&self, progress: Option<ProgressFn>) -> StreamBody {
+    fn body(&self, progress: Option<ProgressFn>) -> Result<StreamBody> {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
         let heads = self.heads.clone();
         let tail = self.tail.clone();
         let files = self.files.clone();
+        // Failing here, before the request starts, means nothing is sent at all.
         std::thread::Builder::new()
             .name("nemo-upload-reader".to_string())
             .spawn(move || produce_chunks(&heads, &files, tail, &sender))
-            .map(drop)
-            .unwrap_or_else(
-                |err| tracing::warn!(error = %err, "could not start the upload reader thread"),
-            );
+            .map_err(|err| Error::Network {
+                may_have_reached_server: false,
+                source: Box::new(std::io::Error::other(format!(
+                    "could not start the upload reader thread: {err}"
+                ))),
+            })?;
         let total = self.total;
         let stream = async_stream::stream! {
             let mut receiver = receiver;
@@ -348,11 +351,11 @@ impl MultipartPlan {
                 yield Err(std::io::Error::other("the upload body ended early"));
             }
         };
-        StreamBody {
+        Ok(StreamBody {
             body: reqwest::Body::wrap_stream(stream),
             content_type: format!("multipart/form-data; boundary={}", self.boundary),
             content_length: self.total,
-        }
+        })
     }
 }
 
@@ -560,7 +563,7 @@ impl NemoClient {
             + Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX));
         let factory_plan = Arc::clone(&plan);
         let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
-            .stream_body(Arc::new(move || Ok(factory_plan.body(progress.clone()))))
+            .stream_body(Arc::new(move || factory_plan.body(progress.clone())))
             .timeout(Some(timeout))
             .session(session.id())
             .expect("an upload result");

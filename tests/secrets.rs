@@ -1,19 +1,20 @@
 //! Tokens never leak: not into logs (captured at TRACE), errors, `Debug` output, or requests to
 //! other hosts; and the credentials file is private, atomic, and survives being broken.
 
-mod common_security;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common_security::{
-    assert_error_hides, assert_hidden, builder, capture_logs, file_names, sample_clip, LogBuffer,
-};
 use nemo_video::render::{RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient, Session};
+use support::logs::{capture_logs, LogBuffer};
+use support::{
+    assert_error_hides, assert_hidden, ephemeral_builder as builder, file_names, sample_clip,
+};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

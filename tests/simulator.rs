@@ -1,6 +1,6 @@
 //! The simulator against plain reqwest: wire shapes, behaviour over time, and every fault knob.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nemo_video::simulator::{
     Endpoint, Failure, Simulator, StatusShape, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4,
@@ -8,6 +8,7 @@ use nemo_video::simulator::{
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 const REMOVE: &str = "remove the background person and replace it with a solid color";
 
@@ -471,7 +472,9 @@ async fn url_upload_lands_in_state() {
     assert_eq!(tracks(&data["state"]["draft"]).len(), 1);
 }
 
-#[tokio::test]
+// On a paused clock (the simulator runs on this test's runtime): the timings below are the
+// simulator's own, not whatever a busy machine makes of them.
+#[tokio::test(start_paused = true)]
 async fn run_sse_streams_over_time_and_removes_the_object() {
     let sim = Simulator::builder()
         .event_pacing(Duration::from_millis(40))
@@ -721,12 +724,24 @@ async fn poll_until_done(sim: &Simulator, token: &str, id: &str) -> Vec<Value> {
     panic!("render never finished: {seen:?}");
 }
 
+/// `(status, progress)` of a render, as `GET .../lambda/<id>` answers it now.
+async fn render_status(sim: &Simulator, token: &str, id: &str) -> (String, u64) {
+    let (status, body) = get(sim, token, &format!("/api/render/proxy/lambda/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["data"]["status"].as_str().unwrap().to_owned(),
+        body["data"]["progress"].as_u64().unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn render_lifecycle_completes_on_the_cdn_origin() {
-    // Long enough that the first poll still sees `pending` on a busy machine.
+    // Manual renders: each status below is seen because the test moved the render there, not
+    // because the poll happened to land in the right window.
     let sim = Simulator::builder()
         .fast()
         .render_time(Duration::from_secs(2))
+        .manual_renders()
         .start()
         .await
         .unwrap();
@@ -738,23 +753,30 @@ async fn render_lifecycle_completes_on_the_cdn_origin() {
         body,
         json!({"success": true, "data": {"id": "render_1", "status": "pending", "progress": 0}})
     );
-
-    let seen = poll_until_done(&sim, &token, "render_1").await;
-    let statuses: Vec<&str> = seen
-        .iter()
-        .map(|b| b["data"]["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses.first(), Some(&"pending"));
-    assert!(statuses.contains(&"processing"), "{statuses:?}");
-    assert_eq!(statuses.last(), Some(&"completed"));
-    let progress: Vec<u64> = seen
-        .iter()
-        .map(|b| b["data"]["progress"].as_u64().unwrap())
-        .collect();
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
-    let last = &seen.last().unwrap()["data"];
-    assert_eq!(last["progress"], 100);
-    let url = last["outputUrl"].as_str().unwrap();
+    let cdn_url = format!("{}/renders/render_1.mp4", sim.cdn_base_url());
+    let mut seen = vec![render_status(&sim, &token, "render_1").await];
+    // Not on the CDN before it is completed.
+    assert_eq!(client().get(&cdn_url).send().await.unwrap().status(), 404);
+    for step_ms in [200, 200, 600, 500, 499, 1] {
+        sim.advance_renders(Duration::from_millis(step_ms));
+        seen.push(render_status(&sim, &token, "render_1").await);
+    }
+    let seen: Vec<(&str, u64)> = seen.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("pending", 0),
+            ("pending", 0),
+            ("processing", 20),
+            ("processing", 50),
+            ("processing", 75),
+            ("processing", 99),
+            ("completed", 100),
+        ]
+    );
+    let (_, last) = get(&sim, &token, "/api/render/proxy/lambda/render_1").await;
+    let url = last["data"]["outputUrl"].as_str().unwrap();
+    assert_eq!(url, cdn_url);
     assert!(url.starts_with(sim.cdn_base_url()));
     assert_ne!(sim.cdn_base_url(), sim.base_url());
 
@@ -769,7 +791,8 @@ async fn render_lifecycle_completes_on_the_cdn_origin() {
     assert_eq!(sim.cdn_requests_with_authorization(), 0);
     client().get(url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(sim.cdn_requests_with_authorization(), 1);
-    assert_eq!(sim.request_count(Endpoint::CdnOutput), 2);
+    // The early 404 and these two.
+    assert_eq!(sim.request_count(Endpoint::CdnOutput), 3);
 
     // Duplicate id, empty draft, missing fields.
     let (status, body) = submit_render(&sim, &token, &sid, "render_1").await;
@@ -790,6 +813,38 @@ async fn render_lifecycle_completes_on_the_cdn_origin() {
     let (status, body) = json_of(resp).await;
     assert_eq!(status, 400);
     assert_eq!(body["success"], false);
+}
+
+/// Renders work on Tokio's clock (a paused test clock pauses them), and manual renders do not
+/// move with any clock.
+#[tokio::test(start_paused = true)]
+async fn renders_follow_tokios_clock_and_manual_renders_no_clock() {
+    for manual in [false, true] {
+        let mut builder = Simulator::builder()
+            .fast()
+            .render_time(Duration::from_secs(10));
+        if manual {
+            builder = builder.manual_renders();
+        }
+        let sim = builder.start().await.unwrap();
+        let (token, _, sid) = ready(&sim).await;
+        submit_render(&sim, &token, &sid, "render_clock").await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let halfway = render_status(&sim, &token, "render_clock").await;
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let much_later = render_status(&sim, &token, "render_clock").await;
+        if manual {
+            assert_eq!(halfway, ("pending".to_owned(), 0));
+            assert_eq!(much_later, ("pending".to_owned(), 0));
+            sim.advance_renders(Duration::from_secs(10));
+            let advanced = render_status(&sim, &token, "render_clock").await;
+            assert_eq!(advanced, ("completed".to_owned(), 100));
+        } else {
+            assert_eq!(halfway.0, "processing");
+            assert!((50..=51).contains(&halfway.1), "{halfway:?}");
+            assert_eq!(much_later, ("completed".to_owned(), 100));
+        }
+    }
 }
 
 #[tokio::test]
@@ -817,13 +872,22 @@ async fn top_level_status_shape() {
 
 #[tokio::test]
 async fn fallback_download_needs_auth_and_a_finished_render() {
-    let sim = Simulator::builder().fast().start().await.unwrap();
+    let sim = Simulator::builder()
+        .fast()
+        .manual_renders()
+        .start()
+        .await
+        .unwrap();
     let (token, _, sid) = ready(&sim).await;
     submit_render(&sim, &token, &sid, "render_dl").await;
     let url = format!("{}/api/render/proxy/render_dl/download", sim.base_url());
     let early = client().get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(early.status(), 409);
-    poll_until_done(&sim, &token, "render_dl").await;
+    sim.advance_renders(Duration::from_secs(1));
+    assert_eq!(
+        render_status(&sim, &token, "render_dl").await.0,
+        "completed"
+    );
     let unauth = client().get(&url).send().await.unwrap();
     assert_eq!(unauth.status(), 401);
     let resp = client().get(&url).bearer_auth(&token).send().await.unwrap();
@@ -839,7 +903,8 @@ async fn fallback_download_needs_auth_and_a_finished_render() {
 #[tokio::test]
 async fn cancel_stops_a_render() {
     let sim = Simulator::builder()
-        .render_time(Duration::from_secs(30))
+        .fast()
+        .manual_renders()
         .start()
         .await
         .unwrap();
@@ -857,6 +922,8 @@ async fn cancel_stops_a_render() {
     let (status, body) = json_of(resp).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["status"], "cancelled");
+    // However far renders move on, it stays cancelled.
+    sim.advance_renders(Duration::from_secs(60));
     let (_, body) = get(&sim, &token, "/api/render/proxy/lambda/render_c").await;
     assert_eq!(body["data"]["status"], "cancelled");
     let cdn = client()
@@ -963,15 +1030,19 @@ async fn expired_tokens_answer_1001_and_the_client_can_reissue() {
     // Same client id, same user: the session survives re-auth.
     state(&sim, &new, &sid).await;
 
-    // Natural expiry too.
+    // Natural expiry too. Token lifetimes run on Tokio's clock: on a paused clock the token
+    // is valid until the test moves the clock past its lifetime, however slow the machine.
+    tokio::time::pause();
     let sim = Simulator::builder()
         .fast()
-        .token_lifetime(Duration::from_millis(100))
+        .token_lifetime(Duration::from_secs(3600))
         .start()
         .await
         .unwrap();
     let t = token(&sim).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _) = get(&sim, &t, "/api/credits/balance/simple").await;
+    assert_eq!(status, 200);
+    tokio::time::advance(Duration::from_secs(3600)).await;
     let (status, _) = get(&sim, &t, "/api/credits/balance/simple").await;
     assert_eq!(status, 401);
 }
@@ -995,7 +1066,8 @@ async fn dropped_stream_breaks_before_the_text_but_the_edit_lands() {
     assert!(!run_sse(&sim, &token, &sid, "add music").await.broken);
 }
 
-#[tokio::test]
+// On a paused clock, like `run_sse_streams_over_time_and_removes_the_object`.
+#[tokio::test(start_paused = true)]
 async fn stalled_stream_is_silent_then_carries_on() {
     let sim = Simulator::builder()
         .fast()
@@ -1013,7 +1085,7 @@ async fn stalled_stream_is_silent_then_carries_on() {
         .map(|w| w[1].0.saturating_sub(w[0].0))
         .collect();
     let longest = gaps.iter().max().unwrap();
-    assert!(*longest >= Duration::from_millis(550), "{gaps:?}");
+    assert!(*longest >= Duration::from_millis(600), "{gaps:?}");
     // The gap is right after the first event, and the turn still finishes with text.
     let first_gap = gaps.iter().position(|g| g == longest).unwrap();
     assert!(stream.blocks[first_gap].1.starts_with("data: {"));

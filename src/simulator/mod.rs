@@ -207,10 +207,37 @@ impl SimulatorBuilder {
         self
     }
 
-    /// Time from render submit to `completed` (status moves `pending` → `processing` with
-    /// rising progress → `completed`). Default: 3 s.
+    /// Render time from submit to `completed`: the status is `pending` for the first 15 %,
+    /// then `processing` with progress rising with it, then `completed` (a render armed by
+    /// [`SimulatorHandle::fail_next_render`] fails at 50 %). Renders work on Tokio's clock,
+    /// so a paused test clock pauses them too. Default: 3 s.
     pub fn render_time(mut self, duration: Duration) -> Self {
         self.config.render_time = duration;
+        self
+    }
+
+    /// Renders move only when [`SimulatorHandle::advance_renders`] moves them, never with
+    /// time: a test sees `pending`, `processing` and `completed` exactly when it chooses,
+    /// however slow the machine. Default: off (renders progress in real time).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use nemo_video::simulator::Simulator;
+    /// use std::time::Duration;
+    ///
+    /// let sim = Simulator::builder()
+    ///     .render_time(Duration::from_secs(4))
+    ///     .manual_renders()
+    ///     .start()
+    ///     .await?;
+    /// // ... submit a render: it stays `pending` until ...
+    /// sim.advance_renders(Duration::from_secs(2)); // ... now `processing`, progress 50
+    /// sim.advance_renders(Duration::from_secs(2)); // ... now `completed`
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn manual_renders(mut self) -> Self {
+        self.config.manual_renders = true;
         self
     }
 
@@ -444,6 +471,14 @@ impl SimulatorHandle {
     /// Returns to the builder's text-less pattern after [`Self::set_text_less`].
     pub fn clear_text_less(&self) {
         self.shared.with(|inner| inner.faults.text_less = None);
+    }
+
+    /// Moves every render forward by `by` of render time (see [`SimulatorBuilder::render_time`]):
+    /// with [`SimulatorBuilder::manual_renders`] this is the only way renders progress;
+    /// otherwise it skips ahead of the clock. Renders submitted later start from where
+    /// they are submitted.
+    pub fn advance_renders(&self, by: Duration) {
+        self.shared.with(|inner| inner.render_clock.advance(by));
     }
 
     /// The next submitted render fails half-way through with `message` as its `error`.

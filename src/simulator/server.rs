@@ -1039,11 +1039,12 @@ fn render_submit(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
             return false;
         }
         let fail_with = inner.faults.fail_next_render.take();
+        let submitted = inner.render_clock.now();
         inner.renders.insert(
             id.to_owned(),
             Render {
                 user_id: user.to_owned(),
-                submitted: tokio::time::Instant::now(),
+                submitted,
                 fail_with,
                 cancelled: false,
             },
@@ -1058,13 +1059,8 @@ fn render_submit(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
 
 fn render_phase(ctx: &Ctx<'_>, user: &str, id: &str) -> Option<RenderPhase> {
     let render_time = ctx.shared.config.render_time;
-    ctx.shared.with(|inner| {
-        inner
-            .renders
-            .get(id)
-            .filter(|r| r.user_id == user)
-            .map(|r| r.phase(render_time))
-    })
+    ctx.shared
+        .with(|inner| inner.render_phase(id, user, render_time))
 }
 
 fn output_url(ctx: &Ctx<'_>, id: &str) -> String {
@@ -1106,8 +1102,9 @@ fn render_status(ctx: &Ctx<'_>, user: &str, id: &str) -> Resp {
 fn render_cancel(ctx: &Ctx<'_>, user: &str, id: &str) -> Resp {
     let render_time = ctx.shared.config.render_time;
     let result = ctx.shared.with(|inner| {
+        let now = inner.render_clock.now();
         let render = inner.renders.get_mut(id).filter(|r| r.user_id == user)?;
-        let phase = render.phase(render_time);
+        let phase = render.phase(now, render_time);
         if matches!(phase, RenderPhase::Pending | RenderPhase::Processing(_)) {
             render.cancelled = true;
             Some(Ok(()))
@@ -1162,10 +1159,11 @@ fn render_download(ctx: &Ctx<'_>, user: &str, id: &str) -> Resp {
 fn cdn_output(ctx: &Ctx<'_>, id: &str, head: bool) -> Resp {
     let render_time = ctx.shared.config.render_time;
     let done = ctx.shared.with(|inner| {
+        let now = inner.render_clock.now();
         inner
             .renders
             .get(id)
-            .is_some_and(|r| r.phase(render_time) == RenderPhase::Completed)
+            .is_some_and(|r| r.phase(now, render_time) == RenderPhase::Completed)
     });
     if done {
         mp4_response(id, SAMPLE_OUTPUT_MP4, head)

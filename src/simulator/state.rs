@@ -19,6 +19,7 @@ pub(crate) struct Config {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) work_duration: Duration,
     pub(crate) render_time: Duration,
+    pub(crate) manual_renders: bool,
     pub(crate) initial_credits: u64,
     pub(crate) credits_per_edit: u64,
     pub(crate) token_lifetime: Duration,
@@ -34,6 +35,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(1),
             work_duration: Duration::from_secs(2),
             render_time: Duration::from_secs(3),
+            manual_renders: false,
             initial_credits: 100,
             credits_per_edit: 5,
             token_lifetime: Duration::from_secs(7 * 24 * 3600),
@@ -53,11 +55,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config, base_url: String, cdn_base_url: String) -> Self {
+        let inner = Inner {
+            render_clock: RenderClock::new(config.manual_renders),
+            ..Inner::default()
+        };
         Shared {
             config,
             base_url,
             cdn_base_url,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
         }
     }
 
@@ -84,6 +90,7 @@ pub(crate) struct Inner {
     pub(crate) users: HashMap<String, User>,
     pub(crate) sessions: HashMap<String, Session>,
     pub(crate) renders: HashMap<String, Render>,
+    pub(crate) render_clock: RenderClock,
     pub(crate) faults: Faults,
     pub(crate) credit_override: Option<u64>,
     pub(crate) requests: Vec<RecordedRequest>,
@@ -96,6 +103,20 @@ impl Inner {
             token.revoked = true;
         }
         self.client_tokens.clear();
+    }
+
+    /// The phase of render `id` of `user` now, if there is one.
+    pub(crate) fn render_phase(
+        &self,
+        id: &str,
+        user: &str,
+        render_time: Duration,
+    ) -> Option<RenderPhase> {
+        let now = self.render_clock.now();
+        self.renders
+            .get(id)
+            .filter(|r| r.user_id == user)
+            .map(|r| r.phase(now, render_time))
     }
 
     /// Takes one pending failure for `endpoint`, if any.
@@ -183,21 +204,60 @@ impl RenderPhase {
     }
 }
 
+/// The time renders work by. Real (Tokio's clock, so a paused test clock pauses renders too)
+/// plus every [`RenderClock::advance`]; with manual renders, only the advances.
+pub(crate) struct RenderClock {
+    started: Instant,
+    manual: bool,
+    advanced: Duration,
+}
+
+impl Default for RenderClock {
+    fn default() -> Self {
+        RenderClock::new(false)
+    }
+}
+
+impl RenderClock {
+    pub(crate) fn new(manual: bool) -> Self {
+        RenderClock {
+            started: Instant::now(),
+            manual,
+            advanced: Duration::ZERO,
+        }
+    }
+
+    /// Render time since the simulator started.
+    pub(crate) fn now(&self) -> Duration {
+        let real = if self.manual {
+            Duration::ZERO
+        } else {
+            self.started.elapsed()
+        };
+        real.saturating_add(self.advanced)
+    }
+
+    pub(crate) fn advance(&mut self, by: Duration) {
+        self.advanced = self.advanced.saturating_add(by);
+    }
+}
+
 pub(crate) struct Render {
     pub(crate) user_id: String,
-    pub(crate) submitted: Instant,
+    /// The render clock's reading at submit.
+    pub(crate) submitted: Duration,
     pub(crate) fail_with: Option<String>,
     /// Set once the render was cancelled, with the progress it had reached.
     pub(crate) cancelled: bool,
 }
 
 impl Render {
-    /// The phase now: a pure function of elapsed time, so polling is deterministic.
-    pub(crate) fn phase(&self, render_time: Duration) -> RenderPhase {
+    /// The phase at render clock reading `now`: a pure function of the render time passed.
+    pub(crate) fn phase(&self, now: Duration, render_time: Duration) -> RenderPhase {
         if self.cancelled {
             return RenderPhase::Cancelled;
         }
-        let elapsed = self.submitted.elapsed().as_secs_f64();
+        let elapsed = now.saturating_sub(self.submitted).as_secs_f64();
         let total = render_time.as_secs_f64().max(0.001);
         let fraction = elapsed / total;
         if let Some(message) = &self.fail_with {

@@ -1,14 +1,20 @@
 //! `POST /run_sse` as a stream of events, against a loopback server that streams over time.
+//!
+//! Every test runs on a paused Tokio clock, with the server on the test's own runtime: the
+//! server's pacing and the SDK's idle, total and still-working timers all run on virtual
+//! time, which moves only when every task waits on a timer. Timings here are exact however
+//! busy the machine; a slow moment cannot fire a timeout or squeeze a gap.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::{Error, MessageStream, TimeoutKind};
 use serde_json::json;
 use support::stream_server::*;
+use tokio::time::Instant;
 
 /// A short label per event, so a whole sequence can be compared at once.
 fn label(event: &AgentEvent) -> String {
@@ -63,7 +69,7 @@ fn quick_options() -> MessageOptions {
         .total_timeout(Duration::from_secs(5))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn run_sse_request_has_the_exact_wire_form() {
     let server = StreamServer::streaming(vec![event(&adk_text("ok", false)), Step::End]).await;
     let client = server.client();
@@ -103,7 +109,7 @@ async fn run_sse_request_has_the_exact_wire_form() {
     assert_eq!(String::from_utf8_lossy(&request.body), expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adk_events_streamed_over_time_decode_in_order() {
     let steps = vec![
         comment_heartbeat(),
@@ -156,7 +162,7 @@ async fn adk_events_streamed_over_time_decode_in_order() {
     assert_eq!(server.run_sse_posts(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn errors_before_the_stream_are_returned_by_send_message_without_retry() {
     // 2001 in a JSON envelope with HTTP 200.
     let server = StreamServer::start(vec![Reply::json(
@@ -203,7 +209,7 @@ async fn errors_before_the_stream_are_returned_by_send_message_without_retry() {
     assert_eq!(server.run_sse_posts(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_error_frame_ends_the_stream_with_agent_error() {
     let steps = vec![
         event(&adk_text("Working on it", false)),
@@ -232,7 +238,7 @@ async fn an_error_frame_ends_the_stream_with_agent_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn heartbeats_keep_a_slow_stream_alive_past_the_idle_timeout() {
     let mut steps = heartbeats(100, 1000);
     steps.push(event(&adk_text("Done: music added.", false)));
@@ -264,7 +270,7 @@ async fn heartbeats_keep_a_slow_stream_alive_past_the_idle_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_silent_stream_hits_the_idle_timeout() {
     let steps = vec![event(&adk_text("Thinking", false)), Step::Stall];
     let server = StreamServer::streaming(steps).await;
@@ -305,7 +311,7 @@ async fn a_silent_stream_hits_the_idle_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_total_timeout_ends_a_stream_that_heartbeats_forever() {
     let server = StreamServer::streaming(heartbeats(50, 20_000)).await;
     let client = server.client();
@@ -341,7 +347,7 @@ async fn the_total_timeout_ends_a_stream_that_heartbeats_forever() {
     drop(stream);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn still_working_is_emitted_while_no_text_arrives_and_text_resets_it() {
     // 0-700 ms heartbeats only: StillWorking near 200, 400, 600 ms. Text at ~700 ms resets
     // the clock, so none is due before ~900 ms; the stream closes at ~850 ms. Without the
@@ -395,7 +401,7 @@ async fn still_working_is_emitted_while_no_text_arrives_and_text_resets_it() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dropped_connection_reports_events_seen_and_last_event_id_and_is_not_resent() {
     let steps = vec![
         event_with_id("evt-1", &adk_text("Removing", true)),
@@ -448,7 +454,7 @@ async fn a_dropped_connection_reports_events_seen_and_last_event_id_and_is_not_r
     assert_eq!(server.requests().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn dropping_the_stream_closes_the_connection() {
     let steps = vec![event(&adk_text("Working", true)), Step::Stall];
     let server = StreamServer::streaming(steps).await;
@@ -472,7 +478,7 @@ async fn dropping_the_stream_closes_the_connection() {
     drop(client);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_event_over_max_event_bytes_is_an_error_not_unbounded_memory() {
     // 4 MiB of one `data:` line that never ends, then silence. A parser that buffered it
     // all would wait for the blank line and hit the idle timeout instead.

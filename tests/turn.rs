@@ -1,10 +1,13 @@
 //! `run_turn` / `run_turn_with`: one message to the end, against a loopback server that
 //! streams over time and serves a scripted sequence of session states.
+//!
+//! On a paused Tokio clock, like `tests/stream.rs`: stream pacing, reconcile delays and
+//! timeouts run on virtual time, so the timings asserted here are exact on a busy machine.
 
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
@@ -12,6 +15,7 @@ use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, TurnEnd};
 use serde_json::json;
 use support::stream_server::*;
+use tokio::time::Instant;
 
 /// Short reconcile delays so a no-text turn does not sleep for seconds.
 fn fast_options() -> TurnOptions {
@@ -41,7 +45,7 @@ fn label(event: &AgentEvent) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_text_turn_shows_the_final_text_once_and_streams_events_live() {
     let steps = vec![
         event(&adk_thought("The user wants a title; use add_text.")),
@@ -109,7 +113,7 @@ async fn a_text_turn_shows_the_final_text_once_and_streams_events_live() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_no_text_turn_reports_what_changed_in_the_state() {
     let steps = vec![
         event(&adk_call(
@@ -148,7 +152,7 @@ async fn a_no_text_turn_reports_what_changed_in_the_state() {
     assert_eq!(server.run_sse_posts(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_no_text_turn_finds_a_change_that_shows_up_on_the_third_reread() {
     let steps = vec![
         event(&adk_call("c1", "add_text", json!({"text": "Urban Dreams"}))),
@@ -181,7 +185,7 @@ async fn a_no_text_turn_finds_a_change_that_shows_up_on_the_third_reread() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_no_text_turn_without_change_says_so_after_all_rereads() {
     let steps = vec![
         event(&adk_call("c1", "analyse", json!({}))),
@@ -204,7 +208,7 @@ async fn a_no_text_turn_without_change_says_so_after_all_rereads() {
     assert_eq!(server.state_gets(), 5, "before + the 4 configured re-reads");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dropped_stream_ends_the_turn_disconnected_with_changes_and_one_post() {
     let steps = vec![
         event(&adk_call("c1", "add_text", json!({"text": "Urban Dreams"}))),
@@ -237,7 +241,7 @@ async fn a_dropped_stream_ends_the_turn_disconnected_with_changes_and_one_post()
     assert_eq!(server.state_gets(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_final_unanswered_question_waits_for_the_user() {
     let steps = vec![
         event(&adk_call("c1", "detect_people", json!({}))),
@@ -254,7 +258,7 @@ async fn a_final_unanswered_question_waits_for_the_user() {
         .with_drafts(vec![one_video_draft()]);
     let client = server.client();
     // Default reconcile settings: a question must not wait for state re-reads.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let turn = client
         .run_turn_with(&server.session(), "remove the person", &fast_options())
         .await
@@ -285,7 +289,7 @@ async fn a_final_unanswered_question_waits_for_the_user() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn no_credits_before_the_stream_is_an_error_and_the_message_is_not_resent() {
     let server = StreamServer::start(vec![Reply::json(
         200,

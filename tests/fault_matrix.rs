@@ -26,11 +26,13 @@ use support::faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST,
 
 const CLIENT_ID: &str = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b";
 /// Per-attempt limit for ordinary requests (and the stream idle limit) in the rows that test
-/// a stall, and in the single-fault tests below.
-const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+/// a stall, and in the single-fault tests below. The stall itself lasts until the row ends;
+/// the limit also applies to the retry after it, so it stays far above what a busy machine
+/// needs to answer (a 300 ms limit used to time out retries under load).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The same limits in every other row: a fault there must not depend on a timer, so a busy
 /// machine answering slowly cannot turn into a timeout (and an extra retry).
-const CALM_TIMEOUT: Duration = Duration::from_secs(5);
+const CALM_TIMEOUT: Duration = Duration::from_secs(30);
 /// JSON body cap in this file (the default is 64 MiB; the bounded-memory tests use it).
 const BODY_CAP: usize = 64 * 1024;
 /// SSE event cap in this file (the default is 16 MiB).
@@ -38,7 +40,7 @@ const EVENT_CAP: usize = 64 * 1024;
 /// Retry-After the simulator sends for 429 and 503 rows, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
 /// Longest a single row may take before it counts as hung.
-const ROW_LIMIT: Duration = Duration::from_secs(20);
+const ROW_LIMIT: Duration = Duration::from_secs(60);
 
 const DOC_BEGIN: &str = "<!-- matrix:begin -->";
 const DOC_END: &str = "<!-- matrix:end -->";
@@ -480,7 +482,7 @@ fn fast_retry() -> RetryConfig {
 
 impl World {
     async fn new() -> World {
-        World::with(BODY_CAP, Duration::from_millis(400), REQUEST_TIMEOUT).await
+        World::with(BODY_CAP, Renders::Timed, REQUEST_TIMEOUT).await
     }
 
     async fn for_row(ep: Ep, fault: Fault) -> World {
@@ -489,22 +491,23 @@ impl World {
         } else {
             CALM_TIMEOUT
         };
-        // Rows that act on a render in progress keep it in progress past a 1 s Retry-After.
-        let render_time = if matches!(ep, Ep::Cancel | Ep::RenderStatus) {
-            Duration::from_secs(30)
+        // Rows that act on a render in progress keep it in progress however long they take.
+        let renders = if matches!(ep, Ep::Cancel | Ep::RenderStatus) {
+            Renders::Manual
         } else {
-            Duration::from_millis(400)
+            Renders::Timed
         };
-        World::with(BODY_CAP, render_time, timeout).await
+        World::with(BODY_CAP, renders, timeout).await
     }
 
-    async fn with(max_response_bytes: usize, render_time: Duration, timeout: Duration) -> World {
-        let sim = Simulator::builder()
+    async fn with(max_response_bytes: usize, renders: Renders, timeout: Duration) -> World {
+        let mut sim = Simulator::builder()
             .fast()
-            .render_time(render_time)
-            .start()
-            .await
-            .unwrap();
+            .render_time(Duration::from_millis(400));
+        if renders == Renders::Manual {
+            sim = sim.manual_renders();
+        }
+        let sim = sim.start().await.unwrap();
         let api = Proxy::start(sim.base_url()).await;
         let cdn = Proxy::start(sim.cdn_base_url()).await;
         let resolver = Arc::new(ScriptedResolver::default());
@@ -554,9 +557,18 @@ impl World {
     fn message_options(&self) -> MessageOptions {
         MessageOptions::default()
             .idle_timeout(self.timeout)
-            .total_timeout(Duration::from_secs(10))
+            .total_timeout(Duration::from_secs(60))
             .max_event_bytes(EVENT_CAP)
     }
+}
+
+/// How a world's renders progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Renders {
+    /// Completed 400 ms after submit.
+    Timed,
+    /// Never, unless the test advances them: in progress for as long as a row takes.
+    Manual,
 }
 
 /// What a row's action needs, created before the fault is armed.
@@ -994,25 +1006,31 @@ async fn fault_matrix() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let rows = rows();
-    let results: Vec<(Outcome, Vec<String>)> = futures_util::stream::iter(rows.iter())
-        .map(|row| {
-            let (ep, fault) = (row.ep, row.fault);
-            async move {
-                // A task of its own: a panic or a hang is reported for this row, not the run.
-                let task = tokio::spawn(tokio::time::timeout(ROW_LIMIT, run_row(ep, fault)));
-                match task.await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => (
-                        base("HUNG", 0),
-                        vec![format!("no outcome in {ROW_LIMIT:?}")],
-                    ),
-                    Err(join) => (base("PANIC", 0), vec![format!("panicked: {join}")]),
+    // Unordered, so a row waiting out a stall does not hold back the rows behind it; sorted
+    // back into table order below.
+    let mut results: Vec<(usize, (Outcome, Vec<String>))> =
+        futures_util::stream::iter(rows.iter().enumerate())
+            .map(|(index, row)| {
+                let (ep, fault) = (row.ep, row.fault);
+                async move {
+                    // A task of its own: a panic or a hang is reported for this row, not the run.
+                    let task = tokio::spawn(tokio::time::timeout(ROW_LIMIT, run_row(ep, fault)));
+                    let result = match task.await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => (
+                            base("HUNG", 0),
+                            vec![format!("no outcome in {ROW_LIMIT:?}")],
+                        ),
+                        Err(join) => (base("PANIC", 0), vec![format!("panicked: {join}")]),
+                    };
+                    (index, result)
                 }
-            }
-        })
-        .buffered(24)
-        .collect()
-        .await;
+            })
+            .buffer_unordered(24)
+            .collect()
+            .await;
+    results.sort_by_key(|(index, _)| *index);
+    let results = results.into_iter().map(|(_, result)| result);
 
     let mut failures = Vec::new();
     let mut observed = Vec::new();
@@ -1058,7 +1076,7 @@ async fn endless_json_body_hits_the_default_cap_quickly() {
     let _serial = SERIAL.lock().await;
     let world = World::with(
         nemo_video::DEFAULT_MAX_RESPONSE_BYTES,
-        Duration::from_secs(1),
+        Renders::Timed,
         CALM_TIMEOUT,
     )
     .await;
@@ -1072,8 +1090,8 @@ async fn endless_json_body_hits_the_default_cap_quickly() {
         },
     );
     let started = Instant::now();
-    // A 5 s request timeout: only the cap can end the call this quickly.
-    let err = tokio::time::timeout(Duration::from_secs(20), world.client.credits())
+    // The error, not a timeout, proves the cap ended the call; the limits only catch a hang.
+    let err = tokio::time::timeout(Duration::from_secs(60), world.client.credits())
         .await
         .expect("an endless body must not hang the call")
         .unwrap_err();
@@ -1171,9 +1189,9 @@ async fn download_that_stalls_mid_body_times_out_and_leaves_no_file() {
         },
     );
     let out = prepared.out.as_ref().unwrap();
-    let started = Instant::now();
+    // StreamIdle (checked below) says which limit ended it; this one only catches a hang.
     let err = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         world
             .client
             .download_render(prepared.job.as_ref().unwrap(), None, out, |_| {}),
@@ -1191,7 +1209,6 @@ async fn download_that_stalls_mid_body_times_out_and_leaves_no_file() {
         ),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert!(!out.exists(), "nothing at the target");
     assert!(leftover_files(out.parent().unwrap(), out).is_empty());
 }

@@ -390,7 +390,9 @@ async fn max_wait_ends_in_render_timed_out_with_the_last_status() {
         .await
         .unwrap_err();
 
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The wait ends at max_wait (150 ms) instead of polling forever; the bound only has to be
+    // out of reach of a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(30));
     match &err {
         Error::RenderTimedOut {
             job_id,

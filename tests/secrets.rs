@@ -16,7 +16,8 @@ use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient, Session};
 use support::logs::{capture_logs, LogBuffer};
 use support::{
-    assert_error_hides, assert_hidden, ephemeral_builder as builder, file_names, sample_clip,
+    assert_error_hides, assert_hidden, ephemeral_builder as builder, eventually, file_names,
+    sample_clip,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -523,22 +524,21 @@ async fn concurrent_writers_never_expose_a_partial_credentials_file() {
     let config = root.path().join("nemovideo");
     let file = config.join("credentials.json");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let whole_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
-        let (file, stop) = (file.clone(), stop.clone());
+        let (file, stop, whole_reads) = (file.clone(), stop.clone(), whole_reads.clone());
         std::thread::spawn(move || {
-            let mut whole_reads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match std::fs::read(&file) {
                     Ok(bytes) => {
                         serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|err| {
                             panic!("a partial credentials file was visible: {err}")
                         });
-                        whole_reads += 1;
+                        whole_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::NotFound),
                 }
             }
-            whole_reads
         })
     };
     let mut tasks = Vec::new();
@@ -565,8 +565,15 @@ async fn concurrent_writers_never_expose_a_partial_credentials_file() {
     for task in tasks {
         task.await.unwrap();
     }
+    // The reader saw the file at least once (it exists from the first token on), however
+    // little time a busy machine gave its thread.
+    let seen = eventually(Duration::from_secs(30), || {
+        reader.is_finished() || whole_reads.load(std::sync::atomic::Ordering::Relaxed) > 0
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    reader.join().unwrap();
+    assert!(seen && whole_reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_eq!(mode_of(&file), 0o600);
     assert_eq!(file_names(&config), ["credentials.json"]);
 }

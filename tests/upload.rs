@@ -433,9 +433,7 @@ async fn upload_is_not_retried_after_a_503() {
 
 #[tokio::test]
 async fn refused_connection_is_a_connect_error_that_never_reached_the_server() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
+    let (_reserved, address) = support::raw_http::refused_address();
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "clip.mp4", b"data");
 

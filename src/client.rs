@@ -356,7 +356,8 @@ impl NemoClientBuilder {
 
     /// Reuse an existing `reqwest::Client` (connection pool, proxies, TLS settings). Default:
     /// a new client with the connect timeout above. The connect timeout setting does not
-    /// apply to a client you pass in.
+    /// apply to a client you pass in. Build it with [`crate::reqwest`], the re-exported
+    /// `reqwest` of the right version, to need no `reqwest` dependency of your own.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http_client = Some(client);
         self

@@ -49,7 +49,8 @@
 //! - [`render`]: submit, wait (resumably), cancel, download.
 //! - [`intent`]: routing a bot user's words, and translating the agent's GUI phrasing.
 //! - [`sse`]: the SSE parser, usable on its own.
-//! - `simulator` (feature `simulator`): a fake service on loopback to test your app against.
+//! - `simulator` (feature `simulator`, on by default): a fake service on loopback to test your
+//!   app against.
 //!
 //! ## Errors
 //!
@@ -86,6 +87,21 @@ mod wire;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The `reqwest` this crate is built with, so that [`NemoClientBuilder::http_client`] can be
+/// given a configured `reqwest::Client` (proxy, extra root certificates, a shared connection
+/// pool) without a `reqwest` line in your own `Cargo.toml`, and always of the right version.
+///
+/// ```no_run
+/// # fn demo() -> nemo_video::Result<()> {
+/// let http = nemo_video::reqwest::Client::builder()
+///     .pool_max_idle_per_host(4)
+///     .build()
+///     .expect("a reqwest client");
+/// let client = nemo_video::NemoClient::builder().http_client(http).build()?;
+/// # let _ = client; Ok(()) }
+/// ```
+pub use reqwest;
 
 pub use auth::{AnonymousCredentials, SecretToken};
 pub use client::{

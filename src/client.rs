@@ -37,10 +37,18 @@ pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
 ///
 /// Defaults: 2 retries, 0.5 s base delay doubling to at most 8 s, full jitter on, and a
 /// server-requested wait (`retry-after-ms` / `Retry-After`) honoured up to 60 s.
+///
+/// What is retried with backoff ([`RetryPolicy::Backoff`](crate::RetryPolicy::Backoff)): a
+/// connection that could not be made (refused, name lookup failed, connect timed out; not a
+/// TLS failure), for every request, since it never reached the service; and, for requests
+/// that are safe to replay (reads), no answer within the request timeout, a lost connection
+/// and HTTP 408, 409 and 5xx. A call makes at most `1 + max_retries` attempts for these (3
+/// by default), each limited by the connect timeout and the request timeout. 1001/401 (one
+/// new token and one replay) and 429 (one wait and one replay) are handled on top of that.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryConfig {
-    /// Retries after the first attempt for transient failures. Default 2.
+    /// Retries after the first attempt for transient failures. Default 2 (3 attempts).
     pub max_retries: u32,
     /// Delay before the first retry. Default 500 ms.
     pub base_delay: Duration,
@@ -104,7 +112,7 @@ pub struct Config {
     pub skill_platform: String,
     /// `User-Agent` header value.
     pub user_agent: String,
-    /// Limit on establishing a connection.
+    /// Limit on establishing a connection (TCP and TLS), per attempt.
     pub connect_timeout: Duration,
     /// Limit on one ordinary request (not streams, which have their own). For downloads: the
     /// limit on waiting for the response head and for each next chunk of the body.
@@ -322,7 +330,7 @@ impl NemoClientBuilder {
         self
     }
 
-    /// Limit on establishing a connection. Default 10 s.
+    /// Limit on establishing a connection (TCP and TLS), per attempt. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
@@ -415,15 +423,20 @@ impl NemoClientBuilder {
         if let Some(client_id) = &config.client_id {
             crate::auth::validate_client_id(client_id)?;
         }
-        let http = match self.http_client {
-            Some(client) => client,
-            None => reqwest::Client::builder()
-                .connect_timeout(connect_timeout)
-                .build()
-                .map_err(|err| Error::config(format!("could not build the HTTP client: {err}")))?,
+        let (http, known_connect_timeout) = match self.http_client {
+            Some(client) => (client, None),
+            None => (
+                reqwest::Client::builder()
+                    .connect_timeout(connect_timeout)
+                    .build()
+                    .map_err(|err| {
+                        Error::config(format!("could not build the HTTP client: {err}"))
+                    })?,
+                Some(connect_timeout),
+            ),
         };
         let auth = Auth::new(&config);
-        let transport = Transport::new(http, &config, auth)?;
+        let transport = Transport::new(http, &config, auth, known_connect_timeout)?;
         Ok(NemoClient {
             inner: Arc::new(Inner { config, transport }),
         })

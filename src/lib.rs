@@ -95,7 +95,9 @@ pub use client::{
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};
-pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use error::{
+    ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
+};
 pub use events::AgentEvent;
 pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
 pub use session::{ClaimLink, Session};

@@ -2,6 +2,8 @@
 //! private config directory and fast retries, envelope builders, and request inspection.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::Path;
 use std::time::Duration;
 

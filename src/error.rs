@@ -238,7 +238,7 @@ pub enum Error {
         info: Option<Box<ApiInfo>>,
     },
     /// Code 4002, or a local check before uploading: the file is over the size limit.
-    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({} MB, limit {} MB)", size / 1_000_000, limit / 1_000_000), (None, Some(limit)) => format!(" (limit {} MB)", limit / 1_000_000), _ => String::new() }, info.as_deref().map(ApiInfo::suffix).unwrap_or_default())]
+    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({}, limit {})", byte_size(*size), byte_size(*limit)), (None, Some(limit)) => format!(" (limit {})", byte_size(*limit)), _ => String::new() }, info.as_deref().map(ApiInfo::suffix).unwrap_or_default())]
     FileTooLarge {
         /// The local file, when the check was local.
         file: Option<PathBuf>,
@@ -421,6 +421,18 @@ fn http_hint(status: u16) -> &'static str {
         404 => "the endpoint or resource was not found; check the base URL (NEMO_API_BASE)",
         403 => "the token is not allowed to do this",
         _ => "check the request; report the request id to NemoVideo if it persists",
+    }
+}
+
+/// A size for people: `1001 bytes`, `12.5 MB`, `500 MB` (decimal megabytes, as the service
+/// states its limit).
+fn byte_size(bytes: u64) -> String {
+    if bytes < 1_000_000 {
+        format!("{bytes} bytes")
+    } else if bytes.is_multiple_of(1_000_000) {
+        format!("{} MB", bytes / 1_000_000)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1_000_000.0)
     }
 }
 

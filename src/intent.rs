@@ -68,7 +68,8 @@
 //! | [`GuiAction::Export`] | `The video is exported through the API.` | `视频会通过 API 导出。` |
 //!
 //! (`Execute` without a name: `That step is done for you through the API.` /
-//! `该步骤会通过 API 自动完成。`) Each action is said once per reply: a later sentence whose
+//! `该步骤会通过 API 自动完成。`) A clause after `;` that is rewritten becomes a sentence of
+//! its own (the `;` before it becomes `.`). Each action is said once per reply: a later sentence whose
 //! actions were all said already is left out. The translation promises what a client that
 //! follows the service's table does: show the state or the timeline summary below the
 //! reply, and run the export; show the text that way only if your app does.
@@ -321,6 +322,13 @@ pub fn translate_reply(reply: &str) -> TranslatedReply {
                 text.push('\n');
             }
             continue;
+        }
+        // A clause after `;` becomes a sentence of its own: close the one before it.
+        let before = text.trim_end().len();
+        if text[..before].ends_with(';') {
+            text.replace_range(before - 1..before, ".");
+        } else if text[..before].ends_with('；') {
+            text.replace_range(before - '；'.len_utf8()..before, "。");
         }
         text.push_str(&phrases.join(if chinese { "" } else { " " }));
         text.push_str(separator);

@@ -378,6 +378,19 @@ fn translate_reply_keeps_other_sentences_and_says_each_action_once() {
         "Volume set to 0.35.\nThe video is exported through the API.\nBye"
     );
 
+    // A rewritten clause after `;` becomes its own sentence.
+    assert_eq!(
+        translate_reply(
+            "I added a Lo-fi background track at 35% volume; open the Audio panel to change it."
+        )
+        .text,
+        "I added a Lo-fi background track at 35% volume. The project's current state is shown below."
+    );
+    assert_eq!(
+        translate_reply("已添加背景音乐；打开音频面板可以调整。").text,
+        "已添加背景音乐。项目的当前状态见下方。"
+    );
+
     // Mixed languages: each sentence in its own.
     let reply = "Click [Apply]. 然后点击导出。";
     assert_eq!(

@@ -120,7 +120,7 @@ async fn connect(job: &Job, args: &Args) -> Result<Service, String> {
     let service = support::connect(job.demo || args.service.simulate, args.service.timeout).await?;
     if let Some(simulator) = &service.simulator {
         println!(
-            "Offline demo: using the built-in NemoVideo simulator at {}.",
+            "Offline: using the built-in NemoVideo simulator at {} (nothing leaves this machine).",
             simulator.base_url()
         );
     }

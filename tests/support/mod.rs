@@ -2,6 +2,7 @@
 //! private config directory and fast retries, envelope builders, and request inspection.
 #![allow(dead_code)]
 
+pub mod examples;
 pub mod net;
 
 use std::path::Path;

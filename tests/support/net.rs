@@ -198,3 +198,32 @@ pub async fn count_attempts<F: Future>(call: F) -> (F::Output, usize) {
     drop(guard);
     (output, attempts.load(Ordering::SeqCst))
 }
+
+/// A loopback port that notices any connection: point `NEMO_API_BASE` at it to prove that
+/// nothing was sent. The kernel completes handshakes for it while nobody accepts, so every
+/// connection attempt stays queued until [`Tripwire::connections`] counts it.
+pub struct Tripwire {
+    listener: TcpListener,
+}
+
+impl Tripwire {
+    pub fn new() -> Tripwire {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Tripwire { listener }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listener.local_addr().expect("address"))
+    }
+
+    /// Connections made to it so far.
+    pub fn connections(&self) -> usize {
+        let mut count = 0;
+        while self.listener.accept().is_ok() {
+            count += 1;
+        }
+        count
+    }
+}

@@ -2,6 +2,7 @@
 //! request per identity, the 429 on the token call handled once, early refresh that never
 //! loses a valid token, and a tolerant token decode.
 
+mod common_faults;
 mod support;
 
 use std::collections::BTreeSet;
@@ -922,4 +923,55 @@ async fn a_lock_held_too_long_is_reported_without_a_token_request() {
     drop(held);
     client.credits().await.unwrap();
     assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_token_call_is_retried_by_its_own_policy_only() {
+    // A server that accepts each connection and closes it at once: every attempt fails.
+    // The token call retries as a read does (2 retries); the call that needed the token does
+    // not retry around it, so attempts do not multiply (3, not 3 × 3).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let client = NemoClient::builder()
+        .base_url(format!("http://{addr}"))
+        .no_persistence()
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let err = client.credits().await.unwrap_err();
+    server.abort();
+    assert!(!err.is_unauthorized(), "{err:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_token_call_makes_three_connection_attempts_not_nine() {
+    // Every connection is refused (the request never leaves): the token call retries as
+    // documented (2 retries), and the call that needed the token does not retry around it.
+    let resolver = Arc::new(common_faults::ScriptedResolver::default());
+    resolver.refuse_next(common_faults::API_HOST, 100);
+    let http = nemo_video::reqwest::Client::builder()
+        .dns_resolver(resolver.clone())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let client = NemoClient::builder()
+        .base_url(format!("http://{}:9", common_faults::API_HOST))
+        .http_client(http)
+        .no_persistence()
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let err = client.credits().await.unwrap_err();
+    assert!(err.never_reached_server(), "{err:?}");
+    assert_eq!(resolver.refused(), 3, "{err}");
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 use nemo_video::auth::CREDENTIALS_FILE;
 use nemo_video::{Error, RetryPolicy};
 use serde_json::{json, Value};
-use support::*;
+use support::mock::*;
+use support::{fast_retry, tempdir};
 use wiremock::matchers::{header as header_is, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

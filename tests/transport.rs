@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use nemo_video::{ApiCode, Error, NemoClient, RetryPolicy, Session};
 use serde_json::json;
-use support::*;
+use support::mock::*;
+use support::{fast_retry, tempdir};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -2,7 +2,6 @@
 //! request per identity, the 429 on the token call handled once, early refresh that never
 //! loses a valid token, and a tolerant token decode.
 
-mod common_faults;
 mod support;
 
 use std::collections::BTreeSet;
@@ -20,7 +19,9 @@ use nemo_video::render::{RenderJob, WaitOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::{Error, NemoClient, RetryPolicy};
 use serde_json::{json, Value};
-use support::*;
+use support::faults::{ScriptedResolver, API_HOST};
+use support::mock::*;
+use support::{fast_retry, tempdir, WEB_URL};
 use wiremock::matchers::{header as header_is, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -957,15 +958,15 @@ async fn a_failing_token_call_is_retried_by_its_own_policy_only() {
 async fn a_refused_token_call_makes_three_connection_attempts_not_nine() {
     // Every connection is refused (the request never leaves): the token call retries as
     // documented (2 retries), and the call that needed the token does not retry around it.
-    let resolver = Arc::new(common_faults::ScriptedResolver::default());
-    resolver.refuse_next(common_faults::API_HOST, 100);
+    let resolver = Arc::new(ScriptedResolver::default());
+    resolver.refuse_next(API_HOST, 100);
     let http = nemo_video::reqwest::Client::builder()
         .dns_resolver(resolver.clone())
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     let client = NemoClient::builder()
-        .base_url(format!("http://{}:9", common_faults::API_HOST))
+        .base_url(format!("http://{}:9", API_HOST))
         .http_client(http)
         .no_persistence()
         .retry(fast_retry())

@@ -28,6 +28,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Wait used for HTTP 429 when the server names no wait: 30 s, as the service documents.
+pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
+
 /// Supported upload formats (lower-case file extensions), as the service documents them.
 pub const SUPPORTED_FORMATS: &[&str] = &[
     "mp4", "mov", "avi", "webm", "mkv", "jpg", "png", "gif", "webp", "mp3", "wav", "m4a", "aac",
@@ -266,6 +269,16 @@ pub enum Error {
     RateLimited {
         /// How long the server asked to wait, when it said.
         retry_after: Option<Duration>,
+        /// Response details.
+        info: Box<ApiInfo>,
+    },
+    /// HTTP 429 on the anonymous-token call, again after the one wait and replay: the service
+    /// issues one anonymous token per client id per 7 days, and this client id already has
+    /// this week's. Waiting a few seconds does not help, so this is never retried.
+    #[error("the service will not issue another anonymous token to client id {client_id} yet (one per client id per 7 days{}); reuse the credentials already issued to it (the same config dir, NEMO_CONFIG_DIR, or credential store), register an account, or set NEMO_TOKEN", info.suffix())]
+    TokenQuotaExceeded {
+        /// The client id whose weekly token was already issued.
+        client_id: String,
         /// Response details.
         info: Box<ApiInfo>,
     },
@@ -553,6 +566,7 @@ impl Error {
             | Error::MissingClientId { info }
             | Error::ExportBlocked { info }
             | Error::RateLimited { info, .. }
+            | Error::TokenQuotaExceeded { info, .. }
             | Error::Api { info, .. }
             | Error::Http { info, .. }
             | Error::Rejected { info }
@@ -570,9 +584,9 @@ impl Error {
             Error::Unauthorized { .. } => RetryPolicy::RefreshToken,
             Error::SessionNotFound { .. } => RetryPolicy::NewSession,
             Error::MissingClientId { .. } => RetryPolicy::RegenerateClientId,
-            Error::RateLimited { retry_after, .. } => RetryPolicy::WaitThenRetryOnce(
-                retry_after.unwrap_or(crate::client::DEFAULT_RATE_LIMIT_WAIT),
-            ),
+            Error::RateLimited { retry_after, .. } => {
+                RetryPolicy::WaitThenRetryOnce(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT))
+            }
             Error::Http {
                 status: 408 | 409 | 500..=599,
                 ..
@@ -608,9 +622,12 @@ impl Error {
         matches!(self, Error::ExportBlocked { .. })
     }
 
-    /// True for 429.
+    /// True for 429, including [`Error::TokenQuotaExceeded`] (which is not transient).
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Error::RateLimited { .. })
+        matches!(
+            self,
+            Error::RateLimited { .. } | Error::TokenQuotaExceeded { .. }
+        )
     }
 
     /// True for any time limit running out, connecting included.
@@ -680,6 +697,145 @@ impl Error {
         }
     }
 
+    /// A copy of this error for other callers that waited on the same operation (one token
+    /// fetch shared by many requests). Errors are not `Clone` because some carry an
+    /// underlying error; the copy keeps that error's text as its source.
+    pub(crate) fn duplicate(&self) -> Error {
+        fn described(source: &(dyn std::error::Error + Send + Sync)) -> Described {
+            Described(source.to_string())
+        }
+        match self {
+            Error::Unauthorized { hint, info } => Error::Unauthorized {
+                hint,
+                info: info.clone(),
+            },
+            Error::SessionNotFound { session_id, info } => Error::SessionNotFound {
+                session_id: session_id.clone(),
+                info: info.clone(),
+            },
+            Error::NoCredits { register_url, info } => Error::NoCredits {
+                register_url: register_url.clone(),
+                info: info.clone(),
+            },
+            Error::UnsupportedFile {
+                file,
+                extension,
+                info,
+            } => Error::UnsupportedFile {
+                file: file.clone(),
+                extension: extension.clone(),
+                info: info.clone(),
+            },
+            Error::FileTooLarge {
+                file,
+                size,
+                limit,
+                info,
+            } => Error::FileTooLarge {
+                file: file.clone(),
+                size: *size,
+                limit: *limit,
+                info: info.clone(),
+            },
+            Error::MissingClientId { info } => Error::MissingClientId { info: info.clone() },
+            Error::ExportBlocked { info } => Error::ExportBlocked { info: info.clone() },
+            Error::RateLimited { retry_after, info } => Error::RateLimited {
+                retry_after: *retry_after,
+                info: info.clone(),
+            },
+            Error::TokenQuotaExceeded { client_id, info } => Error::TokenQuotaExceeded {
+                client_id: client_id.clone(),
+                info: info.clone(),
+            },
+            Error::Api { code, info } => Error::Api {
+                code: *code,
+                info: info.clone(),
+            },
+            Error::Rejected { info } => Error::Rejected { info: info.clone() },
+            Error::Http { status, info } => Error::Http {
+                status: *status,
+                info: info.clone(),
+            },
+            Error::Connect {
+                host,
+                port,
+                failure,
+                source,
+            } => Error::Connect {
+                host: host.clone(),
+                port: *port,
+                failure: *failure,
+                // The innermost cause is what the message quotes.
+                source: Box::new(Described(root_cause(source.as_ref()))),
+            },
+            Error::Timeout { kind, after } => Error::Timeout {
+                kind: *kind,
+                after: *after,
+            },
+            Error::Network {
+                may_have_reached_server,
+                source,
+            } => Error::Network {
+                may_have_reached_server: *may_have_reached_server,
+                source: Box::new(described(source.as_ref())),
+            },
+            Error::Decode {
+                expected,
+                detail,
+                info,
+            } => Error::Decode {
+                expected,
+                detail: detail.clone(),
+                info: info.clone(),
+            },
+            Error::ResponseTooLarge { limit } => Error::ResponseTooLarge { limit: *limit },
+            Error::InvalidInput { message } => Error::InvalidInput {
+                message: message.clone(),
+            },
+            Error::Config { message } => Error::Config {
+                message: message.clone(),
+            },
+            Error::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::StreamDisconnected {
+                events_seen,
+                last_event_id,
+                detail,
+            } => Error::StreamDisconnected {
+                events_seen: *events_seen,
+                last_event_id: last_event_id.clone(),
+                detail: detail.clone(),
+            },
+            Error::Agent { code, message } => Error::Agent {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Error::NothingToExport { session_id } => Error::NothingToExport {
+                session_id: session_id.clone(),
+            },
+            Error::RenderFailed { job_id, message } => Error::RenderFailed {
+                job_id: job_id.clone(),
+                message: message.clone(),
+            },
+            Error::RenderTimedOut {
+                job_id,
+                last_status,
+                waited,
+            } => Error::RenderTimedOut {
+                job_id: job_id.clone(),
+                last_status: last_status.clone(),
+                waited: *waited,
+            },
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -692,3 +848,15 @@ impl Error {
         }
     }
 }
+
+/// The text of an underlying error, kept when an error is copied (see `Error::duplicate`).
+#[derive(Debug)]
+struct Described(String);
+
+impl fmt::Display for Described {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Described {}

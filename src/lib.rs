@@ -64,6 +64,7 @@
 
 pub mod auth;
 mod client;
+mod config;
 mod credits;
 pub mod draft;
 pub mod error;
@@ -87,11 +88,11 @@ mod wire;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use auth::{AnonymousCredentials, SecretToken};
-pub use client::{
-    Config, NemoClient, NemoClientBuilder, RetryConfig, DEFAULT_BASE_URL,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RATE_LIMIT_WAIT,
-    DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+pub use auth::{AnonymousCredentials, CredentialStore, FileStore, MemoryStore, SecretToken};
+pub use client::{NemoClient, NemoClientBuilder};
+pub use config::{
+    Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_RATE_LIMIT_WAIT, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};
@@ -100,6 +101,9 @@ pub use error::{
 };
 pub use events::AgentEvent;
 pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
+/// The HTTP client crate this SDK is built on, re-exported so that
+/// [`NemoClientBuilder::http_client`] needs no dependency line of its own.
+pub use reqwest;
 pub use session::{ClaimLink, Session};
 pub use state::{SessionState, StateDiff};
 pub use stream::{MessageOptions, MessageStream};

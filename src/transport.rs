@@ -31,9 +31,9 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 use url::Url;
 
-use crate::auth::{Auth, Invalidated, SecretToken};
-use crate::client::{Config, RetryConfig};
-use crate::error::{ApiInfo, ConnectFailure, Error, Result, TimeoutKind};
+use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
+use crate::config::{Config, RetryConfig};
+use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
 pub(crate) type BodyFactory = Arc<dyn Fn() -> Result<StreamBody> + Send + Sync>;
@@ -87,6 +87,9 @@ pub(crate) struct Request {
     /// Per-attempt limit on waiting for the response head, for requests without an overall
     /// limit (streams, downloads), and the error kind it produces.
     head_timeout: Option<(Duration, TimeoutKind)>,
+    /// Whether a 429 is waited out and replayed here. Off for the anonymous-token call, whose
+    /// one wait belongs to the identity layer (which also re-reads the credential store).
+    rate_limit_replay: bool,
     expected: &'static str,
     session_id: Option<String>,
 }
@@ -109,6 +112,7 @@ impl Request {
             timeout: None,
             use_default_timeout: true,
             head_timeout: None,
+            rate_limit_replay: true,
             expected: "a response",
             session_id: None,
         }
@@ -224,6 +228,13 @@ pub(crate) struct RawResponse {
 
 /// Sends requests. Owned by the client; shared by its clones.
 pub(crate) struct Transport {
+    settings: Arc<Settings>,
+    identity: Identity,
+}
+
+/// What every identity's transport shares: the connection pool and the settings. A server
+/// with a client per end user holds one of these.
+pub(crate) struct Settings {
     http: reqwest::Client,
     base_url: Url,
     web_url: Url,
@@ -233,7 +244,14 @@ pub(crate) struct Transport {
     /// The connect timeout of `http`, when this crate built it (for messages).
     connect_timeout: Option<Duration>,
     max_response_bytes: usize,
-    auth: Auth,
+}
+
+impl std::ops::Deref for Transport {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl fmt::Debug for Transport {
@@ -278,7 +296,7 @@ impl Transport {
     pub(crate) fn new(
         http: reqwest::Client,
         config: &Config,
-        auth: Auth,
+        identity: Identity,
         connect_timeout: Option<Duration>,
     ) -> Result<Transport> {
         let mut static_headers = HeaderMap::new();
@@ -302,20 +320,30 @@ impl Transport {
         }
         let (_, agent) = header("user-agent", &config.user_agent)?;
         static_headers.insert(USER_AGENT, agent);
-        if let Some(token) = &config.static_token {
+        if let Some(token) = identity.static_token() {
             bearer_header(token)?;
         }
         Ok(Transport {
-            http,
-            base_url: config.base_url.clone(),
-            web_url: config.web_url.clone(),
-            static_headers,
-            retry: config.retry.clone(),
-            request_timeout: config.request_timeout,
-            connect_timeout,
-            max_response_bytes: config.max_response_bytes,
-            auth,
+            settings: Arc::new(Settings {
+                http,
+                base_url: config.base_url.clone(),
+                web_url: config.web_url.clone(),
+                static_headers,
+                retry: config.retry.clone(),
+                request_timeout: config.request_timeout,
+                connect_timeout,
+                max_response_bytes: config.max_response_bytes,
+            }),
+            identity,
         })
+    }
+
+    /// A transport for another identity over the same connection pool and settings.
+    pub(crate) fn with_identity(&self, identity: Identity) -> Transport {
+        Transport {
+            settings: Arc::clone(&self.settings),
+            identity,
+        }
     }
 
     /// The per-attempt time limit for ordinary requests; also the longest silence allowed
@@ -324,8 +352,8 @@ impl Transport {
         self.request_timeout
     }
 
-    pub(crate) fn auth(&self) -> &Auth {
-        &self.auth
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     pub(crate) fn web_url(&self) -> &Url {
@@ -452,7 +480,10 @@ impl Transport {
             let mut token_used: Option<SecretToken> = None;
             let outcome = async {
                 let token = if authenticated {
-                    let token = self.auth.token(self).await?;
+                    // A token that cannot be had ends the call here: the identity layer has
+                    // already applied its own policy (one shared fetch, one 429 wait), and
+                    // retrying around it would multiply its requests.
+                    let token = self.identity.token(self).await.map_err(Attempt::NoToken)?;
                     token_used = Some(token.clone());
                     Some(token)
                 } else {
@@ -460,25 +491,27 @@ impl Transport {
                 };
                 let response = self
                     .send_once(request, &url, own_origin, token.as_ref())
-                    .await?;
+                    .await
+                    .map_err(Attempt::Failed)?;
                 tracing::Span::current().record("status", response.status().as_u16());
-                handle(response).await
+                handle(response).await.map_err(Attempt::Failed)
             }
             .instrument(span)
             .await;
             let err = match outcome {
                 Ok(value) => return Ok(value),
-                Err(err) => err,
+                Err(Attempt::NoToken(err)) => return Err(err),
+                Err(Attempt::Failed(err)) => err,
             };
             let replayable = request.replay == Replay::Safe
                 || err.never_reached_server()
                 || err.rejected_before_processing();
             match err.retry_policy() {
-                crate::RetryPolicy::RefreshToken if !refreshed && authenticated => {
+                RetryPolicy::RefreshToken if !refreshed && authenticated => {
                     let Some(token) = token_used else {
                         return Err(err);
                     };
-                    match self.auth.invalidate(&token).await {
+                    match self.identity.invalidate(&token).await {
                         Invalidated::Refreshable => {
                             tracing::info!(
                                 path = url.path(),
@@ -489,7 +522,9 @@ impl Transport {
                         Invalidated::Fixed => return Err(fixed_token_error(err)),
                     }
                 }
-                crate::RetryPolicy::WaitThenRetryOnce(wait) if !waited && replayable => {
+                RetryPolicy::WaitThenRetryOnce(wait)
+                    if !waited && replayable && request.rate_limit_replay =>
+                {
                     if wait > self.retry.max_server_wait {
                         return Err(err);
                     }
@@ -501,9 +536,7 @@ impl Transport {
                     waited = true;
                     tokio::time::sleep(wait).await;
                 }
-                crate::RetryPolicy::Backoff
-                    if backoff_retries < self.retry.max_retries && replayable =>
-                {
+                RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
@@ -668,7 +701,7 @@ impl Transport {
                 info,
             } => {
                 let register_url = self
-                    .auth
+                    .identity
                     .known_anonymous_user_id()
                     .map(|user| self.register_url_for(&user));
                 Error::NoCredits { register_url, info }
@@ -685,25 +718,45 @@ impl Transport {
     }
 
     pub(crate) fn registration_url(&self) -> Option<String> {
-        self.auth
+        self.identity
             .known_anonymous_user_id()
             .map(|user| self.register_url_for(&user))
     }
+}
 
-    /// `POST /api/auth/anonymous-token` with `X-Client-Id`; used by [`Auth`] only.
-    pub(crate) async fn fetch_anonymous_token<T: DeserializeOwned>(
-        &self,
-        client_id: &str,
-    ) -> Result<T> {
-        let value = HeaderValue::from_str(client_id)
-            .map_err(|_| Error::config("the client id cannot be sent as a header"))?;
-        let request = Request::post(&["api", "auth", "anonymous-token"])
-            .unauthenticated()
-            .header(HeaderName::from_static("x-client-id"), value)
-            .expect("an anonymous token");
-        self.call(request).await.map_err(|err| match err {
-            Error::Http { status: 400, info } => Error::MissingClientId { info },
-            other => other,
+/// How one attempt failed.
+enum Attempt {
+    /// No token could be had: the identity layer's final answer.
+    NoToken(Error),
+    /// The request failed: the retry policy decides.
+    Failed(Error),
+}
+
+impl TokenEndpoint for Transport {
+    /// `POST /api/auth/anonymous-token` with `X-Client-Id`, no token, no body. Transient
+    /// failures are retried with backoff like a read; a 429 is
+    /// returned as it is (the identity layer waits once, re-reads the store, replays once);
+    /// HTTP 400 is [`Error::MissingClientId`].
+    fn request_token<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let value = HeaderValue::from_str(client_id)
+                .map_err(|_| Error::config("the client id cannot be sent as a header"))?;
+            let mut request = Request::post(&["api", "auth", "anonymous-token"])
+                .unauthenticated()
+                .header(HeaderName::from_static("x-client-id"), value)
+                .expect("an anonymous token");
+            request.rate_limit_replay = false;
+            // Asking again cannot charge anything: at worst the service answers 429 because
+            // the first request did issue a token, which the identity layer reports.
+            request.replay = Replay::Safe;
+            self.call(request).await.map_err(|err| match err {
+                Error::Http { status: 400, info } => Error::MissingClientId { info },
+                other => other,
+            })
         })
     }
 }

@@ -1,22 +1,21 @@
 //! End to end through the public API against the offline simulator: the remove-object job,
 //! the example program a user runs, faults a user meets on the way, and resuming a render.
 
-mod common_e2e;
 mod support;
 
 use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use common_e2e::{
-    builder, fast_wait, new_client, sample_input, session_with_clip, simulator, tempdir,
-    MASK_TRACK, REMOVE,
-};
 use nemo_video::render::{RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::state::Change;
 use nemo_video::{Error, NemoClient, Session, TurnEnd, UploadProgress};
 use serde_json::Value;
+use support::sim::{
+    builder, fast_wait, new_client, sample_input, session_with_clip, simulator, MASK_TRACK, REMOVE,
+};
+use support::tempdir;
 
 /// The `object_removal` effects on any segment of a draft.
 fn object_removals(draft: &Value) -> Vec<Value> {

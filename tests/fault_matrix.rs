@@ -10,19 +10,19 @@
 //! generated table in `docs/reliability.md` in sync: run
 //! `UPDATE_RELIABILITY_DOC=1 cargo test --test fault_matrix` to rewrite it.
 
-mod common_faults;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
 use futures_util::StreamExt;
 use nemo_video::render::RenderJob;
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4};
 use nemo_video::{
     Draft, Error, MessageOptions, NemoClient, RenderOptions, RetryConfig, Session, WaitOptions,
 };
+use support::faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
 
 const CLIENT_ID: &str = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b";
 /// Per-attempt limit for ordinary requests (and the stream idle limit) in the rows that test
@@ -471,11 +471,9 @@ struct World {
 /// The tests in this file measure time; they run one at a time so they do not slow each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The shared fast retries, but waiting out the rows' 1 s `Retry-After`.
 fn fast_retry() -> RetryConfig {
-    let mut retry = RetryConfig::default();
-    retry.base_delay = Duration::from_millis(5);
-    retry.max_delay = Duration::from_millis(20);
-    retry.jitter = false;
+    let mut retry = support::fast_retry();
     retry.max_server_wait = Duration::from_secs(2);
     retry
 }

@@ -1,14 +1,14 @@
 //! `POST /run_sse` as a stream of events, against a loopback server that streams over time.
 
-mod common_stream;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common_stream::*;
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::{Error, MessageStream, TimeoutKind};
 use serde_json::json;
+use support::stream_server::*;
 
 /// A short label per event, so a whole sequence can be compared at once.
 fn label(event: &AgentEvent) -> String {

@@ -238,6 +238,14 @@ impl SimulatorBuilder {
         self
     }
 
+    /// How long after issuing a client id's anonymous token the simulator refuses another for
+    /// the same client id (HTTP 429 with `Retry-After: 30`), valid or not, as the service does.
+    /// Default: 7 days. [`SimulatorHandle::expire_tokens`] lifts it.
+    pub fn token_quota_window(mut self, window: Duration) -> Self {
+        self.config.token_quota_window = window;
+        self
+    }
+
     /// Every `n`th edit turn of a session carries no text at all, only tool calls and results
     /// (deterministic; `0` = never). Default: 3.
     pub fn text_less_every(mut self, n: usize) -> Self {
@@ -437,7 +445,7 @@ impl SimulatorHandle {
     }
 
     /// Every token issued so far now answers code 1001 with HTTP 401; the client ids that
-    /// got them may ask for new ones at once.
+    /// got them may ask for new ones at once (their quota window is lifted).
     pub fn expire_tokens(&self) {
         self.shared.with(|inner| inner.expire_all_tokens());
     }
@@ -524,6 +532,39 @@ impl SimulatorHandle {
                 .iter()
                 .filter(|r| r.endpoint == Some(endpoint))
                 .count()
+        })
+    }
+
+    /// How many `POST /api/auth/anonymous-token` requests named `client_id` in `X-Client-Id`
+    /// (issued, refused with 429 and failed alike).
+    pub fn token_requests_for(&self, client_id: &str) -> usize {
+        self.shared.with(|inner| {
+            inner
+                .requests
+                .iter()
+                .filter(|r| {
+                    r.endpoint == Some(Endpoint::AnonymousToken)
+                        && r.header("x-client-id") == Some(client_id)
+                })
+                .count()
+        })
+    }
+
+    /// Anonymous-token requests per client id (the `X-Client-Id` header; requests without one
+    /// are counted under `""`).
+    pub fn token_requests_by_client(&self) -> std::collections::BTreeMap<String, usize> {
+        self.shared.with(|inner| {
+            let mut counts = std::collections::BTreeMap::new();
+            for request in inner
+                .requests
+                .iter()
+                .filter(|r| r.endpoint == Some(Endpoint::AnonymousToken))
+            {
+                *counts
+                    .entry(request.header("x-client-id").unwrap_or("").to_string())
+                    .or_insert(0) += 1;
+            }
+            counts
         })
     }
 

@@ -22,6 +22,7 @@ pub(crate) struct Config {
     pub(crate) initial_credits: u64,
     pub(crate) credits_per_edit: u64,
     pub(crate) token_lifetime: Duration,
+    pub(crate) token_quota_window: Duration,
     pub(crate) text_less_every: usize,
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
@@ -37,6 +38,7 @@ impl Default for Config {
             initial_credits: 100,
             credits_per_edit: 5,
             token_lifetime: Duration::from_secs(7 * 24 * 3600),
+            token_quota_window: Duration::from_secs(7 * 24 * 3600),
             text_less_every: 3,
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
@@ -87,6 +89,8 @@ pub(crate) struct Inner {
     pub(crate) tokens: HashMap<String, Token>,
     /// client id → the token it was last issued.
     pub(crate) client_tokens: HashMap<String, String>,
+    /// client id → when it was last issued a token (one per client id per quota window).
+    pub(crate) client_issued: HashMap<String, Instant>,
     /// client id → its user, kept across token expiry so sessions and credits survive re-auth.
     pub(crate) client_users: HashMap<String, String>,
     pub(crate) users: HashMap<String, User>,
@@ -104,6 +108,7 @@ impl Inner {
             token.revoked = true;
         }
         self.client_tokens.clear();
+        self.client_issued.clear();
     }
 
     /// Takes one pending failure for `endpoint`, if any.

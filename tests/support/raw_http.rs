@@ -1,0 +1,56 @@
+//! Raw HTTP/1.1 servers on loopback for responses no mock server produces (a body shorter
+//! than its `Content-Length`), and reading a request head off a socket for servers that
+//! misbehave on purpose.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A one-shot raw HTTP server on loopback that answers the first request with `head` (status
+/// line and headers, without the blank line) and then `body`, then closes the connection.
+/// Returns the server's base URL (`http://127.0.0.1:<port>`).
+pub async fn raw_http_server(head: &'static str, body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while memchr::memmem::find(&request, b"\r\n\r\n").is_none() {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(b"\r\n\r\n").await;
+            let _ = socket.write_all(&body).await;
+            let _ = socket.flush().await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Reads an HTTP/1.1 request head from `stream` (up to the blank line); returns the head and
+/// whatever body bytes arrived with it.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> io::Result<(String, Vec<u8>)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the request head ended",
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let rest = buffer[end + 4..].to_vec();
+            return Ok((head, rest));
+        }
+    }
+}

@@ -847,8 +847,6 @@ impl Metadata {
     }
 }
 
-// Rust 1.85 (the MSRV) takes this for never constructed: it is, in `FieldKey::from_key`.
-#[allow(dead_code)]
 struct MetaKey(Option<NameKey>);
 
 impl FieldKey for MetaKey {

@@ -65,6 +65,7 @@
 
 pub mod auth;
 mod client;
+mod config;
 mod credits;
 pub mod draft;
 pub mod error;
@@ -103,15 +104,17 @@ pub struct ReadmeDoctests;
 /// ```
 pub use reqwest;
 
-pub use auth::{AnonymousCredentials, SecretToken};
-pub use client::{
-    Config, NemoClient, NemoClientBuilder, RetryConfig, DEFAULT_BASE_URL,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RATE_LIMIT_WAIT,
-    DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+pub use auth::{AnonymousCredentials, CredentialStore, FileStore, MemoryStore, SecretToken};
+pub use client::{NemoClient, NemoClientBuilder};
+pub use config::{
+    Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_RATE_LIMIT_WAIT, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};
-pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use error::{
+    ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
+};
 pub use events::AgentEvent;
 pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
 pub use session::{ClaimLink, Session};

@@ -462,6 +462,9 @@ async fn a_download_from_another_origin_carries_no_token() {
     assert_log_clean(&log, &[FIXED_TOKEN]);
 }
 
+/// What a file store's directory holds: the file and its locks, never a temporary.
+const STORE_FILES: [&str; 3] = ["credentials.json", "credentials.lock", "locks"];
+
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -479,12 +482,17 @@ async fn the_credentials_file_is_private_and_written_atomically() {
     assert_eq!(mode_of(&file), 0o600, "the credentials file");
     assert_eq!(
         file_names(&config),
-        ["credentials.json"],
-        "no temporary left"
+        STORE_FILES,
+        "no temporary left, only the file and its locks"
     );
+    assert_eq!(mode_of(&config.join("credentials.lock")), 0o600);
+    assert_eq!(mode_of(&config.join("locks")), 0o700);
     let first = client.anonymous_credentials().await.unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(stored["anonymous"]["token"], first.token.expose());
+    assert_eq!(
+        stored["identities"][&first.client_id]["token"],
+        first.token.expose()
+    );
 
     // Rewritten (invalidate, then a new token): still private, still no temporaries.
     sim.expire_tokens();
@@ -492,10 +500,13 @@ async fn the_credentials_file_is_private_and_written_atomically() {
     let second = client.anonymous_credentials().await.unwrap();
     assert_ne!(first.token, second.token);
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(stored["anonymous"]["token"], second.token.expose());
-    assert_eq!(stored["client_id"], second.client_id);
+    assert_eq!(
+        stored["identities"][&second.client_id]["token"],
+        second.token.expose()
+    );
+    assert_eq!(stored["default_client_id"], second.client_id);
 
     // A file someone loosened to 0644 is private again after the next write.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -575,7 +586,7 @@ async fn concurrent_writers_never_expose_a_partial_credentials_file() {
     reader.join().unwrap();
     assert!(seen && whole_reads.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
 }
 
 #[tokio::test]
@@ -602,9 +613,12 @@ async fn a_corrupted_credentials_file_is_reported_and_replaced() {
     let creds = client.anonymous_credentials().await.unwrap();
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON now");
-    assert_eq!(stored["anonymous"]["token"], creds.token.expose());
+    assert_eq!(
+        stored["identities"][&creds.client_id]["token"],
+        creds.token.expose()
+    );
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     assert_log_clean(&log, &[creds.token.expose()]);
 
     // Valid JSON of the wrong shape, and an invalid saved client id: the same.
@@ -618,7 +632,10 @@ async fn a_corrupted_credentials_file_is_reported_and_replaced() {
         fresh.credits().await.expect("works regardless");
         let stored: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON now");
-        assert!(stored["anonymous"]["token"].is_string());
+        let id = stored["default_client_id"]
+            .as_str()
+            .expect("a default identity");
+        assert!(stored["identities"][id]["token"].is_string(), "{stored}");
     }
     let warnings = log
         .text()
@@ -659,7 +676,7 @@ async fn an_unreadable_credentials_path_is_reported_and_ignored() {
     );
     assert!(config.join("credentials.json/inner").is_dir(), "left alone");
     // No temporaries were left behind by the failed saves.
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     let creds = client.anonymous_credentials().await.unwrap();
     assert_log_clean(&log, &[creds.token.expose()]);
     assert_eq!(sim.request_count(Endpoint::AnonymousToken), 1);

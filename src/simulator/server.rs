@@ -493,14 +493,17 @@ fn anonymous_token(ctx: &Ctx<'_>) -> Resp {
     }
     let config = &ctx.shared.config;
     let issued = ctx.shared.with(|inner| {
-        let live = inner
-            .client_tokens
+        // The service's rule: one anonymous token per client id per 7 days, whether or not
+        // the last one is still valid.
+        let now = tokio::time::Instant::now();
+        if inner
+            .client_issued
             .get(client_id)
-            .and_then(|t| inner.tokens.get(t))
-            .is_some_and(Token::is_valid);
-        if live {
+            .is_some_and(|at| now.saturating_duration_since(*at) < config.token_quota_window)
+        {
             return None;
         }
+        inner.client_issued.insert(client_id.to_owned(), now);
         let user_id = inner
             .client_users
             .entry(client_id.to_owned())

@@ -1,9 +1,8 @@
 //! Raw HTTP/1.1 servers on loopback for responses no mock server produces (a body shorter
-//! than its `Content-Length`), reading a request head off a socket for servers that
-//! misbehave on purpose, and an address that refuses connections.
+//! than its `Content-Length`), and reading a request head off a socket for servers that
+//! misbehave on purpose.
 
 use std::io;
-use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -54,16 +53,4 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream) -> io::Result<(String
             return Ok((head, rest));
         }
     }
-}
-
-/// A loopback address that refuses every connection for as long as the returned socket
-/// lives: the socket holds the port (bound, never listening), so no parallel test can start
-/// listening there. (Binding a listener and dropping it would free the port for anyone.)
-pub fn refused_address() -> (tokio::net::TcpSocket, SocketAddr) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind a loopback port");
-    let address = socket.local_addr().expect("address");
-    (socket, address)
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,6 +101,8 @@ struct ProxyState {
     rules: Vec<Rule>,
     /// Requests seen per endpoint label (forwarded and intercepted).
     seen: HashMap<&'static str, usize>,
+    /// When each of them had arrived whole, per endpoint label.
+    arrivals: HashMap<&'static str, Vec<Instant>>,
     /// Requests answered by a rule per endpoint label.
     intercepted: HashMap<&'static str, usize>,
 }
@@ -162,6 +164,17 @@ impl Proxy {
     /// Requests that reached the proxy for `endpoint`.
     pub fn seen(&self, endpoint: &'static str) -> usize {
         *self.state.lock().unwrap().seen.get(endpoint).unwrap_or(&0)
+    }
+
+    /// When each request for `endpoint` had arrived whole, in order.
+    pub fn arrivals(&self, endpoint: &'static str) -> Vec<Instant> {
+        self.state
+            .lock()
+            .unwrap()
+            .arrivals
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Requests for `endpoint` answered by a rule instead of the simulator.
@@ -292,6 +305,11 @@ async fn serve(
     let action = {
         let mut state = state.lock().unwrap();
         *state.seen.entry(endpoint).or_default() += 1;
+        state
+            .arrivals
+            .entry(endpoint)
+            .or_default()
+            .push(Instant::now());
         let action = state
             .rules
             .iter_mut()

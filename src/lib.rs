@@ -70,6 +70,7 @@ pub mod draft;
 pub mod error;
 pub mod events;
 pub mod intent;
+pub mod job;
 pub mod render;
 mod session;
 #[cfg(feature = "simulator")]
@@ -105,7 +106,7 @@ pub use reqwest;
 pub use session::{ClaimLink, Session};
 pub use state::{SessionState, StateDiff};
 pub use stream::{MessageOptions, MessageStream};
-pub use turn::{Turn, TurnEnd, TurnOptions};
+pub use turn::{Turn, TurnCheck, TurnEnd, TurnOptions};
 pub use upload::{UploadProgress, UploadResult, UploadedFile};
 
 /// Entry points for the fuzz targets under `fuzz/`, which live in their own crate and so

@@ -545,6 +545,18 @@ impl SimulatorHandle {
         })
     }
 
+    /// The ids of the renders the service accepted (a re-submitted id is counted once), in
+    /// no particular order.
+    pub fn render_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.renders.keys().cloned().collect())
+    }
+
+    /// How many sessions exist.
+    pub fn session_count(&self) -> usize {
+        self.shared.with(|inner| inner.sessions.len())
+    }
+
     /// Every request received on either origin, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.with(|inner| inner.requests.clone())

@@ -2,158 +2,91 @@
 //!
 //! ```text
 //! cargo run --example remove_object -- [INPUT [PROMPT]] [--output PATH] [--language CODE]
-//!                                       [--poll-interval SECS] [--simulate]
+//!                                       [--poll-interval SECS] [--timeout SECS] [--simulate]
 //! ```
 //!
 //! With no INPUT it runs offline against the built-in simulator with the sample clip in
 //! `assets/`. With INPUT it talks to the real service (`NEMO_API_BASE`, default production)
 //! unless `--simulate` is given. Auth: `NEMO_TOKEN`, or an anonymous token persisted under
 //! `NEMO_CONFIG_DIR` (default `~/.config/nemovideo/`).
+//!
+//! The job runs as steps, each a function: check the inputs (everything local, before any
+//! request) → connect → open a session → upload → the agent's turn → the timeline summary →
+//! export → download. Exit status: 0 done, 1 failed (one `error: ...` line on stderr, no
+//! output file), 2 bad usage.
 
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use nemo_video::events::AgentEvent;
-use nemo_video::render::{RenderOptions, WaitOptions};
-use nemo_video::turn::{TurnEnd, TurnOptions};
+use clap::Parser;
+use nemo_video::intent::translate_reply;
+use nemo_video::render::{check_output_path_for, Export, RenderOptions, WaitOptions};
+use nemo_video::turn::TurnEnd;
+use nemo_video::upload::check_upload_file;
+use nemo_video::{Session, DEFAULT_MAX_UPLOAD_BYTES};
+use support::{describe, AgentActivity, Progress, Service, ServiceArgs};
 
 const DEFAULT_PROMPT: &str = "remove the background person and replace it with a solid color";
-const USAGE: &str = "usage: remove_object [INPUT [PROMPT]] [--output PATH] [--language CODE] [--poll-interval SECS] [--simulate]";
 
+/// Upload a clip, ask NemoVideo's agent to remove an object, and save the edited MP4.
+///
+/// With no INPUT: an offline demo with the sample clip, against the built-in simulator.
+#[derive(Parser, Debug)]
+#[command(name = "remove_object", version)]
 struct Args {
+    /// The clip to edit (mp4, mov, avi, webm, mkv, ...) [default: the sample clip, offline]
     input: Option<PathBuf>,
+    /// What the agent should do
+    #[arg(default_value = DEFAULT_PROMPT)]
     prompt: String,
+    /// Where to save the edited video [default: <input stem>_edited.mp4]
+    #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// The session's language, such as en or zh
+    #[arg(long, value_name = "CODE")]
     language: Option<String>,
+    /// Seconds between render status checks [default: 30; the simulator's pace offline]
+    #[arg(long, value_name = "SECS", value_parser = support::parse_seconds)]
     poll_interval: Option<Duration>,
-    simulate: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        input: None,
-        prompt: DEFAULT_PROMPT.to_string(),
-        output: None,
-        language: None,
-        poll_interval: None,
-        simulate: false,
-    };
-    let mut positional = Vec::new();
-    let mut raw = std::env::args().skip(1);
-    while let Some(arg) = raw.next() {
-        let mut value = |name: &str| {
-            raw.next()
-                .ok_or_else(|| format!("{name} needs a value; {USAGE}"))
-        };
-        match arg.as_str() {
-            "--output" | "-o" => args.output = Some(PathBuf::from(value("--output")?)),
-            "--language" => args.language = Some(value("--language")?),
-            "--poll-interval" => {
-                let text = value("--poll-interval")?;
-                let secs: f64 = text
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                    .ok_or_else(|| format!("--poll-interval takes seconds between 0 and 3600, like 30 or 0.5 (got {text:?})"))?;
-                args.poll_interval = Some(Duration::from_secs_f64(secs));
-            }
-            "--simulate" => args.simulate = true,
-            "--help" | "-h" => return Err(USAGE.to_string()),
-            flag if flag.starts_with("--") => {
-                return Err(format!("unknown option {flag}; {USAGE}"))
-            }
-            _ => positional.push(arg),
-        }
-    }
-    let mut positional = positional.into_iter();
-    args.input = positional.next().map(PathBuf::from);
-    if let Some(prompt) = positional.next() {
-        args.prompt = prompt;
-    }
-    if positional.next().is_some() {
-        return Err(format!("too many arguments (quote the prompt); {USAGE}"));
-    }
-    Ok(args)
-}
-
-/// Prints progress as a bar on a terminal, as plain lines otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-    label: &'static str,
-    last_line: Mutex<u64>,
-}
-
-impl Progress {
-    fn new(label: &'static str, total: u64, unit_bytes: bool) -> Progress {
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            let template = if unit_bytes {
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})"
-            } else {
-                "{msg} [{bar:30}] {pos}%"
-            };
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(label);
-            bar
-        });
-        Progress {
-            bar,
-            label,
-            last_line: Mutex::new(u64::MAX),
-        }
-    }
-
-    fn set(&self, position: u64, total: u64) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(total.max(1));
-                bar.set_position(position);
-            }
-            None => {
-                // Plain output: a line per 25% step.
-                let step = position
-                    .saturating_mul(4)
-                    .checked_div(total)
-                    .unwrap_or(4)
-                    .min(4);
-                let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-                if *last != step {
-                    *last = step;
-                    println!("{}: {}%", self.label, step * 25);
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-        }
-    }
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    support::exit(run(args).await)
+    support::exit(run(Args::parse()).await)
 }
 
+/// The job, step by step.
 async fn run(args: Args) -> Result<(), String> {
+    let job = check_inputs(&args)?;
+    println!("Setting things up...");
+    let service = connect(&job, &args).await?;
+    let session = open_session(&service, args.language.as_deref()).await?;
+    upload(&service, &session, &job).await?;
+    ask_agent(&service, &session, &job.prompt).await?;
+    show_timeline(&service, &session).await?;
+    let export = export(&service, &session, args.poll_interval).await?;
+    download(&service, &export, &job.output).await
+}
+
+/// What the job works on, checked.
+struct Job {
+    /// Offline demo with the sample clip (no INPUT given).
+    demo: bool,
+    input: PathBuf,
+    size: u64,
+    prompt: String,
+    output: PathBuf,
+}
+
+/// Step 1: everything that can be checked locally, before anything is sent or written.
+fn check_inputs(args: &Args) -> Result<Job, String> {
     let demo = args.input.is_none();
     let input = match &args.input {
         Some(path) => path.clone(),
@@ -161,6 +94,7 @@ async fn run(args: Args) -> Result<(), String> {
             .join("assets")
             .join("sample_input.mp4"),
     };
+    let size = check_upload_file(&input, DEFAULT_MAX_UPLOAD_BYTES).map_err(|err| describe(&err))?;
     let output = match &args.output {
         Some(path) => path.clone(),
         None => {
@@ -171,129 +105,141 @@ async fn run(args: Args) -> Result<(), String> {
             PathBuf::from(format!("{stem}_edited.mp4"))
         }
     };
-    // Fail before connecting (and creating a session) when the input cannot be read.
-    let size = match std::fs::metadata(&input) {
-        Ok(meta) if meta.is_file() => meta.len(),
-        Ok(_) => {
-            return Err(format!(
-                "{} is not a file; pass a video file such as clip.mp4",
-                input.display()
-            ))
-        }
-        Err(err) => {
-            return Err(format!(
-                "cannot read {}: {err}; check the path",
-                input.display()
-            ))
-        }
-    };
-    println!("Setting things up...");
-    // The simulator (when used) must outlive the client's use of it.
-    let (client, simulator) = support::connect(demo || args.simulate).await?;
-    if let Some(simulator) = &simulator {
+    check_output_path_for(&output, &input).map_err(|err| describe(&err))?;
+    Ok(Job {
+        demo,
+        input,
+        size,
+        prompt: args.prompt.clone(),
+        output,
+    })
+}
+
+/// Step 2: a client for the real service or the simulator (nothing is sent yet).
+async fn connect(job: &Job, args: &Args) -> Result<Service, String> {
+    let service = support::connect(job.demo || args.service.simulate, args.service.timeout).await?;
+    if let Some(simulator) = &service.simulator {
         println!(
-            "(offline demo: using the built-in NemoVideo simulator at {})",
+            "Offline: using the built-in NemoVideo simulator at {} (nothing leaves this machine).",
             simulator.base_url()
         );
     }
-    let session = client
-        .create_session(args.language.as_deref())
+    Ok(service)
+}
+
+/// Step 3: a new session (and the first requests: a token if needed, the balance).
+async fn open_session(service: &Service, language: Option<&str>) -> Result<Session, String> {
+    let session = service
+        .client
+        .create_session(language)
         .await
-        .map_err(|err| err.to_string())?;
-    let credits = client.credits().await.map_err(|err| err.to_string())?;
+        .map_err(|err| describe(&err))?;
+    let credits = service
+        .client
+        .credits()
+        .await
+        .map_err(|err| describe(&err))?;
     println!(
         "Connected and ready ({} credits available).",
         credits.available
     );
+    Ok(session)
+}
 
-    println!("Uploading {} ({} bytes)...", input.display(), size);
-    let upload_progress = Arc::new(Progress::new("upload", size, true));
-    let bar = Arc::clone(&upload_progress);
-    client
-        .upload_files_with_progress(&session, &[&input], move |p| bar.set(p.sent, p.total))
+/// Step 4: the clip goes up.
+async fn upload(service: &Service, session: &Session, job: &Job) -> Result<(), String> {
+    support::start_line(&format!(
+        "Uploading {} ({} bytes)...",
+        job.input.display(),
+        job.size
+    ));
+    let progress = Arc::new(Progress::new("upload", true));
+    let bar = Arc::clone(&progress);
+    service
+        .client
+        .upload_files_with_progress(session, &[&job.input], move |p| bar.set(p.sent, p.total))
         .await
-        .map_err(|err| err.to_string())?;
-    upload_progress.finish();
+        .map_err(|err| describe(&err))?;
+    progress.finish();
+    Ok(())
+}
 
-    println!("Asking the agent: \"{}\"", args.prompt);
-    let live = std::io::stdout().is_terminal();
-    let options = TurnOptions::default().on_event(move |event| match event {
-        AgentEvent::Text(chunk) if chunk.thought => {}
-        AgentEvent::Text(chunk) if chunk.partial && live => {
-            print!("{}", chunk.text);
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-        }
-        AgentEvent::Text(chunk) if !chunk.partial => {
-            if live {
-                println!();
-            } else {
-                println!("Agent: {}", chunk.text.trim());
-            }
-        }
-        AgentEvent::ToolCall(call) => println!("  (agent is running {})", call.name),
-        AgentEvent::StillWorking { .. } => println!("⏳ Still working..."),
-        _ => {}
-    });
-    let turn = client
-        .run_turn_with(&session, &args.prompt, &options)
-        .await
-        .map_err(|err| err.to_string())?;
-    if turn.text.is_empty() {
-        println!("{}", turn.answer());
+/// Step 5: the agent's turn, its reply shown translated from GUI-speak.
+async fn ask_agent(service: &Service, session: &Session, prompt: &str) -> Result<(), String> {
+    println!("Asking the agent: \"{prompt}\"");
+    let activity = AgentActivity::start();
+    let turn = service
+        .client
+        .run_turn_with(session, prompt, &activity.turn_options())
+        .await;
+    activity.finish();
+    let turn = turn.map_err(|err| describe(&err))?;
+    if let TurnEnd::WaitingForUser { question, .. } = &turn.end {
+        return Err(format!(
+            "the agent needs more detail before editing: {}; run again with a more specific prompt",
+            question.as_deref().unwrap_or("it asked a question")
+        ));
     }
-    match &turn.end {
-        TurnEnd::WaitingForUser { question, .. } => {
-            return Err(format!(
-                "the agent needs more detail before editing: {}; run again with a more specific prompt",
-                question.as_deref().unwrap_or("it asked a question")
-            ));
-        }
-        TurnEnd::Disconnected(err) => {
-            println!("(the agent's stream was cut off: {err}; continuing with the saved timeline)")
-        }
-        _ => {}
+    println!("Agent: {}", translate_reply(turn.answer().trim()).text);
+    if let TurnEnd::Disconnected(err) = &turn.end {
+        println!("(The agent's stream was cut off: {err}. Continuing with the saved timeline.)");
     }
+    Ok(())
+}
 
-    let state = client
-        .state(&session)
+/// Step 6: what the timeline now holds.
+async fn show_timeline(service: &Service, session: &Session) -> Result<(), String> {
+    let state = service
+        .client
+        .state(session)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| describe(&err))?;
     println!("{}", state.summary());
+    Ok(())
+}
 
-    let poll_interval = args.poll_interval.unwrap_or(if demo {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(30)
-    });
-    println!(
+/// Step 7: render, waiting at the chosen pace.
+async fn export(
+    service: &Service,
+    session: &Session,
+    poll_interval: Option<Duration>,
+) -> Result<Export, String> {
+    let poll_interval = poll_interval.unwrap_or_else(|| service.poll_interval());
+    support::start_line(&format!(
         "Exporting (checking every {} s)...",
         poll_interval.as_secs_f64()
-    );
-    let render_progress = Arc::new(Progress::new("render", 100, false));
-    let bar = Arc::clone(&render_progress);
+    ));
+    let progress = Arc::new(Progress::new("render", false));
+    let bar = Arc::clone(&progress);
     let wait = WaitOptions::default()
         .poll_interval(poll_interval)
         .on_progress(move |p| bar.set(p.progress.unwrap_or(0.0).round() as u64, 100));
-    let export = client
-        .export(&session, &RenderOptions::default(), &wait)
+    let export = service
+        .client
+        .export(session, &RenderOptions::default(), &wait)
         .await
-        .map_err(|err| err.to_string())?;
-    render_progress.set(100, 100);
-    render_progress.finish();
+        .map_err(|err| describe(&err))?;
+    progress.set(100, 100);
+    progress.finish();
+    Ok(export)
+}
 
-    println!("Downloading...");
-    let download_progress = Arc::new(Progress::new("download", 0, true));
-    let bar = Arc::clone(&download_progress);
-    let bytes = client
+/// Step 8: the result lands whole at the output path, or not at all.
+async fn download(service: &Service, export: &Export, output: &Path) -> Result<(), String> {
+    support::start_line("Downloading...");
+    let progress = Arc::new(Progress::new("download", true));
+    let bar = Arc::clone(&progress);
+    let bytes = service
+        .client
         .download_render(
             &export.job,
             export.output_url.as_deref(),
-            &output,
+            output,
             move |p| bar.set(p.received, p.total.unwrap_or(p.received)),
         )
         .await
-        .map_err(|err| err.to_string())?;
-    download_progress.finish();
+        .map_err(|err| describe(&err))?;
+    progress.finish();
     println!("Saved {} ({bytes} bytes)", output.display());
     Ok(())
 }

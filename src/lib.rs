@@ -97,7 +97,9 @@ pub use config::{
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};
-pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use error::{
+    ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
+};
 pub use events::AgentEvent;
 pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
 /// The HTTP client crate this SDK is built on, re-exported so that

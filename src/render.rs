@@ -695,12 +695,22 @@ impl NemoClient {
             })?;
         // Check the output path before asking anything of the server.
         let target = output_target(path.as_ref())?;
-        let response = self.transport().open_url(&url).await?;
+        self.download_to(&url, &target, &progress).await
+    }
+
+    /// [`download`](Self::download) to a target already checked by [`output_target`].
+    async fn download_to(
+        &self,
+        url: &Url,
+        target: &Path,
+        progress: &(impl Fn(DownloadProgress) + Send + Sync),
+    ) -> Result<u64> {
+        let response = self.transport().open_url(url).await?;
         save_response(
             response,
             self.transport().request_timeout(),
-            &target,
-            &progress,
+            target,
+            progress,
         )
         .await
     }
@@ -723,7 +733,13 @@ impl NemoClient {
         let path = output_target(path.as_ref())?;
         let path = path.as_path();
         if let Some(url) = output_url {
-            match self.download(url, path, &progress).await {
+            let url = Url::parse(url)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
+                })?;
+            match self.download_to(&url, path, &progress).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(err @ (Error::InvalidInput { .. } | Error::Io { .. })) => return Err(err),
                 Err(err) => {
@@ -801,17 +817,146 @@ fn spawn_writer(
     Ok((sender, written))
 }
 
-/// The absolute download target, after checking that it names a file in an existing folder.
-fn output_target(path: &Path) -> Result<PathBuf> {
-    let target = absolute(path)?;
-    let dir = target.parent().unwrap_or_else(|| Path::new("."));
-    if !dir.is_dir() {
+/// Checks that a download can be saved at `path`, without sending anything, and returns the
+/// absolute path. [`NemoClient::download`] and [`NemoClient::download_render`] run the same
+/// checks before their first request; call it yourself to refuse a bad output path before
+/// uploading, editing and rendering.
+///
+/// `path` must not be empty or a folder; its folder must exist and accept new files (checked
+/// by creating and removing an empty file there); an existing file at `path` must be a
+/// regular file (it will be replaced). Each failure is one [`Error::InvalidInput`] naming
+/// the path and what to do.
+///
+/// ```
+/// use nemo_video::render::check_output_path;
+///
+/// let err = check_output_path("no_such_folder/edited.mp4").unwrap_err();
+/// assert!(err.to_string().contains("does not exist"));
+/// ```
+pub fn check_output_path(path: impl AsRef<Path>) -> Result<PathBuf> {
+    output_target(path.as_ref())
+}
+
+/// [`check_output_path`], and also refuses an output that is the file `input` (the same file
+/// by any path: relative or absolute, through `..`, a symbolic or a hard link), since saving
+/// there would overwrite the input.
+///
+/// ```no_run
+/// use nemo_video::render::check_output_path_for;
+///
+/// let err = check_output_path_for("./clip.mp4", "clip.mp4").unwrap_err();
+/// assert!(err.to_string().contains("is the input"));
+/// ```
+pub fn check_output_path_for(path: impl AsRef<Path>, input: impl AsRef<Path>) -> Result<PathBuf> {
+    let target = output_target(path.as_ref())?;
+    if same_file(&target, input.as_ref()) {
         return Err(Error::invalid_input(format!(
-            "the folder {} does not exist; create it or choose another output path",
-            dir.display()
+            "the output {} is the input file; choose another output path (saving there would overwrite the input)",
+            path.as_ref().display()
         )));
     }
     Ok(target)
+}
+
+/// Whether `a` and `b` name the same file. A path that does not exist is another file than
+/// any existing one.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if let (Ok(a), Ok(b)) = (std::path::absolute(a), std::path::absolute(b)) {
+        if a == b {
+            return true;
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The absolute download target, after the checks of [`check_output_path`].
+fn output_target(path: &Path) -> Result<PathBuf> {
+    let target = absolute(path)?;
+    let dir = target.parent().unwrap_or_else(|| Path::new("/"));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::invalid_input(format!(
+                "{} is not a folder, so {} cannot be created; choose another output path",
+                dir.display(),
+                path.display()
+            )))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::invalid_input(format!(
+                "the folder {} does not exist; create it or choose another output path",
+                dir.display()
+            )))
+        }
+        Err(err) => {
+            return Err(Error::invalid_input(format!(
+                "cannot open the folder {} ({}); choose another output path",
+                dir.display(),
+                io_reason(&err)
+            )))
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(&target) {
+        if !meta.is_file() {
+            return Err(Error::invalid_input(format!(
+                "{} exists and is not a regular file; choose another output path",
+                path.display()
+            )));
+        }
+    }
+    check_writable(dir)?;
+    Ok(target)
+}
+
+/// Proves that `dir` accepts new files by creating and removing an empty one, so a render is
+/// not paid for and waited on only to fail at the end. The probe's name never reaches a
+/// message.
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(
+        ".nemo-write-check-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => Err(Error::invalid_input(format!(
+            "the folder {} is not writable ({}); choose another output folder",
+            dir.display(),
+            io_reason(&err)
+        ))),
+    }
+}
+
+/// What an I/O error means for a folder, in words (never with a path in them).
+fn io_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::ReadOnlyFilesystem => "read-only file system".to_string(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "no space left".to_string()
+        }
+        // A folder that exists but where a new file "does not exist": /proc, /sys and the like.
+        std::io::ErrorKind::NotFound => "it does not accept new files".to_string(),
+        _ => err.to_string(),
+    }
 }
 
 /// Streams a response body into `target` (checked by [`output_target`]) through a temporary

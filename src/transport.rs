@@ -33,7 +33,7 @@ use url::Url;
 
 use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
-use crate::error::{ApiInfo, Error, Result, RetryPolicy, TimeoutKind};
+use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
 pub(crate) type BodyFactory = Arc<dyn Fn() -> Result<StreamBody> + Send + Sync>;
@@ -248,6 +248,8 @@ pub(crate) struct Settings {
     static_headers: HeaderMap,
     retry: RetryConfig,
     request_timeout: Duration,
+    /// The connect timeout of `http`, when this crate built it (for messages).
+    connect_timeout: Option<Duration>,
     max_response_bytes: usize,
 }
 
@@ -296,10 +298,13 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 impl Transport {
+    /// `connect_timeout` is the limit `http` was built with, or `None` for a caller's client
+    /// whose limit is unknown; it only goes into error messages.
     pub(crate) fn new(
         http: reqwest::Client,
         config: &Config,
         identity: Identity,
+        connect_timeout: Option<Duration>,
     ) -> Result<Transport> {
         let mut static_headers = HeaderMap::new();
         let header = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue)> {
@@ -333,6 +338,7 @@ impl Transport {
                 static_headers,
                 retry: config.retry.clone(),
                 request_timeout: config.request_timeout,
+                connect_timeout,
                 max_response_bytes: config.max_response_bytes,
             }),
             identity,
@@ -389,11 +395,14 @@ impl Transport {
     ) -> Result<Option<T>> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        let idle = self
+            .attempt_timeout(&request)
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
             if done == Some(response.status()) {
                 return Ok(None);
             }
-            self.read_body(response, self.request_timeout)
+            self.read_body(response, idle)
                 .await?
                 .decode::<T>(expected)
                 .map(Some)
@@ -413,9 +422,13 @@ impl Transport {
     ) -> Result<RawResponse> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        // The body of an error answer is read under the same silence limit as the head: a
+        // server that sends a head and then nothing must not hang the caller.
         let idle = request
             .head_timeout
-            .map_or(self.request_timeout, |(limit, _)| limit);
+            .map(|(limit, _)| limit)
+            .or(self.attempt_timeout(&request))
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
             let status = response.status();
             let content_type = response
@@ -428,8 +441,6 @@ impl Transport {
                 return Ok(RawResponse { response });
             }
             // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
-            // Its body is read under the same silence limit as the head: a server that sends
-            // a head and then nothing must not hang the caller.
             let read = self.read_body(response, idle).await?;
             match read.decode::<serde::de::IgnoredAny>(expected) {
                 Err(err) => Err(self.enrich(err, session_id)),
@@ -595,11 +606,7 @@ impl Transport {
         for (name, value) in &request.headers {
             builder = builder.header(name.clone(), value.clone());
         }
-        let timeout = if request.use_default_timeout {
-            Some(self.request_timeout)
-        } else {
-            request.timeout
-        };
+        let timeout = self.attempt_timeout(request);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
@@ -628,7 +635,44 @@ impl Transport {
                 .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
-        response.map_err(|err| map_reqwest_with_timeout(err, url, timeout))
+        response.map_err(|err| self.map_reqwest(err, url, timeout))
+    }
+
+    /// The limit on one attempt of `request` (response and body), if it has one.
+    fn attempt_timeout(&self, request: &Request) -> Option<Duration> {
+        if request.use_default_timeout {
+            Some(self.request_timeout)
+        } else {
+            request.timeout
+        }
+    }
+
+    /// Turns a reqwest failure into an error that names its cause. `timeout` is the attempt's
+    /// limit, which is what ran out when reqwest reports a timeout after connecting.
+    fn map_reqwest(&self, err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+        if err.is_connect() {
+            let failure = connect_failure(&err, url, self.connect_timeout);
+            return Error::Connect {
+                host: url.host_str().unwrap_or("the service").to_string(),
+                port: url.port_or_known_default(),
+                failure,
+                source: Box::new(err.without_url()),
+            };
+        }
+        let err = err.without_url();
+        if err.is_timeout() {
+            return Error::Timeout {
+                kind: TimeoutKind::Request,
+                after: timeout.unwrap_or(self.request_timeout),
+            };
+        }
+        if err.is_builder() {
+            return Error::config(format!("could not build the request: {err}"));
+        }
+        Error::Network {
+            may_have_reached_server: true,
+            source: Box::new(err),
+        }
     }
 
     /// Reads a (JSON) body, refusing more than the configured cap; a silence longer than
@@ -671,7 +715,7 @@ impl Transport {
                 Ok(None) => break,
                 Err(err) => {
                     let url = response.url().clone();
-                    return Err(map_reqwest(err, &url));
+                    return Err(self.map_reqwest(err, &url, Some(idle)));
                 }
             }
         }
@@ -765,7 +809,7 @@ impl TokenEndpoint for Transport {
 /// advice would repeat the work and pay twice.
 fn unconfirmed_if_work(request: &Request, url: &Url, err: Error) -> Error {
     let may_have_been_processed = match &err {
-        Error::Timeout { kind, .. } => *kind != TimeoutKind::Connect,
+        Error::Timeout { .. } => true,
         Error::Network {
             may_have_reached_server,
             ..
@@ -813,37 +857,52 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(|value| value.chars().take(128).collect())
 }
 
-fn map_reqwest(err: reqwest::Error, url: &Url) -> Error {
-    map_reqwest_with_timeout(err, url, None)
-}
-
-fn map_reqwest_with_timeout(err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
-    let host = url.host_str().unwrap_or("the service").to_string();
-    let err = err.without_url();
-    if err.is_connect() {
-        if err.is_timeout() {
-            return Error::Timeout {
-                kind: TimeoutKind::Connect,
-                after: timeout.unwrap_or_default(),
-            };
-        }
-        return Error::Connect {
-            host,
-            source: Box::new(err),
-        };
-    }
+/// Why reqwest could not connect. reqwest and hyper-util expose no kinds for this, so it is
+/// read from the error chain: an I/O error kind (refused, timed out), hyper-util's connector
+/// stage ("dns error", "tcp connect error", ...), and for `https` a failure after the TCP
+/// stage, which is the TLS handshake. `tests/transport.rs` pins each case on loopback.
+fn connect_failure(
+    err: &reqwest::Error,
+    url: &Url,
+    connect_timeout: Option<Duration>,
+) -> ConnectFailure {
     if err.is_timeout() {
-        return Error::Timeout {
-            kind: TimeoutKind::Request,
-            after: timeout.unwrap_or_default(),
+        return ConnectFailure::TimedOut {
+            after: connect_timeout,
         };
     }
-    if err.is_builder() {
-        return Error::config(format!("could not build the request: {err}"));
+    let mut name_lookup = false;
+    let mut tcp_stage = false;
+    let mut proxy = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                std::io::ErrorKind::TimedOut => {
+                    return ConnectFailure::TimedOut {
+                        after: connect_timeout,
+                    }
+                }
+                // The peer hung up mid-handshake: a network or load problem, not TLS settings.
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof => return ConnectFailure::Other,
+                _ => {}
+            }
+        }
+        let text = current.to_string().to_ascii_lowercase();
+        name_lookup |= text == "dns error" || text.starts_with("failed to lookup address");
+        tcp_stage |= text.starts_with("tcp ");
+        proxy |= text.contains("proxy") || text.contains("tunnel");
+        cause = current.source();
     }
-    Error::Network {
-        may_have_reached_server: true,
-        source: Box::new(err),
+    if name_lookup {
+        ConnectFailure::NameLookup
+    } else if url.scheme() == "https" && !tcp_stage && !proxy {
+        ConnectFailure::Tls
+    } else {
+        ConnectFailure::Other
     }
 }
 

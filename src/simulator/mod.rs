@@ -1,8 +1,11 @@
 //! An in-process fake NemoVideo service on loopback, for offline examples and tests.
 //!
-//! Policy and defaults: the simulator binds `127.0.0.1` only, on two ephemeral ports — the API
-//! origin ([`SimulatorHandle::base_url`]) and a second origin standing in for the CDN that
-//! serves render outputs ([`SimulatorHandle::cdn_base_url`]). It speaks the wire protocol
+//! Policy and defaults: the simulator binds `127.0.0.1` only, on three ephemeral ports — the
+//! API origin ([`SimulatorHandle::base_url`]), a second origin standing in for the CDN that
+//! serves render outputs ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the
+//! web site ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages
+//! so that links built for simulator accounts never point at the real site. Give a client of
+//! the simulator `.web_url(sim.web_url())`. It speaks the wire protocol
 //! described in the SDK's API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
 //! FastAPI-style `{"detail":..}` errors, and a real, paced `text/event-stream` on `/run_sse`
 //! carrying Google-ADK-shaped events. State (tokens, credits, sessions, drafts, renders) lives
@@ -37,6 +40,7 @@ mod body;
 mod multipart;
 mod server;
 mod state;
+mod web;
 
 use std::fmt;
 use std::io;
@@ -271,7 +275,7 @@ impl SimulatorBuilder {
             .render_time(Duration::from_millis(400))
     }
 
-    /// Binds both listeners on `127.0.0.1` (ephemeral ports) and starts serving on the
+    /// Binds the three listeners on `127.0.0.1` (ephemeral ports) and starts serving on the
     /// current Tokio runtime.
     ///
     /// ```no_run
@@ -284,12 +288,15 @@ impl SimulatorBuilder {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let api = TcpListener::bind(loopback).await?;
         let cdn = TcpListener::bind(loopback).await?;
+        let web = TcpListener::bind(loopback).await?;
         let base_url = format!("http://{}", api.local_addr()?);
         let cdn_base_url = format!("http://{}", cdn.local_addr()?);
-        let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url));
+        let web_url = format!("http://{}", web.local_addr()?);
+        let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url, web_url));
         let tasks = vec![
             tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api)),
             tokio::spawn(server::serve(cdn, shared.clone(), server::Origin::Cdn)),
+            tokio::spawn(web::serve(web, shared.clone())),
         ];
         tracing::debug!(base_url = %shared.base_url, cdn = %shared.cdn_base_url, "simulator started");
         Ok(Simulator {
@@ -341,7 +348,7 @@ impl Simulator {
         self.handle.clone()
     }
 
-    /// Stops serving and waits until both listeners are closed and every connection task has
+    /// Stops serving and waits until every listener is closed and every connection task has
     /// ended.
     ///
     /// ```no_run
@@ -404,6 +411,22 @@ impl SimulatorHandle {
     /// The CDN origin serving render outputs, on a different port than [`Self::base_url`].
     pub fn cdn_base_url(&self) -> &str {
         &self.shared.cdn_base_url
+    }
+
+    /// The stand-in for the web site (`https://nemovideo.com` in production), on its own
+    /// port: `GET /register?bind=<user>` and `GET /workspace/claim?ct=<token>` answer a page
+    /// saying the account or project exists only in this simulator. Pass it to
+    /// [`NemoClientBuilder::web_url`](crate::NemoClientBuilder::web_url) so that registration
+    /// and claim links point here.
+    pub fn web_url(&self) -> &str {
+        &self.shared.web_url
+    }
+
+    /// Time from a render's submission to `completed` ([`SimulatorBuilder::render_time`]).
+    /// A client polling this simulator can poll at a fraction of it instead of the
+    /// production 30 s.
+    pub fn render_time(&self) -> Duration {
+        self.shared.config.render_time
     }
 
     /// The next `times` requests to `endpoint` fail with `failure` (queued after any failures

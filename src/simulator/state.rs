@@ -50,15 +50,23 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) base_url: String,
     pub(crate) cdn_base_url: String,
+    /// The stand-in for the web site (registration and claim pages).
+    pub(crate) web_url: String,
     inner: Mutex<Inner>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, base_url: String, cdn_base_url: String) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        base_url: String,
+        cdn_base_url: String,
+        web_url: String,
+    ) -> Self {
         Shared {
             config,
             base_url,
             cdn_base_url,
+            web_url,
             inner: Mutex::new(Inner::default()),
         }
     }

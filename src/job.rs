@@ -177,6 +177,8 @@ pub enum JobEvent<'a> {
         /// Its size in bytes.
         size: u64,
     },
+    /// The clip is on the session.
+    Uploaded,
     /// An upload sent before an interruption was found on the session.
     UploadFound,
     /// The instruction is being sent to the agent.
@@ -193,8 +195,15 @@ pub enum JobEvent<'a> {
     Timeline(&'a str),
     /// The render was submitted (or found submitted) and is being waited for.
     Rendering(&'a RenderJob),
+    /// The render finished.
+    Rendered,
     /// The output is being downloaded.
     Downloading,
+    /// The output is saved.
+    Downloaded {
+        /// Its size in bytes.
+        bytes: u64,
+    },
 }
 
 /// Settings and callbacks for [`EditJob::run`].
@@ -420,7 +429,10 @@ impl EditJob {
                     .upload_files_inner(&session, &[&self.input], options.on_upload.clone())
                     .await
                 {
-                    Ok(_) => self.advance(Stage::Uploaded, save),
+                    Ok(_) => {
+                        options.tell(JobEvent::Uploaded);
+                        self.advance(Stage::Uploaded, save)
+                    }
                     // Nothing reached the service (a local check, a refused connection, a
                     // refusal before any work): the next run uploads again.
                     Err(err) if !err.needs_reconcile() => {
@@ -558,6 +570,7 @@ impl EditJob {
                     })
                     .await?;
                 self.output_bytes = Some(bytes);
+                options.tell(JobEvent::Downloaded { bytes });
                 self.advance(Stage::Done, save)
             }
             Stage::Done => Ok(()),
@@ -573,6 +586,7 @@ impl EditJob {
     ) -> Result<()> {
         match client.wait_for_render(job, &options.wait).await {
             Ok(url) => {
+                options.tell(JobEvent::Rendered);
                 self.output_url = url;
                 self.advance(Stage::Rendered, save)
             }

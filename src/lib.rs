@@ -46,7 +46,9 @@
 //! - [`stream`]: the agent's raw event stream ([`NemoClient::send_message`]) with idle and total
 //!   limits; [`turn`] runs one message to an answer; [`events`] are the typed events.
 //! - [`state`] and [`draft`]: the timeline, its summary, and diffs between two states.
-//! - [`render`]: submit, wait (resumably), cancel, download.
+//! - [`render`]: submit (with an id you save first), wait, resume, cancel, download.
+//! - [`job`]: the whole job (upload → edit → render → download), saved after every step and
+//!   resumable after a crash without paying twice.
 //! - [`intent`]: routing a bot user's words, and translating the agent's GUI phrasing.
 //! - [`sse`]: the SSE parser, usable on its own.
 //! - `simulator` (feature `simulator`): a fake service on loopback to test your app against.

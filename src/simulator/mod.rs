@@ -266,6 +266,15 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Slows transfers down so a test can interrupt them midway: a render output (CDN or
+    /// fallback download) is sent 1 KiB at a time with this pause after each KiB, and an
+    /// upload body is read with this pause after each piece that arrives. Default: none
+    /// (full speed).
+    pub fn transfer_pace(mut self, pause: Duration) -> Self {
+        self.config.transfer_pace = Some(pause);
+        self
+    }
+
     /// Short timings for tests: pacing 10 ms, heartbeats every 40 ms, work 100 ms, render
     /// 400 ms. Default: off (the timings above).
     pub fn fast(self) -> Self {
@@ -578,6 +587,23 @@ impl SimulatorHandle {
     /// How many sessions exist.
     pub fn session_count(&self) -> usize {
         self.shared.with(|inner| inner.sessions.len())
+    }
+
+    /// The ids of all sessions, in no particular order.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.sessions.keys().cloned().collect())
+    }
+
+    /// A session's uploaded media (`video_infos`, as the state returns them).
+    pub fn media(&self, session_id: &str) -> Vec<serde_json::Value> {
+        self.shared.with(|inner| {
+            inner
+                .sessions
+                .get(session_id)
+                .map(|s| s.video_infos.clone())
+                .unwrap_or_default()
+        })
     }
 
     /// Every request received on either origin, in arrival order.

@@ -687,12 +687,7 @@ impl NemoClient {
         path: impl AsRef<Path>,
         progress: impl Fn(DownloadProgress) + Send + Sync,
     ) -> Result<u64> {
-        let url = Url::parse(url)
-            .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
-            })?;
+        let url = download_url(url)?;
         // Check the output path before asking anything of the server.
         let target = output_target(path.as_ref())?;
         self.download_to(&url, &target, &progress).await
@@ -733,12 +728,7 @@ impl NemoClient {
         let path = output_target(path.as_ref())?;
         let path = path.as_path();
         if let Some(url) = output_url {
-            let url = Url::parse(url)
-                .ok()
-                .filter(|url| matches!(url.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
-                })?;
+            let url = download_url(url)?;
             match self.download_to(&url, path, &progress).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(err @ (Error::InvalidInput { .. } | Error::Io { .. })) => return Err(err),
@@ -759,6 +749,16 @@ impl NemoClient {
         )
         .await
     }
+}
+
+/// `url` as an http(s) URL to download from.
+fn download_url(url: &str) -> Result<Url> {
+    Url::parse(url)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https"))
+        .ok_or_else(|| {
+            Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
+        })
 }
 
 /// Chunks queued between the network and the writer thread. A chunk is one read of the

@@ -8,7 +8,8 @@
 //!
 //! With no FILE=INSTRUCTION pairs it runs offline against the simulator with the sample clip
 //! and two instructions. Every file and output is checked before the first request. Exit
-//! status: 0 all saved, 1 failed (one `error: ...` line on stderr), 2 bad usage.
+//! status: 0 all saved, 1 failed (one `error: ...` line on stderr), 2 bad usage, 130
+//! interrupted by Ctrl-C or SIGTERM (no half-written file left).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -60,7 +61,15 @@ fn parse_pair(text: &str) -> Result<(PathBuf, String), String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    support::exit(run(Args::parse()).await)
+    let args = Args::parse();
+    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
+    // temporary file with it, so nothing half-written is left in the output folder.
+    tokio::select! {
+        result = run(args) => support::exit(result),
+        () = support::interrupted() => support::exit_interrupted(
+            "nothing was kept; run the same command again to start over (the saved videos are whole; a video being written was not kept)",
+        ),
+    }
 }
 
 /// One clip's job, checked.

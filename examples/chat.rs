@@ -10,8 +10,9 @@
 //! Try: `upload assets/sample_input.mp4`, `remove the background person`, `status`,
 //! `credits`, `export`. End with Ctrl-D. A file is checked before it is uploaded, and the
 //! output folder before the first request. Exit status: 0 at the end of input, 1 when the
-//! conversation cannot start (one `error: ...` line on stderr), 2 bad usage; a failed command
-//! in the conversation is answered with "Sorry: ..." and the conversation goes on.
+//! conversation cannot start (one `error: ...` line on stderr), 2 bad usage, 130 interrupted
+//! by Ctrl-C or SIGTERM (a video being written is not kept); a failed command in the
+//! conversation is answered with "Sorry: ..." and the conversation goes on.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -48,7 +49,15 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    support::exit(run(Args::parse()).await)
+    let args = Args::parse();
+    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
+    // temporary file with it, so nothing half-written is left in the output folder.
+    tokio::select! {
+        result = run(args) => support::exit(result),
+        () = support::interrupted() => support::exit_interrupted(
+            "run the example again to start a new conversation (a video being written was not kept)",
+        ),
+    }
 }
 
 struct Bot {

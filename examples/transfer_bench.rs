@@ -229,7 +229,7 @@ fn parent(options: &Options) -> Result<(), BoxError> {
     let self_exe = std::env::current_exe()?;
     for round in 1..=options.rounds {
         // Alternate which side goes first so neither always inherits the other's leftovers.
-        let sdk_first = !round.is_multiple_of(2);
+        let sdk_first = round % 2 == 1;
         // Upload.
         let sdk = || -> Result<Run, BoxError> {
             let run = timed(
@@ -478,7 +478,7 @@ fn print_row(round: u64, transfer: &str, pair: &Pair) {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
+    if values.len() % 2 == 0 {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

@@ -108,6 +108,12 @@ pub enum RetryPolicy {
     NewSession,
     /// The anonymous-token call lacked a client id: generate a new one, then retry once.
     RegenerateClientId,
+    /// A request that does work (a message, an upload, a new session) failed after it may
+    /// have reached the service. Sending it again could repeat the work and charge credits
+    /// twice: read the session state first ([`NemoClient::reconcile_turn`](crate::NemoClient::reconcile_turn),
+    /// [`NemoClient::state`](crate::NemoClient::state)) and send it again only if it did not
+    /// land.
+    Reconcile,
 }
 
 /// What the service said alongside an error: HTTP status, body code and text, request id.
@@ -376,6 +382,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A request that does work (a message, an upload, a new session, a cancel) failed after
+    /// it may have reached the service, so it was not sent again: the service may have done
+    /// the work. [`Error::retry_policy`] is [`RetryPolicy::Reconcile`]: read the session state
+    /// before sending it again. `cause` is what went wrong (a timeout, a lost connection, a
+    /// 5xx, an unreadable answer).
+    #[error("{request} may have reached the service, but {}; it was not sent again, because that could repeat the work and charge credits twice: read the session state to see what was done before sending it again", unconfirmed_cause(cause))]
+    Unconfirmed {
+        /// The request, e.g. `POST /run_sse`.
+        request: String,
+        /// What went wrong.
+        cause: Box<Error>,
+    },
     /// The message stream ended before the agent finished.
     #[error("the agent's stream was cut off after {events_seen} event{}{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", if *events_seen == 1 { "" } else { "s" }, last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
     StreamDisconnected {
@@ -428,6 +446,25 @@ fn file_label(file: Option<&PathBuf>, extension: Option<&str>) -> String {
     }
 }
 
+/// What went wrong with an unconfirmed request, in words that fit "… may have reached the
+/// service, but <this>" (the cause's own advice, such as "try again", would be wrong here).
+fn unconfirmed_cause(cause: &Error) -> String {
+    match cause {
+        Error::Timeout { after, .. } => {
+            format!("no answer came within {} s", after.as_secs_f64())
+        }
+        Error::Network { source, .. } => format!("the connection failed ({source})"),
+        Error::Http { status, info } => {
+            format!("the service answered HTTP {status}{}", info.suffix())
+        }
+        Error::Decode { detail, .. } => format!("its answer could not be read ({detail})"),
+        Error::ResponseTooLarge { limit } => {
+            format!("its answer was larger than the {limit}-byte limit")
+        }
+        other => other.to_string(),
+    }
+}
+
 fn http_hint(status: u16) -> &'static str {
     match status {
         408 | 409 | 500..=599 => "the service had a temporary problem, try again shortly",
@@ -442,7 +479,7 @@ fn http_hint(status: u16) -> &'static str {
 fn byte_size(bytes: u64) -> String {
     if bytes < 1_000_000 {
         format!("{bytes} bytes")
-    } else if bytes.is_multiple_of(1_000_000) {
+    } else if bytes % 1_000_000 == 0 {
         format!("{} MB", bytes / 1_000_000)
     } else {
         format!("{:.1} MB", bytes as f64 / 1_000_000.0)
@@ -455,7 +492,7 @@ pub(crate) fn seconds(duration: Duration) -> String {
         return "an unlimited time".to_string();
     }
     let millis = duration.as_millis();
-    if millis.is_multiple_of(1000) {
+    if millis % 1000 == 0 {
         format!("{} s", millis / 1000)
     } else {
         format!("{} s", millis as f64 / 1000.0)
@@ -548,6 +585,7 @@ impl Error {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Error::Http { status, .. } => Some(*status),
+            Error::Unconfirmed { cause, .. } => cause.http_status(),
             _ => self.info().and_then(|info| info.http_status),
         }
     }
@@ -574,6 +612,7 @@ impl Error {
             Error::UnsupportedFile { info, .. } | Error::FileTooLarge { info, .. } => {
                 info.as_deref()
             }
+            Error::Unconfirmed { cause, .. } => cause.info(),
             _ => None,
         }
     }
@@ -598,6 +637,7 @@ impl Error {
             Error::Connect { .. } | Error::Timeout { .. } | Error::Network { .. } => {
                 RetryPolicy::Backoff
             }
+            Error::Unconfirmed { .. } | Error::StreamDisconnected { .. } => RetryPolicy::Reconcile,
             _ => RetryPolicy::Never,
         }
     }
@@ -630,16 +670,24 @@ impl Error {
         )
     }
 
-    /// True for any time limit running out, connecting included.
+    /// True for any time limit running out, connecting included (also behind
+    /// [`Error::Unconfirmed`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Timeout { .. }
-                | Error::Connect {
-                    failure: ConnectFailure::TimedOut { .. },
-                    ..
-                }
-        )
+            | Error::Connect {
+                failure: ConnectFailure::TimedOut { .. },
+                ..
+            } => true,
+            Error::Unconfirmed { cause, .. } => cause.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// True when a request that does work may have reached the service without its outcome
+    /// being known ([`RetryPolicy::Reconcile`]): read the state before sending it again.
+    pub fn needs_reconcile(&self) -> bool {
+        self.retry_policy() == RetryPolicy::Reconcile
     }
 
     /// True when no connection could be made (the request never reached the service).
@@ -803,6 +851,10 @@ impl Error {
                 action,
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Unconfirmed { request, cause } => Error::Unconfirmed {
+                request: request.clone(),
+                cause: Box::new(cause.duplicate()),
             },
             Error::StreamDisconnected {
                 events_seen,

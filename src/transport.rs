@@ -148,6 +148,13 @@ impl Request {
         self
     }
 
+    /// Safe to send again even if it may have reached the service (the caller chose an
+    /// idempotency key, such as a render id): transient failures are retried like a read's.
+    pub(crate) fn idempotent(mut self) -> Request {
+        self.replay = Replay::Safe;
+        self
+    }
+
     pub(crate) fn unauthenticated(mut self) -> Request {
         self.authenticated = false;
         self
@@ -372,13 +379,33 @@ impl Transport {
 
     /// Sends `request` and decodes the envelope's data as `T`.
     pub(crate) async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.call_unless_status(request, None)
+            .await
+            .and_then(|value| {
+                value.ok_or_else(|| Error::invalid_input("no response body was expected"))
+            })
+    }
+
+    /// Like [`call`](Self::call), but an answer with HTTP status `done` is a success with no
+    /// value (`Ok(None)`): for example 409 "already exists" when re-submitting a render id.
+    pub(crate) async fn call_unless_status<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        done: Option<StatusCode>,
+    ) -> Result<Option<T>> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
-        let timeout = self.attempt_timeout(&request);
+        let idle = self
+            .attempt_timeout(&request)
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
-            self.read_body(response, timeout)
+            if done == Some(response.status()) {
+                return Ok(None);
+            }
+            self.read_body(response, idle)
                 .await?
                 .decode::<T>(expected)
+                .map(Some)
                 .map_err(|err| self.enrich(err, session_id))
         })
         .await
@@ -395,7 +422,13 @@ impl Transport {
     ) -> Result<RawResponse> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
-        let timeout = self.attempt_timeout(&request);
+        // The body of an error answer is read under the same silence limit as the head: a
+        // server that sends a head and then nothing must not hang the caller.
+        let idle = request
+            .head_timeout
+            .map(|(limit, _)| limit)
+            .or(self.attempt_timeout(&request))
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
             let status = response.status();
             let content_type = response
@@ -408,7 +441,7 @@ impl Transport {
                 return Ok(RawResponse { response });
             }
             // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
-            let read = self.read_body(response, timeout).await?;
+            let read = self.read_body(response, idle).await?;
             match read.decode::<serde::de::IgnoredAny>(expected) {
                 Err(err) => Err(self.enrich(err, session_id)),
                 Ok(_) => Err(Error::Decode {
@@ -435,7 +468,9 @@ impl Transport {
             if response.status().is_success() {
                 Ok(RawResponse { response })
             } else {
-                Err(self.read_body(response, None).await?.into_error("a file"))
+                // An error head followed by silence is cut by the same limit as the head.
+                let read = self.read_body(response, self.request_timeout).await?;
+                Err(read.into_error("a file"))
             }
         })
         .await
@@ -546,7 +581,7 @@ impl Transport {
                     backoff_retries += 1;
                     tokio::time::sleep(delay).await;
                 }
-                _ => return Err(err),
+                _ => return Err(unconfirmed_if_work(request, &url, err)),
             }
         }
     }
@@ -640,12 +675,13 @@ impl Transport {
         }
     }
 
-    /// Reads a (JSON) body, refusing more than the configured cap. `timeout` is the
-    /// attempt's limit, which also bounds reading the body.
+    /// Reads a (JSON) body, refusing more than the configured cap; a silence longer than
+    /// `idle` between two chunks ends it with a timeout (a request without an overall limit,
+    /// such as a stream or a download, must still not hang on an error body).
     async fn read_body(
         &self,
         mut response: reqwest::Response,
-        timeout: Option<Duration>,
+        idle: Duration,
     ) -> Result<ReadResponse> {
         let status = response.status();
         let request_id = request_id_of(response.headers());
@@ -663,7 +699,13 @@ impl Transport {
                 .map_or(8 * 1024, |len| len as usize),
         );
         loop {
-            match response.chunk().await {
+            let next = tokio::time::timeout(idle, response.chunk())
+                .await
+                .map_err(|_| Error::Timeout {
+                    kind: TimeoutKind::Request,
+                    after: idle,
+                })?;
+            match next {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
                         return Err(Error::ResponseTooLarge { limit });
@@ -673,7 +715,7 @@ impl Transport {
                 Ok(None) => break,
                 Err(err) => {
                     let url = response.url().clone();
-                    return Err(self.map_reqwest(err, &url, timeout));
+                    return Err(self.map_reqwest(err, &url, Some(idle)));
                 }
             }
         }
@@ -758,6 +800,32 @@ impl TokenEndpoint for Transport {
                 other => other,
             })
         })
+    }
+}
+
+/// The final error of a request that does work (not safe to replay) and may have been
+/// processed by the service is [`Error::Unconfirmed`], whose policy is "reconcile": the
+/// timeout, lost connection or 5xx alone would say "retry", and a caller following that
+/// advice would repeat the work and pay twice.
+fn unconfirmed_if_work(request: &Request, url: &Url, err: Error) -> Error {
+    let may_have_been_processed = match &err {
+        Error::Timeout { .. } => true,
+        Error::Network {
+            may_have_reached_server,
+            ..
+        } => *may_have_reached_server,
+        Error::Http { status, .. } => (500..=599).contains(status),
+        // A success status whose body could not be read: the work was done.
+        Error::Decode { info, .. } => info.http_status.is_some_and(|s| (200..300).contains(&s)),
+        Error::ResponseTooLarge { .. } => true,
+        _ => false,
+    };
+    if request.replay == Replay::Safe || !may_have_been_processed {
+        return err;
+    }
+    Error::Unconfirmed {
+        request: format!("{} {}", request.method, url.path()),
+        cause: Box::new(err),
     }
 }
 

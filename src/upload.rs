@@ -572,7 +572,7 @@ impl NemoClient {
             .await
     }
 
-    async fn upload_files_inner<P: AsRef<Path>>(
+    pub(crate) async fn upload_files_inner<P: AsRef<Path>>(
         &self,
         session: &Session,
         paths: &[P],
@@ -590,8 +590,10 @@ impl NemoClient {
             .collect::<Result<Vec<_>>>()?;
         let plan = Arc::new(MultipartPlan::new(files));
         let mib = plan.total.div_ceil(1024 * 1024);
-        let timeout = self.config().request_timeout
-            + Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX));
+        // Saturating: a request timeout of `Duration::MAX` means "no limit", not a panic.
+        let timeout = self.config().request_timeout.saturating_add(
+            Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX)),
+        );
         let factory_plan = Arc::clone(&plan);
         let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
             .stream_body(Arc::new(move || factory_plan.body(progress.clone())))

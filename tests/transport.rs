@@ -416,7 +416,9 @@ async fn post_that_got_503_is_not_replayed() {
         .create_session(None)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Http { status: 503, .. }), "{err:?}");
+    assert_eq!(err.http_status(), Some(503), "{err:?}");
+    assert_eq!(err.retry_policy(), RetryPolicy::Reconcile, "{err:?}");
+    assert!(!err.is_transient(), "a caller must not be told to retry it");
     assert_eq!(
         requests_to(&server, SESSION_PATH).await.len(),
         1,

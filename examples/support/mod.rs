@@ -198,7 +198,15 @@ pub struct AgentActivity {
 }
 
 impl AgentActivity {
+    /// Shown at once.
     pub fn start() -> AgentActivity {
+        let activity = AgentActivity::new();
+        activity.begin();
+        activity
+    }
+
+    /// Ready, not shown until [`begin`](Self::begin).
+    pub fn new() -> AgentActivity {
         let spinner = is_live().then(|| {
             let spinner = ProgressBar::new_spinner();
             if let Ok(style) =
@@ -206,10 +214,17 @@ impl AgentActivity {
             {
                 spinner.set_style(style);
             }
-            spinner.enable_steady_tick(Duration::from_millis(120));
             spinner
         });
         AgentActivity { spinner }
+    }
+
+    /// Starts showing the spinner (on a terminal).
+    pub fn begin(&self) {
+        if let Some(spinner) = &self.spinner {
+            spinner.reset_elapsed();
+            spinner.enable_steady_tick(Duration::from_millis(120));
+        }
     }
 
     /// Turn options that keep the display up to date.
@@ -231,4 +246,46 @@ impl AgentActivity {
             spinner.finish_and_clear();
         }
     }
+}
+
+/// Exit status for a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM. Once this future has been polled, those
+/// signals no longer kill the process: the caller decides what to clean up and how to exit.
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Ends a run stopped by a signal: one line on stderr saying what to do next, status 130.
+pub fn exit_interrupted(next: &str) -> ExitCode {
+    eprintln!("interrupted: {next}");
+    ExitCode::from(EXIT_INTERRUPTED)
+}
+
+/// The folder the examples keep their state in: `NEMO_CONFIG_DIR`, else
+/// `~/.config/nemovideo/`.
+pub fn config_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("NEMO_CONFIG_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|home| home.join(".config").join("nemovideo")))
 }

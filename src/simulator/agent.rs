@@ -368,9 +368,8 @@ pub(crate) fn plan_turn(
     touch(&mut session.draft);
     session.edit_turns += 1;
 
-    let text_less = text_less.unwrap_or(
-        config.text_less_every > 0 && session.edit_turns.is_multiple_of(config.text_less_every),
-    );
+    let text_less = text_less
+        .unwrap_or(config.text_less_every > 0 && session.edit_turns % config.text_less_every == 0);
     let text = (!text_less).then(|| {
         sentences.push(
             "Preview it in the timeline, then click the Export button to download your video."

@@ -293,6 +293,15 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Slows transfers down so a test can interrupt them midway: a render output (CDN or
+    /// fallback download) is sent 1 KiB at a time with this pause after each KiB, and an
+    /// upload body is read with this pause after each piece that arrives. Default: none
+    /// (full speed).
+    pub fn transfer_pace(mut self, pause: Duration) -> Self {
+        self.config.transfer_pace = Some(pause);
+        self
+    }
+
     /// Short timings for tests: pacing 10 ms, heartbeats every 40 ms, work 100 ms, render
     /// 400 ms. Default: off (the timings above).
     pub fn fast(self) -> Self {
@@ -600,6 +609,35 @@ impl SimulatorHandle {
                     .or_insert(0) += 1;
             }
             counts
+        })
+    }
+
+    /// The ids of the renders the service accepted (a re-submitted id is counted once), in
+    /// no particular order.
+    pub fn render_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.renders.keys().cloned().collect())
+    }
+
+    /// How many sessions exist.
+    pub fn session_count(&self) -> usize {
+        self.shared.with(|inner| inner.sessions.len())
+    }
+
+    /// The ids of all sessions, in no particular order.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.sessions.keys().cloned().collect())
+    }
+
+    /// A session's uploaded media (`video_infos`, as the state returns them).
+    pub fn media(&self, session_id: &str) -> Vec<serde_json::Value> {
+        self.shared.with(|inner| {
+            inner
+                .sessions
+                .get(session_id)
+                .map(|s| s.video_infos.clone())
+                .unwrap_or_default()
         })
     }
 

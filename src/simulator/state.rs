@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) text_less_every: usize,
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
+    pub(crate) transfer_pace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             text_less_every: 3,
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
+            transfer_pace: None,
         }
     }
 }

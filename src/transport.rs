@@ -435,7 +435,20 @@ impl Transport {
     }
 
     /// The retry loop shared by every call. `handle` turns a response into the result.
+    ///
+    /// Boxed, because inline its future (an attempt's token, send and body read, the backoff
+    /// timer: about 1.5 KiB) made every caller's future that much larger, and a server holds
+    /// one for each user with a call in flight, for the whole call: `run_turn` kept the space
+    /// for its state read for the whole stream. One allocation per request costs less.
     async fn with_retries<T, F, Fut>(&self, request: &Request, handle: F) -> Result<T>
+    where
+        F: Fn(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        Box::pin(self.retry_loop(request, handle)).await
+    }
+
+    async fn retry_loop<T, F, Fut>(&self, request: &Request, handle: F) -> Result<T>
     where
         F: Fn(reqwest::Response) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

@@ -661,3 +661,49 @@ async fn closed_port_is_a_connect_error_that_never_reached_the_server() {
     let err = client.create_session(None).await.unwrap_err();
     assert!(err.never_reached_server(), "{err:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Memory per call in flight
+// ---------------------------------------------------------------------------------------
+
+/// A server holds one of these futures for each user with a call in flight, and `run_turn`'s
+/// for the whole stream, so they stay small: the retry loop is boxed. Inline, a state read's
+/// future was 2.2 KiB and a turn's 3.8 KiB (`examples/server_scale.rs` measures the effect).
+#[test]
+fn futures_of_calls_stay_small() {
+    let client = NemoClient::builder()
+        .base_url("http://127.0.0.1:9")
+        .no_persistence()
+        .build()
+        .unwrap();
+    let session = Session::from_id("1");
+    let sizes = [
+        (
+            "state",
+            std::mem::size_of_val(&client.state(&session)),
+            1024,
+        ),
+        ("credits", std::mem::size_of_val(&client.credits()), 1024),
+        (
+            "create_session",
+            std::mem::size_of_val(&client.create_session(None)),
+            1024,
+        ),
+        (
+            "send_message",
+            std::mem::size_of_val(&client.send_message(&session, "hi")),
+            1536,
+        ),
+        (
+            "run_turn",
+            std::mem::size_of_val(&client.run_turn(&session, "hi")),
+            3072,
+        ),
+    ];
+    for (call, size, limit) in sizes {
+        assert!(
+            size <= limit,
+            "{call}'s future is {size} bytes (limit {limit})"
+        );
+    }
+}

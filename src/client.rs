@@ -331,7 +331,7 @@ impl NemoClientBuilder {
         self
     }
 
-    /// Limit on establishing a connection. Default 10 s.
+    /// Limit on establishing a connection (TCP and TLS), per attempt. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
@@ -422,12 +422,17 @@ impl NemoClientBuilder {
         if let Some(client_id) = &self.client_id {
             crate::auth::validate_client_id(client_id)?;
         }
-        let http = match self.http_client {
-            Some(client) => client,
-            None => reqwest::Client::builder()
-                .connect_timeout(connect_timeout)
-                .build()
-                .map_err(|err| Error::config(format!("could not build the HTTP client: {err}")))?,
+        let (http, known_connect_timeout) = match self.http_client {
+            Some(client) => (client, None),
+            None => (
+                reqwest::Client::builder()
+                    .connect_timeout(connect_timeout)
+                    .build()
+                    .map_err(|err| {
+                        Error::config(format!("could not build the HTTP client: {err}"))
+                    })?,
+                Some(connect_timeout),
+            ),
         };
         let store: Arc<dyn CredentialStore> = match (self.credential_store, &config.config_dir) {
             (Some(store), _) => store,
@@ -435,7 +440,7 @@ impl NemoClientBuilder {
             (None, None) => Arc::new(MemoryStore::new()),
         };
         let identity = Identity::new(self.token, self.client_id, store, identity_options(&config));
-        let transport = Transport::new(http, &config, identity)?;
+        let transport = Transport::new(http, &config, identity, known_connect_timeout)?;
         Ok(NemoClient {
             inner: Arc::new(Inner {
                 config: Arc::new(config),

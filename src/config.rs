@@ -36,10 +36,18 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 ///
 /// Defaults: 2 retries, 0.5 s base delay doubling to at most 8 s, full jitter on, and a
 /// server-requested wait (`retry-after-ms` / `Retry-After`) honoured up to 60 s.
+///
+/// What is retried with backoff ([`RetryPolicy::Backoff`](crate::RetryPolicy::Backoff)): a
+/// connection that could not be made (refused, name lookup failed, connect timed out; not a
+/// TLS failure), for every request, since it never reached the service; and, for requests
+/// that are safe to replay (reads), no answer within the request timeout, a lost connection
+/// and HTTP 408, 409 and 5xx. A call makes at most `1 + max_retries` attempts for these (3
+/// by default), each limited by the connect timeout and the request timeout. 1001/401 (one
+/// new token and one replay) and 429 (one wait and one replay) are handled on top of that.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryConfig {
-    /// Retries after the first attempt for transient failures. Default 2.
+    /// Retries after the first attempt for transient failures. Default 2 (3 attempts).
     pub max_retries: u32,
     /// Delay before the first retry. Default 500 ms.
     pub base_delay: Duration,
@@ -104,7 +112,7 @@ pub struct Config {
     pub skill_platform: String,
     /// `User-Agent` header value.
     pub user_agent: String,
-    /// Limit on establishing a connection.
+    /// Limit on establishing a connection (TCP and TLS), per attempt.
     pub connect_timeout: Duration,
     /// Limit on one ordinary request (not streams, which have their own). For downloads: the
     /// limit on waiting for the response head and for each next chunk of the body.

@@ -34,7 +34,7 @@ use url::Url;
 
 use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
-use crate::error::{ApiInfo, Error, Result, RetryPolicy, TimeoutKind};
+use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
 pub(crate) type BodyFactory = Arc<dyn Fn() -> Result<StreamBody> + Send + Sync>;
@@ -149,6 +149,13 @@ impl Request {
         self
     }
 
+    /// Safe to send again even if it may have reached the service (the caller chose an
+    /// idempotency key, such as a render id): transient failures are retried like a read's.
+    pub(crate) fn idempotent(mut self) -> Request {
+        self.replay = Replay::Safe;
+        self
+    }
+
     pub(crate) fn unauthenticated(mut self) -> Request {
         self.authenticated = false;
         self
@@ -242,6 +249,8 @@ pub(crate) struct Settings {
     static_headers: HeaderMap,
     retry: RetryConfig,
     request_timeout: Duration,
+    /// The connect timeout of `http`, when this crate built it (for messages).
+    connect_timeout: Option<Duration>,
     max_response_bytes: usize,
 }
 
@@ -290,10 +299,13 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 impl Transport {
+    /// `connect_timeout` is the limit `http` was built with, or `None` for a caller's client
+    /// whose limit is unknown; it only goes into error messages.
     pub(crate) fn new(
         http: reqwest::Client,
         config: &Config,
         identity: Identity,
+        connect_timeout: Option<Duration>,
     ) -> Result<Transport> {
         let mut static_headers = HeaderMap::new();
         let header = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue)> {
@@ -327,6 +339,7 @@ impl Transport {
                 static_headers,
                 retry: config.retry.clone(),
                 request_timeout: config.request_timeout,
+                connect_timeout,
                 max_response_bytes: config.max_response_bytes,
             }),
             identity,
@@ -367,12 +380,33 @@ impl Transport {
 
     /// Sends `request` and decodes the envelope's data as `T`.
     pub(crate) async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.call_unless_status(request, None)
+            .await
+            .and_then(|value| {
+                value.ok_or_else(|| Error::invalid_input("no response body was expected"))
+            })
+    }
+
+    /// Like [`call`](Self::call), but an answer with HTTP status `done` is a success with no
+    /// value (`Ok(None)`): for example 409 "already exists" when re-submitting a render id.
+    pub(crate) async fn call_unless_status<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        done: Option<StatusCode>,
+    ) -> Result<Option<T>> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        let idle = self
+            .attempt_timeout(&request)
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
-            self.read_body(response)
+            if done == Some(response.status()) {
+                return Ok(None);
+            }
+            self.read_body(response, idle)
                 .await?
                 .decode::<T>(expected)
+                .map(Some)
                 .map_err(|err| self.enrich(err, session_id))
         })
         .await
@@ -389,6 +423,13 @@ impl Transport {
     ) -> Result<RawResponse> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        // The body of an error answer is read under the same silence limit as the head: a
+        // server that sends a head and then nothing must not hang the caller.
+        let idle = request
+            .head_timeout
+            .map(|(limit, _)| limit)
+            .or(self.attempt_timeout(&request))
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
             let status = response.status();
             let content_type = response
@@ -401,7 +442,7 @@ impl Transport {
                 return Ok(RawResponse { response });
             }
             // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
-            let read = self.read_body(response).await?;
+            let read = self.read_body(response, idle).await?;
             match read.decode::<serde::de::IgnoredAny>(expected) {
                 Err(err) => Err(self.enrich(err, session_id)),
                 Ok(_) => Err(Error::Decode {
@@ -428,7 +469,9 @@ impl Transport {
             if response.status().is_success() {
                 Ok(RawResponse { response })
             } else {
-                Err(self.read_body(response).await?.into_error("a file"))
+                // An error head followed by silence is cut by the same limit as the head.
+                let read = self.read_body(response, self.request_timeout).await?;
+                Err(read.into_error("a file"))
             }
         })
         .await
@@ -552,7 +595,7 @@ impl Transport {
                     backoff_retries += 1;
                     tokio::time::sleep(delay).await;
                 }
-                _ => return Err(err),
+                _ => return Err(unconfirmed_if_work(request, &url, err)),
             }
         }
     }
@@ -605,11 +648,7 @@ impl Transport {
         if matches!(request.target, Target::Api(_)) && !headers.contains_key(ACCEPT) {
             headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         }
-        let timeout = if request.use_default_timeout {
-            Some(self.request_timeout)
-        } else {
-            request.timeout
-        };
+        let timeout = self.attempt_timeout(request);
         *http_request.timeout_mut() = timeout;
         let sent = self.http.execute(http_request);
         let response = match request.head_timeout {
@@ -618,11 +657,54 @@ impl Transport {
                 .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
-        response.map_err(|err| map_reqwest_with_timeout(err, url, timeout))
+        response.map_err(|err| self.map_reqwest(err, url, timeout))
     }
 
-    /// Reads a (JSON) body, refusing more than the configured cap.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<ReadResponse> {
+    /// The limit on one attempt of `request` (response and body), if it has one.
+    fn attempt_timeout(&self, request: &Request) -> Option<Duration> {
+        if request.use_default_timeout {
+            Some(self.request_timeout)
+        } else {
+            request.timeout
+        }
+    }
+
+    /// Turns a reqwest failure into an error that names its cause. `timeout` is the attempt's
+    /// limit, which is what ran out when reqwest reports a timeout after connecting.
+    fn map_reqwest(&self, err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+        if err.is_connect() {
+            let failure = connect_failure(&err, url, self.connect_timeout);
+            return Error::Connect {
+                host: url.host_str().unwrap_or("the service").to_string(),
+                port: url.port_or_known_default(),
+                failure,
+                source: Box::new(err.without_url()),
+            };
+        }
+        let err = err.without_url();
+        if err.is_timeout() {
+            return Error::Timeout {
+                kind: TimeoutKind::Request,
+                after: timeout.unwrap_or(self.request_timeout),
+            };
+        }
+        if err.is_builder() {
+            return Error::config(format!("could not build the request: {err}"));
+        }
+        Error::Network {
+            may_have_reached_server: true,
+            source: Box::new(err),
+        }
+    }
+
+    /// Reads a (JSON) body, refusing more than the configured cap; a silence longer than
+    /// `idle` between two chunks ends it with a timeout (a request without an overall limit,
+    /// such as a stream or a download, must still not hang on an error body).
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        idle: Duration,
+    ) -> Result<ReadResponse> {
         let status = response.status();
         let request_id = request_id_of(response.headers());
         let retry_after = retry_after(response.headers());
@@ -639,7 +721,13 @@ impl Transport {
                 .map_or(8 * 1024, |len| len as usize),
         );
         loop {
-            match response.chunk().await {
+            let next = tokio::time::timeout(idle, response.chunk())
+                .await
+                .map_err(|_| Error::Timeout {
+                    kind: TimeoutKind::Request,
+                    after: idle,
+                })?;
+            match next {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
                         return Err(Error::ResponseTooLarge { limit });
@@ -649,7 +737,7 @@ impl Transport {
                 Ok(None) => break,
                 Err(err) => {
                     let url = response.url().clone();
-                    return Err(map_reqwest(err, &url));
+                    return Err(self.map_reqwest(err, &url, Some(idle)));
                 }
             }
         }
@@ -743,6 +831,32 @@ impl TokenEndpoint for Transport {
     }
 }
 
+/// The final error of a request that does work (not safe to replay) and may have been
+/// processed by the service is [`Error::Unconfirmed`], whose policy is "reconcile": the
+/// timeout, lost connection or 5xx alone would say "retry", and a caller following that
+/// advice would repeat the work and pay twice.
+fn unconfirmed_if_work(request: &Request, url: &Url, err: Error) -> Error {
+    let may_have_been_processed = match &err {
+        Error::Timeout { .. } => true,
+        Error::Network {
+            may_have_reached_server,
+            ..
+        } => *may_have_reached_server,
+        Error::Http { status, .. } => (500..=599).contains(status),
+        // A success status whose body could not be read: the work was done.
+        Error::Decode { info, .. } => info.http_status.is_some_and(|s| (200..300).contains(&s)),
+        Error::ResponseTooLarge { .. } => true,
+        _ => false,
+    };
+    if request.replay == Replay::Safe || !may_have_been_processed {
+        return err;
+    }
+    Error::Unconfirmed {
+        request: format!("{} {}", request.method, url.path()),
+        cause: Box::new(err),
+    }
+}
+
 fn fixed_token_error(err: Error) -> Error {
     match err {
         Error::Unauthorized { info, .. } => Error::Unauthorized {
@@ -771,37 +885,52 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(|value| value.chars().take(128).collect())
 }
 
-fn map_reqwest(err: reqwest::Error, url: &Url) -> Error {
-    map_reqwest_with_timeout(err, url, None)
-}
-
-fn map_reqwest_with_timeout(err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
-    let host = url.host_str().unwrap_or("the service").to_string();
-    let err = err.without_url();
-    if err.is_connect() {
-        if err.is_timeout() {
-            return Error::Timeout {
-                kind: TimeoutKind::Connect,
-                after: timeout.unwrap_or_default(),
-            };
-        }
-        return Error::Connect {
-            host,
-            source: Box::new(err),
-        };
-    }
+/// Why reqwest could not connect. reqwest and hyper-util expose no kinds for this, so it is
+/// read from the error chain: an I/O error kind (refused, timed out), hyper-util's connector
+/// stage ("dns error", "tcp connect error", ...), and for `https` a failure after the TCP
+/// stage, which is the TLS handshake. `tests/transport.rs` pins each case on loopback.
+fn connect_failure(
+    err: &reqwest::Error,
+    url: &Url,
+    connect_timeout: Option<Duration>,
+) -> ConnectFailure {
     if err.is_timeout() {
-        return Error::Timeout {
-            kind: TimeoutKind::Request,
-            after: timeout.unwrap_or_default(),
+        return ConnectFailure::TimedOut {
+            after: connect_timeout,
         };
     }
-    if err.is_builder() {
-        return Error::config(format!("could not build the request: {err}"));
+    let mut name_lookup = false;
+    let mut tcp_stage = false;
+    let mut proxy = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                std::io::ErrorKind::TimedOut => {
+                    return ConnectFailure::TimedOut {
+                        after: connect_timeout,
+                    }
+                }
+                // The peer hung up mid-handshake: a network or load problem, not TLS settings.
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof => return ConnectFailure::Other,
+                _ => {}
+            }
+        }
+        let text = current.to_string().to_ascii_lowercase();
+        name_lookup |= text == "dns error" || text.starts_with("failed to lookup address");
+        tcp_stage |= text.starts_with("tcp ");
+        proxy |= text.contains("proxy") || text.contains("tunnel");
+        cause = current.source();
     }
-    Error::Network {
-        may_have_reached_server: true,
-        source: Box::new(err),
+    if name_lookup {
+        ConnectFailure::NameLookup
+    } else if url.scheme() == "https" && !tcp_stage && !proxy {
+        ConnectFailure::Tls
+    } else {
+        ConnectFailure::Other
     }
 }
 

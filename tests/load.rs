@@ -193,6 +193,7 @@ async fn two_hundred_concurrent_flows_share_one_client_and_leak_nothing() {
                 // the retry budget, or not replayed because the request may have been
                 // processed. Anything else (auth, credits, decoding, sessions) is a bug.
                 let expected = err.is_transient()
+                    || err.needs_reconcile()
                     || matches!(
                         err,
                         Error::Network { .. }

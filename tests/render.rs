@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nemo_video::draft::Draft;
-use nemo_video::render::{DownloadProgress, RenderProgress};
+use nemo_video::render::{
+    check_output_path, check_output_path_for, DownloadProgress, RenderProgress,
+};
 use nemo_video::{Error, RenderJob, RenderOptions, RenderStatus, Session, WaitOptions};
 use serde_json::json;
 use support::mock::{assert_api_headers, header, received, token_builder, token_client};
@@ -927,4 +929,148 @@ async fn a_downloaded_file_gets_an_ordinary_mode_not_the_temp_files_0600() {
         .unwrap();
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
+}
+
+/// The files in `dir`, by name.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn check_output_path_accepts_a_new_or_existing_file_in_a_writable_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    assert_eq!(check_output_path(&target).unwrap(), target);
+    std::fs::write(&target, b"old").unwrap();
+    assert_eq!(
+        check_output_path(&target).unwrap(),
+        target,
+        "replacing is fine"
+    );
+    assert_eq!(
+        names_in(dir.path()),
+        ["edited.mp4"],
+        "the writability probe leaves nothing behind"
+    );
+    let relative = check_output_path("edited_here.mp4").unwrap();
+    assert!(relative.is_absolute(), "{}", relative.display());
+}
+
+#[test]
+fn check_output_path_refuses_each_bad_output_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("renders");
+    std::fs::create_dir(&folder).unwrap();
+    let missing = dir.path().join("no_such_dir").join("x.mp4");
+
+    let cases: Vec<(std::path::PathBuf, String)> = vec![
+        (
+            missing.clone(),
+            format!(
+                "the folder {} does not exist; create it or choose another output path",
+                dir.path().join("no_such_dir").display()
+            ),
+        ),
+        (
+            folder.clone(),
+            format!(
+                "{0} is a folder; name a file inside it, such as {0}/edited.mp4",
+                folder.display()
+            ),
+        ),
+        (
+            std::path::PathBuf::new(),
+            "the output path is empty; name a file such as edited.mp4".to_string(),
+        ),
+    ];
+    for (path, expected) in cases {
+        let err = check_output_path(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+    }
+    assert_eq!(names_in(dir.path()), ["renders"], "nothing was written");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_folder_that_accepts_no_files_is_called_not_writable() {
+    // `/proc` exists, but no file can be created in it ("No such file or directory").
+    let err = check_output_path("/proc/x.mp4").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the folder /proc is not writable (it does not accept new files); choose another output folder"
+    );
+    assert!(!err.to_string().contains(".nemo-"), "no internal file name");
+}
+
+#[test]
+fn check_output_path_for_refuses_the_input_by_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.mp4");
+    std::fs::write(&input, b"video").unwrap();
+    let expected = |path: &std::path::Path| {
+        format!(
+            "the output {} is the input file; choose another output path (saving there would overwrite the input)",
+            path.display()
+        )
+    };
+
+    let mut same: Vec<std::path::PathBuf> = vec![
+        input.clone(),
+        dir.path().join(".").join("clip.mp4"),
+        dir.path().join("renders").join("..").join("clip.mp4"),
+    ];
+    std::fs::create_dir(dir.path().join("renders")).unwrap();
+    std::fs::hard_link(&input, dir.path().join("hard.mp4")).unwrap();
+    same.push(dir.path().join("hard.mp4"));
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&input, dir.path().join("soft.mp4")).unwrap();
+        same.push(dir.path().join("soft.mp4"));
+    }
+    for output in &same {
+        let err = check_output_path_for(output, &input).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected(output));
+    }
+
+    // Another file, existing or not, is fine.
+    let other = dir.path().join("clip_edited.mp4");
+    assert_eq!(check_output_path_for(&other, &input).unwrap(), other);
+    std::fs::write(&other, b"old").unwrap();
+    assert_eq!(check_output_path_for(&other, &input).unwrap(), other);
+    assert_eq!(std::fs::read(&input).unwrap(), b"video");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn downloads_run_the_same_output_check_before_any_request() {
+    let api = MockServer::start().await;
+    let cdn = MockServer::start().await;
+    serve_file(&cdn, "/out.mp4", b"bytes").await;
+    let client = token_client(&api);
+    let expected = check_output_path("/proc/x.mp4").unwrap_err().to_string();
+
+    let err = client
+        .download(&format!("{}/out.mp4", cdn.uri()), "/proc/x.mp4", |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+    let err = client
+        .download_render(
+            &RenderJob::from_id("render_11", SID),
+            Some(&format!("{}/out.mp4", cdn.uri())),
+            "/proc/x.mp4",
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+    assert!(received(&cdn).await.is_empty());
+    assert!(received(&api).await.is_empty());
 }

@@ -7,6 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nemo_video::upload::check_upload_file;
 use nemo_video::{Error, Session, UploadProgress, SUPPORTED_FORMATS};
 use serde_json::json;
 use support::mock::{assert_api_headers, header, received, token_builder, token_client};
@@ -94,7 +95,8 @@ async fn several_files_are_one_request_with_one_part_each_in_order() {
     let inputs = [
         ("intro.mov", "video/quicktime", patterned_bytes(1)),
         ("logo.PNG", "image/png", patterned_bytes(300_000)),
-        ("music.mp3", "audio/mpeg", Vec::new()),
+        // One byte: the smallest file an upload accepts (an empty one is refused).
+        ("music.mp3", "audio/mpeg", vec![0x49]),
         (
             "we\"ird name.m4a",
             "audio/mp4",
@@ -619,4 +621,73 @@ async fn large_file_streams_with_exact_length() {
     let last = last.lock().unwrap().expect("progress was reported");
     assert_eq!(last.sent, requests[0].body.len() as u64);
     assert_eq!(last.total, last.sent);
+}
+
+#[tokio::test]
+async fn empty_file_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.mp4", b"");
+    let err = local_failure(&[&empty], None).await;
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is empty (0 bytes); pass a media file with content",
+            empty.display()
+        )
+    );
+}
+
+#[test]
+fn check_upload_file_runs_the_upload_checks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write(dir.path(), "clip.MOV", b"moov");
+    assert_eq!(check_upload_file(&clip, 100).unwrap(), 4);
+
+    let folder = dir.path().join("folder.mp4");
+    std::fs::create_dir(&folder).unwrap();
+    let cases: Vec<(PathBuf, u64, String)> = vec![
+        (
+            dir.path().join("missing.txt"),
+            100,
+            format!(
+                "{} does not exist; check the path",
+                dir.path().join("missing.txt").display()
+            ),
+        ),
+        (
+            folder.clone(),
+            100,
+            format!("{} is not a regular file; pass a media file", folder.display()),
+        ),
+        (
+            write(dir.path(), "notes.txt", b"text"),
+            100,
+            format!(
+                "{} is not a supported file type; supported formats: {}",
+                dir.path().join("notes.txt").display(),
+                SUPPORTED_FORMATS.join(", ")
+            ),
+        ),
+        (
+            write(dir.path(), "empty.mp4", b""),
+            100,
+            format!(
+                "{} is empty (0 bytes); pass a media file with content",
+                dir.path().join("empty.mp4").display()
+            ),
+        ),
+        (
+            clip.clone(),
+            3,
+            format!(
+                "{} is too large (4 bytes, limit 3 bytes); compress or trim it below the limit and try again",
+                clip.display()
+            ),
+        ),
+    ];
+    for (path, limit, expected) in cases {
+        let err = check_upload_file(&path, limit).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+    }
 }

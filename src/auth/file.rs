@@ -12,7 +12,7 @@
 //!   re-reading the file to saving the new token, so N processes make one token request.
 //!
 //! Locks are the operating system's advisory file locks (`flock` on Unix, `LockFileEx` on
-//! Windows, through `std::fs::File::try_lock`): they are released when the holder exits,
+//! Windows, through the `fs4` crate): they are released when the holder exits,
 //! however it exits. Waiting for one is bounded (2 minutes by default) and polls, so no
 //! thread is blocked. A corrupted file is reported with a `tracing` warning and replaced.
 
@@ -290,10 +290,12 @@ async fn lock_file(path: &Path, timeout: Duration) -> Result<Option<File>> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match file.try_lock() {
+        // Called through the trait: on newer Rust, `File` has an inherent method of the same
+        // name, which would raise the minimum supported version.
+        match fs4::FileExt::try_lock(&file) {
             Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(err)) => {
+            Err(fs4::TryLockError::WouldBlock) => {}
+            Err(fs4::TryLockError::Error(err)) => {
                 tracing::warn!(path = %path.display(), error = %err, "could not lock the NemoVideo credentials; processes sharing this directory are not coordinated");
                 return Ok(None);
             }

@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) text_less_every: usize,
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
+    pub(crate) transfer_pace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -42,6 +43,7 @@ impl Default for Config {
             text_less_every: 3,
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
+            transfer_pace: None,
         }
     }
 }
@@ -50,15 +52,23 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) base_url: String,
     pub(crate) cdn_base_url: String,
+    /// The stand-in for the web site (registration and claim pages).
+    pub(crate) web_url: String,
     inner: Mutex<Inner>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, base_url: String, cdn_base_url: String) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        base_url: String,
+        cdn_base_url: String,
+        web_url: String,
+    ) -> Self {
         Shared {
             config,
             base_url,
             cdn_base_url,
+            web_url,
             inner: Mutex::new(Inner::default()),
         }
     }

@@ -8,7 +8,10 @@
 //! - [`stream_server`]: a loopback server that streams `/run_sse` by script, plus ADK payloads;
 //! - [`raw_http`]: raw TCP servers for responses no mock can produce, and request-head reading;
 //! - [`multipart`]: a strict `multipart/form-data` parser;
-//! - [`probes`]: leak probes (threads, tasks, TCP connections, memory, temporary files).
+//! - [`probes`]: leak probes (threads, tasks, TCP connections, memory, temporary files);
+//! - [`net`]: connection faults on loopback (closed, silent, stuck ports), a tripwire port that
+//!   proves nothing was sent, and a count of the SDK's attempts;
+//! - [`examples`]: the example programs built once and run as a user runs them.
 //!
 //! This module holds what all of them build on: fast retries, the base client builder,
 //! private temporary directories, waiting on a condition, and the "no secret shows" asserts.
@@ -18,10 +21,12 @@
 //! test writes into its own temporary directory.
 #![allow(dead_code)]
 
+pub mod examples;
 pub mod faults;
 pub mod logs;
 pub mod mock;
 pub mod multipart;
+pub mod net;
 pub mod probes;
 pub mod raw_http;
 pub mod sim;

@@ -54,3 +54,33 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream) -> io::Result<(String
         }
     }
 }
+
+/// A raw HTTP/1.1 server on loopback that answers every request with `head` (status line and
+/// headers, without the blank line) and then says nothing more, keeping the connection open
+/// until the client gives up. Returns the server's base URL and a count of requests seen.
+pub async fn silent_after_head_server(
+    head: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                if read_head(&mut socket).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(b"\r\n\r\n").await;
+                let _ = socket.flush().await;
+                // Silence: hold the connection until the client closes it.
+                let mut sink = [0u8; 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (format!("http://{address}"), seen)
+}

@@ -1,7 +1,7 @@
 //! Server-scale benchmark: what one more concurrent user costs a server built on the SDK.
 //!
 //! ```text
-//! cargo run --release --example server_scale -- --users 1000
+//! cargo run --release --example server_scale                       # 1,000 users
 //! cargo run --release --example server_scale -- --users 10,100,1000,5000 --rounds 3
 //! ```
 //!
@@ -45,9 +45,6 @@ use nemo_video::events::AgentEvent;
 use nemo_video::simulator::Simulator;
 use nemo_video::turn::TurnOptions;
 use nemo_video::NemoClient;
-
-const USAGE: &str = "usage: server_scale --users N[,N...] [--rounds R (default 1)] \
-[--ramp-ms MS (default N)] [--hold-ms MS (default ramp + 5000)] [--raw]";
 
 /// The issue's target: RSS of one more concurrent user above the baseline, at 1,000 users.
 const TARGET_KIB_PER_USER: f64 = 48.0;
@@ -200,97 +197,72 @@ fn load_average() -> String {
 // ---------------------------------------------------------------------------------------------
 // Arguments.
 
+/// What one more concurrent user costs a server built on the SDK: N users, one identity each,
+/// one shared reqwest::Client, a full turn each against the simulator in its own process.
+#[derive(clap::Parser, Debug)]
+#[command(name = "server_scale", version)]
 struct Options {
-    users: Vec<usize>,
-    rounds: usize,
-    /// Turns start spread evenly over this window; `None`: N ms.
-    ramp: Option<Duration>,
-    /// How long each turn's tool works; `None`: the ramp plus 5 s.
-    hold: Option<Duration>,
+    /// Concurrent users; several counts (10,100,1000,5000) run one after another, each in a
+    /// fresh process, into one table
+    #[arg(long, value_name = "N[,N...]", value_delimiter = ',', default_value = "1000", value_parser = at_least_one)]
+    users: Vec<u64>,
+    /// Measurements per user count; the table shows their range
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = at_least_one)]
+    rounds: u64,
+    /// Turns start spread evenly over this many milliseconds (0: all in the same instant)
+    /// [default: N, i.e. 1,000 new turns a second]
+    #[arg(long, value_name = "MS")]
+    ramp_ms: Option<u64>,
+    /// How long each turn's tool works, holding its stream open [default: the ramp + 5000]
+    #[arg(long, value_name = "MS")]
+    hold_ms: Option<u64>,
+    /// Run the turn's two requests through plain reqwest instead (the stream read, not
+    /// parsed): the floor that shows what the connection itself costs
+    #[arg(long)]
     raw: bool,
-    /// Internal: run the simulator and nothing else.
+    /// Run the simulator and nothing else (how the measuring process starts its server)
+    #[arg(long, hide = true)]
     serve: bool,
-    /// Internal: print one machine-readable result line (a sweep's child).
+    /// Print one machine-readable result line (how a table's row is measured)
+    #[arg(long, hide = true)]
     result_line: bool,
+}
+
+fn at_least_one(text: &str) -> Result<u64, String> {
+    text.trim()
+        .replace('_', "")
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| "expected a whole number of at least 1".to_string())
 }
 
 impl Options {
     fn ramp_for(&self, users: usize) -> Duration {
-        self.ramp.unwrap_or(Duration::from_millis(users as u64))
+        Duration::from_millis(self.ramp_ms.unwrap_or(users as u64))
     }
 
     fn hold_for(&self, users: usize) -> Duration {
-        self.hold
-            .unwrap_or(self.ramp_for(users) + Duration::from_secs(5))
+        self.hold_ms.map_or(
+            self.ramp_for(users) + Duration::from_secs(5),
+            Duration::from_millis,
+        )
     }
-}
-
-fn parse_options(args: &[String]) -> Result<Options, BoxError> {
-    let mut options = Options {
-        users: Vec::new(),
-        rounds: 1,
-        ramp: None,
-        hold: None,
-        raw: false,
-        serve: false,
-        result_line: false,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        let millis = |text: String| -> Result<Duration, BoxError> {
-            Ok(Duration::from_millis(text.parse().map_err(|err| {
-                format!("{arg} takes a number of milliseconds ({err})")
-            })?))
-        };
-        match arg.as_str() {
-            "--users" => {
-                options.users = value()?
-                    .split(',')
-                    .map(|n| n.trim().replace('_', "").parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|err| format!("--users takes counts like 1000 or 10,100 ({err})"))?
-            }
-            "--rounds" => options.rounds = value()?.parse()?,
-            "--ramp-ms" => options.ramp = Some(millis(value()?)?),
-            "--hold-ms" => options.hold = Some(millis(value()?)?),
-            "--raw" => options.raw = true,
-            "--serve" => options.serve = true,
-            "--result-line" => options.result_line = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
-    if options.users.is_empty() || options.users.contains(&0) || options.rounds == 0 {
-        return Err(
-            format!("--users needs counts of at least 1, --rounds at least 1\n{USAGE}").into(),
-        );
-    }
-    Ok(options)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_options(&args).and_then(|options| {
-        if options.serve {
-            serve(&options)
-        } else if options.users.len() == 1 && options.rounds == 1 {
-            measure(&options)
-        } else {
-            sweep(&options)
-        }
-    });
+    let options = <Options as clap::Parser>::parse();
+    let result = if options.serve {
+        serve(&options)
+    } else if options.users.len() == 1 && options.rounds == 1 {
+        measure(&options)
+    } else {
+        sweep(&options)
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("server_scale: {err}");
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
@@ -300,7 +272,7 @@ fn main() -> ExitCode {
 // The simulator process.
 
 fn serve(options: &Options) -> Result<(), BoxError> {
-    let users = options.users[0];
+    let users = options.users[0] as usize;
     raise_fd_limit(2 * users as u64 + FD_HEADROOM)?;
     let hold = options.hold_for(users);
     let runtime = tokio::runtime::Runtime::new()?;
@@ -551,7 +523,7 @@ async fn one_user(client: NemoClient, shared: Arc<Shared>, delay: Duration) -> R
 }
 
 fn measure(options: &Options) -> Result<(), BoxError> {
-    let users = options.users[0];
+    let users = options.users[0] as usize;
     let (ramp, hold) = (options.ramp_for(users), options.hold_for(users));
     raise_fd_limit(2 * users as u64 + FD_HEADROOM)?;
     let load = load_average();
@@ -778,7 +750,7 @@ fn sweep(options: &Options) -> Result<(), BoxError> {
         "allocs/user",
         "open files"
     );
-    for &users in &options.users {
+    for users in options.users.iter().map(|&n| n as usize) {
         let mut rows: Vec<[f64; 6]> = Vec::new();
         let mut loads = Vec::new();
         for _ in 0..options.rounds {

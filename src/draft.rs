@@ -87,6 +87,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use foldhash::{HashSet, HashSetExt};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -468,44 +469,70 @@ impl Track {
 
     /// The display name as in the summary (names, `untitled` or `empty`).
     pub fn display_name(&self) -> String {
-        self.names(self.is_text()).unwrap_or_else(|| {
-            if self.segments.is_empty() {
-                "empty"
-            } else {
-                "untitled"
-            }
-            .to_owned()
-        })
+        let prefer_text = self.is_text();
+        let names = self
+            .segments
+            .iter()
+            .map(|segment| segment.metadata.display_name(prefer_text));
+        self.display_name_from(names)
+    }
+
+    /// [`Track::display_name`] from the segments' display names, already read.
+    pub(crate) fn display_name_from<'a>(
+        &'a self,
+        segment_names: impl Iterator<Item = Option<&'a str>>,
+    ) -> String {
+        self.names_from(segment_names, self.is_text())
+            .unwrap_or_else(|| {
+                if self.segments.is_empty() {
+                    "empty"
+                } else {
+                    "untitled"
+                }
+                .to_owned()
+            })
     }
 
     /// The distinct names of the track (see the module docs), each quoted when `quote`;
     /// `None` when nothing is named.
     pub(crate) fn names(&self, quote: bool) -> Option<String> {
         let prefer_text = self.is_text();
-        let mut names: Vec<&str> = Vec::new();
-        for segment in &self.segments {
-            if let Some(name) = segment.metadata.display_name(prefer_text) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+        let names = self
+            .segments
+            .iter()
+            .map(|segment| segment.metadata.display_name(prefer_text));
+        self.names_from(names, quote)
+    }
+
+    /// [`Track::names`] from the segments' display names (`display_name` with `text` first
+    /// on text tracks), already read.
+    fn names_from<'a>(
+        &'a self,
+        segment_names: impl Iterator<Item = Option<&'a str>>,
+        quote: bool,
+    ) -> Option<String> {
+        const SHOWN: usize = 3;
+        // The first few distinct names, and how many there are: a set, so that a track with
+        // one distinct name per segment (subtitles) costs linear time, not quadratic.
+        let mut first: Vec<&str> = Vec::with_capacity(SHOWN);
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.segments.len());
+        for name in segment_names.flatten() {
+            if seen.insert(name) && first.len() < SHOWN {
+                first.push(name);
             }
         }
-        if names.is_empty() {
-            if let Some(name) = self.metadata.display_name(prefer_text) {
-                names.push(name);
-            }
+        let mut distinct = seen.len();
+        if distinct == 0 {
+            first.extend(self.metadata.display_name(self.is_text()));
+            distinct = first.len();
         }
-        if names.is_empty() {
+        if distinct == 0 {
             return None;
         }
-        let shown: Vec<String> = names
-            .iter()
-            .take(3)
-            .map(|name| quote_name(name, quote))
-            .collect();
+        let shown: Vec<String> = first.iter().map(|name| quote_name(name, quote)).collect();
         let mut out = shown.join(", ");
-        if names.len() > 3 {
-            out.push_str(&format!(" +{} more", names.len() - 3));
+        if distinct > SHOWN {
+            out.push_str(&format!(" +{} more", distinct - SHOWN));
         }
         Some(out)
     }

@@ -15,6 +15,12 @@
 //! The message is never sent twice. A cut-off stream ends the turn with
 //! [`TurnEnd::Disconnected`]; errors before the stream starts, and agent errors inside it,
 //! are returned as `Err`.
+//!
+//! Comparing two big states takes a while (tens of milliseconds for hundreds of thousands of
+//! segments), so when the two reads hold more than 1,000 segments together the comparison
+//! runs on tokio's blocking pool (`spawn_blocking`) instead of the task's worker thread,
+//! where it would hold up every other task on that thread; smaller states are compared in
+//! place, which costs less than the hand-off.
 
 use std::fmt;
 use std::sync::Arc;
@@ -241,7 +247,7 @@ impl NemoClient {
         text: &str,
         options: &TurnOptions,
     ) -> Result<Turn> {
-        let before = self.state(session).await?;
+        let before = Arc::new(self.state(session).await?);
         let mut stream = self
             .send_message_with(session, text, &options.message)
             .await?;
@@ -308,14 +314,14 @@ impl NemoClient {
     async fn reconcile(
         &self,
         session: &Session,
-        before: &SessionState,
+        before: &Arc<SessionState>,
         options: &TurnOptions,
     ) -> Result<(StateDiff, SessionState)> {
         let mut delay = options.reconcile_delay;
         let mut attempt = 1;
         loop {
             let after = self.state(session).await?;
-            let diff = before.diff(&after);
+            let (diff, after) = compare(before, after).await;
             if !diff.is_empty() || attempt >= options.reconcile_attempts {
                 return Ok((diff, after));
             }
@@ -323,5 +329,113 @@ impl NemoClient {
             delay = delay.saturating_mul(2);
             attempt += 1;
         }
+    }
+}
+
+/// Above this many segments (both states together) two states are compared off the async
+/// runtime: about 60 ns per segment, so at most some 60 µs in place.
+const INLINE_DIFF_MAX_SEGMENTS: usize = 1_000;
+
+fn segment_count(state: &SessionState) -> usize {
+    state.draft().map_or(0, |draft| {
+        draft
+            .tracks()
+            .iter()
+            .map(|track| track.segments().len())
+            .sum()
+    })
+}
+
+/// `before.diff(&after)`, on the blocking pool for big states (see the module docs).
+async fn compare(before: &Arc<SessionState>, after: SessionState) -> (StateDiff, SessionState) {
+    compare_with(before, after, |before, after| before.diff(after)).await
+}
+
+/// [`compare`] with the comparison given, so that tests can watch where it runs.
+async fn compare_with<F>(
+    before: &Arc<SessionState>,
+    after: SessionState,
+    diff: F,
+) -> (StateDiff, SessionState)
+where
+    F: FnOnce(&SessionState, &SessionState) -> StateDiff + Send + 'static,
+{
+    if segment_count(before) + segment_count(&after) <= INLINE_DIFF_MAX_SEGMENTS {
+        let changes = diff(before, &after);
+        return (changes, after);
+    }
+    let after = Arc::new(after);
+    let (older, newer) = (Arc::clone(before), Arc::clone(&after));
+    let changes = match tokio::task::spawn_blocking(move || diff(&older, &newer)).await {
+        Ok(changes) => changes,
+        Err(error) => match error.try_into_panic() {
+            // A panic in the comparison is a bug: surface it as if it had run here.
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled before it started, which happens only while the runtime shuts down:
+            // compare here rather than lose the turn.
+            Err(_) => before.diff(&after),
+        },
+    };
+    // The blocking task is over, so `after` has one owner again.
+    let after = Arc::try_unwrap(after).unwrap_or_else(|shared| (*shared).clone());
+    (changes, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state with `segments` segments on one video track.
+    fn state_with(segments: usize) -> SessionState {
+        let list: Vec<String> = (0..segments)
+            .map(|i| {
+                format!(
+                    r#"{{"st":{},"d":1000,"m":{{"name":"clip {i}"}}}}"#,
+                    i * 1000
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"state":{{"draft":{{"t":[{{"tt":0,"sg":[{}]}}]}}}}}}"#,
+            list.join(",")
+        );
+        SessionState::from_json(&json).expect("a valid state")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn big_states_are_compared_off_the_runtime_thread() {
+        let before = Arc::new(state_with(600));
+        let after = state_with(601);
+        let expected = before.diff(&after);
+        // The comparison waits for a message from a task on this same single-threaded
+        // runtime: it can only get it if the runtime thread is free while it runs.
+        // (`blocking_recv` panics outright when called on a runtime thread.)
+        let (send, receive) = tokio::sync::oneshot::channel::<()>();
+        let sender = tokio::spawn(async move { send.send(()) });
+        let runtime_thread = std::thread::current().id();
+        let (changes, returned) = compare_with(&before, after, move |before, after| {
+            assert_ne!(std::thread::current().id(), runtime_thread);
+            receive
+                .blocking_recv()
+                .expect("the other task ran meanwhile");
+            before.diff(after)
+        })
+        .await;
+        assert!(sender.await.expect("the sender task finished").is_ok());
+        assert_eq!(changes, expected);
+        assert_eq!(changes.changes().len(), 2, "{changes}");
+        assert_eq!(segment_count(&returned), 601);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn small_states_are_compared_in_place() {
+        let before = Arc::new(state_with(3));
+        let runtime_thread = std::thread::current().id();
+        let (changes, _) = compare_with(&before, state_with(4), move |before, after| {
+            assert_eq!(std::thread::current().id(), runtime_thread);
+            before.diff(after)
+        })
+        .await;
+        assert_eq!(changes.changes().len(), 2, "{changes}");
     }
 }

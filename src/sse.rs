@@ -714,7 +714,10 @@ impl SseParser {
     /// its end), and keeps the old window's buffer as the spare one.
     #[inline]
     fn replace_window(&mut self, next: Bytes) {
-        debug_assert!(!matches!(self.data, Data::Line { .. }), "detach the data first");
+        debug_assert!(
+            !matches!(self.data, Data::Line { .. }),
+            "detach the data first"
+        );
         if let Data::Held { before, .. } = &mut self.data {
             *before += self.line_start;
         }

@@ -42,7 +42,23 @@
 //!
 //! [`StateDiff`]'s `Display` is one sentence, e.g.
 //! `Added a video track "solid fill" (0-10s); duration 10s → 12s; 1 new generated media.`,
-//! or `No changes to the timeline.` when nothing changed.
+//! or `No changes to the timeline.` when nothing changed. It lists at most
+//! [`LISTED_TIMELINE_CHANGES`] (20) track and clip changes, then
+//! `and N more changes to tracks and clips`, then the duration and media changes; the
+//! alternate form (`{:#}`) lists every change, and [`StateDiff::changes`] has them all.
+//!
+//! # Cost
+//!
+//! [`SessionState::summary`] is linear in the number of segments. [`SessionState::diff`]
+//! reads each segment once, then aligns each matched track's segments by key: the common
+//! start and end first, then the longest common subsequence of the rest, from an LCS table
+//! when that is small (up to 2^20 cells) and otherwise with Myers' algorithm (the `similar`
+//! crate), whose search is bounded on large inputs (deterministically, not by a clock). A
+//! long timeline with a few edits diffs in close to linear time: ten tracks of 40,000
+//! segments in tens of milliseconds (`cargo bench --bench timeline`). A timeline rewritten
+//! wholesale costs more, mostly in copying every changed segment into its [`Change`].
+//! [`NemoClient::run_turn`](crate::NemoClient::run_turn) compares big states on tokio's
+//! blocking pool.
 //!
 //! # Example
 //!

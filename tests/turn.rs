@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common_stream::*;
+use nemo_video::draft::Draft;
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::TurnOptions;
-use nemo_video::draft::Draft;
 use nemo_video::{Error, StateDiff, TurnEnd};
 use serde_json::json;
 
@@ -334,9 +334,10 @@ async fn a_big_timeline_is_compared_like_a_small_one_and_its_answer_stays_short(
         event(&adk_response("c1", "fix_subtitles", json!({"ok": true}))),
         Step::End,
     ];
-    let server = StreamServer::streaming(steps)
-        .await
-        .with_drafts(vec![subtitle_draft(3_000, false), subtitle_draft(3_000, true)]);
+    let server = StreamServer::streaming(steps).await.with_drafts(vec![
+        subtitle_draft(3_000, false),
+        subtitle_draft(3_000, true),
+    ]);
     let client = server.client();
     let turn = client
         .run_turn_with(&server.session(), "fix the subtitles", &fast_options())
@@ -348,7 +349,10 @@ async fn a_big_timeline_is_compared_like_a_small_one_and_its_answer_stays_short(
     let before = Draft::from_json(&subtitle_draft(3_000, false).to_string()).expect("a draft");
     let expected = StateDiff::between_drafts(Some(&before), after.draft());
     // (Not `assert_eq!`: the Debug form of 300 changes is long.)
-    assert!(changes == &expected, "the turn's diff differs from between_drafts");
+    assert!(
+        changes == &expected,
+        "the turn's diff differs from between_drafts"
+    );
     assert_eq!(changes.changes().len(), 300, "every tenth cue was renamed");
     let answer = turn.answer();
     assert!(

@@ -2,11 +2,14 @@
 //! render; the renders are polled concurrently.
 //!
 //! ```text
-//! cargo run --example batch -- [--simulate] [--poll-interval SECS] [FILE=INSTRUCTION ...]
+//! cargo run --example batch -- [--simulate] [--poll-interval SECS] [--timeout SECS]
+//!                              [--output-dir DIR] [FILE=INSTRUCTION ...]
 //! ```
 //!
 //! With no FILE=INSTRUCTION pairs it runs offline against the simulator with the sample clip
-//! and two instructions.
+//! and two instructions. Every file and output is checked before the first request. Exit
+//! status: 0 all saved, 1 failed (one `error: ...` line on stderr), 2 bad usage, 130
+//! interrupted by Ctrl-C or SIGTERM (no half-written file left).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,113 +18,168 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
-use nemo_video::Error;
+use clap::Parser;
+use nemo_video::intent::{translate_reply, GuiAction};
+use nemo_video::render::{
+    check_output_path, check_output_path_for, RenderJob, RenderOptions, WaitOptions,
+};
+use nemo_video::upload::check_upload_file;
+use nemo_video::{Error, DEFAULT_MAX_UPLOAD_BYTES};
+use support::{describe, ServiceArgs};
+
+/// Edit several clips in one NemoVideo session, each with its own instruction and render.
+///
+/// With no FILE=INSTRUCTION pairs: an offline demo with the sample clip, against the built-in
+/// simulator.
+#[derive(Parser, Debug)]
+#[command(name = "batch", version)]
+struct Args {
+    /// A clip and what to do with it, as one argument: "clip.mp4=remove the logo"
+    #[arg(value_name = "FILE=INSTRUCTION", value_parser = parse_pair)]
+    jobs: Vec<(PathBuf, String)>,
+    /// Folder for the edited videos (<stem>_<n>_edited.mp4)
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
+    /// Seconds between render status checks [default: 30; the simulator's pace offline]
+    #[arg(long, value_name = "SECS", value_parser = support::parse_seconds)]
+    poll_interval: Option<Duration>,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+fn parse_pair(text: &str) -> Result<(PathBuf, String), String> {
+    match text.split_once('=') {
+        Some((file, instruction)) if !file.trim().is_empty() && !instruction.trim().is_empty() => {
+            Ok((PathBuf::from(file), instruction.trim().to_string()))
+        }
+        _ => Err(
+            "expected FILE=INSTRUCTION as one quoted argument, like \"clip.mp4=remove the logo\""
+                .to_string(),
+        ),
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    support::exit(run().await)
+    let args = Args::parse();
+    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
+    // temporary file with it, so nothing half-written is left in the output folder.
+    tokio::select! {
+        result = run(args) => support::exit(result),
+        () = support::interrupted() => support::exit_interrupted(
+            "nothing was kept; run the same command again to start over (the saved videos are whole; a video being written was not kept)",
+        ),
+    }
 }
 
-async fn run() -> Result<(), String> {
-    let mut simulate = false;
-    let mut poll_interval = None;
-    let mut jobs: Vec<(PathBuf, String)> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--simulate" => simulate = true,
-            "--poll-interval" => {
-                let text = args
-                    .next()
-                    .ok_or("--poll-interval needs seconds, like 30")?;
-                let secs: f64 = text
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        format!("--poll-interval takes positive seconds (got {text:?})")
-                    })?;
-                poll_interval = Some(Duration::from_secs_f64(secs));
-            }
-            pair => {
-                let (file, instruction) = pair.split_once('=').ok_or_else(|| {
-                    format!(
-                        "{pair:?} is not FILE=INSTRUCTION; quote it: \"clip.mp4=remove the logo\""
-                    )
-                })?;
-                jobs.push((PathBuf::from(file), instruction.to_string()));
-            }
-        }
-    }
-    let demo = jobs.is_empty();
-    if demo {
+/// One clip's job, checked.
+struct Job {
+    number: usize,
+    input: PathBuf,
+    instruction: String,
+    output: PathBuf,
+}
+
+/// Everything local, before any request: each input, each output, and no output that is an
+/// input.
+fn check_jobs(args: &Args) -> Result<Vec<Job>, String> {
+    let pairs = if args.jobs.is_empty() {
         let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("assets")
             .join("sample_input.mp4");
-        jobs.push((
-            sample.clone(),
-            "remove the background person and replace it with a solid color".to_string(),
-        ));
-        jobs.push((
-            sample,
-            "add lo-fi background music at 35% volume".to_string(),
-        ));
-    }
-    let (client, _simulator) = support::connect(demo || simulate).await?;
-    let poll_interval = poll_interval.unwrap_or(if demo {
-        Duration::from_secs(1)
+        vec![
+            (
+                sample.clone(),
+                "remove the background person and replace it with a solid color".to_string(),
+            ),
+            (
+                sample,
+                "add lo-fi background music at 35% volume".to_string(),
+            ),
+        ]
     } else {
-        Duration::from_secs(30)
-    });
+        args.jobs.clone()
+    };
+    let mut jobs = Vec::with_capacity(pairs.len());
+    for (index, (input, instruction)) in pairs.into_iter().enumerate() {
+        let number = index + 1;
+        check_upload_file(&input, DEFAULT_MAX_UPLOAD_BYTES)
+            .map_err(|err| format!("[{number}] {}", describe(&err)))?;
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "clip".to_string());
+        let output = args.output_dir.join(format!("{stem}_{number}_edited.mp4"));
+        jobs.push(Job {
+            number,
+            input,
+            instruction,
+            output,
+        });
+    }
+    for job in &jobs {
+        check_output_path(&job.output)
+            .map_err(|err| format!("[{}] {}", job.number, describe(&err)))?;
+        for other in &jobs {
+            check_output_path_for(&job.output, &other.input)
+                .map_err(|err| format!("[{}] {}", job.number, describe(&err)))?;
+        }
+    }
+    Ok(jobs)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let jobs = check_jobs(&args)?;
+    let demo = args.jobs.is_empty();
+    let service = support::connect(demo || args.service.simulate, args.service.timeout).await?;
+    let client = &service.client;
+    let poll_interval = args
+        .poll_interval
+        .unwrap_or_else(|| service.poll_interval());
 
     let session = client
         .create_session(None)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| describe(&err))?;
     let mut renders: Vec<(usize, PathBuf, RenderJob)> = Vec::new();
-    for (index, (file, instruction)) in jobs.iter().enumerate() {
-        let number = index + 1;
-        println!("[{number}] uploading {}", file.display());
+    for job in &jobs {
+        let number = job.number;
+        let fail = |err: Error| format!("[{number}] {}", describe(&err));
+        println!("[{number}] uploading {}", job.input.display());
         client
-            .upload_files(&session, &[file])
+            .upload_files(&session, &[&job.input])
             .await
-            .map_err(|err| format!("[{number}] {err}"))?;
-        println!("[{number}] asking: {instruction}");
+            .map_err(fail)?;
+        println!("[{number}] asking: {}", job.instruction);
         let turn = client
-            .run_turn(&session, instruction)
+            .run_turn(&session, &job.instruction)
             .await
-            .map_err(|err| format!("[{number}] {err}"))?;
-        println!("[{number}] {}", turn.answer());
-        let state = client
-            .state(&session)
-            .await
-            .map_err(|err| format!("[{number}] {err}"))?;
+            .map_err(fail)?;
+        let reply = translate_reply(turn.answer().trim());
+        println!("[{number}] {}", reply.text);
+        let state = client.state(&session).await.map_err(fail)?;
+        // The translated reply promises the summary when the agent pointed at the timeline.
+        if reply
+            .actions
+            .iter()
+            .any(|action| matches!(action, GuiAction::ShowSummary | GuiAction::ReadState { .. }))
+        {
+            println!("[{number}] {}", state.summary());
+        }
         let draft = state
             .draft()
             .filter(|draft| draft.is_ready_for_export())
             .ok_or_else(|| {
-                format!(
-                    "[{number}] {}",
-                    Error::NothingToExport {
-                        session_id: session.id().to_string()
-                    }
-                )
+                fail(Error::NothingToExport {
+                    session_id: session.id().to_string(),
+                })
             })?;
-        let job = client
+        let render = client
             .render(&session, draft, &RenderOptions::default())
             .await
-            .map_err(|err| format!("[{number}] {err}"))?;
-        println!("[{number}] render {} submitted", job.id);
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "clip".to_string());
-        renders.push((
-            number,
-            PathBuf::from(format!("{stem}_{number}_edited.mp4")),
-            job,
-        ));
+            .map_err(fail)?;
+        println!("[{number}] render {} submitted", render.id);
+        renders.push((number, job.output.clone(), render));
     }
 
     // Every render is waited for at the same time; each finishes on its own.
@@ -149,7 +207,7 @@ async fn run() -> Result<(), String> {
             Ok(bytes) => println!("[{number}] Saved {} ({bytes} bytes)", output.display()),
             Err(err) => {
                 failures += 1;
-                eprintln!("[{number}] error: {err}");
+                println!("[{number}] failed: {}", describe(&err));
             }
         }
     }

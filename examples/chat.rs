@@ -3,11 +3,16 @@
 //! button", "open the timeline") is turned into API actions.
 //!
 //! ```text
-//! cargo run --example chat -- [--simulate] [--language CODE]
+//! cargo run --example chat -- [--simulate] [--language CODE] [--output-dir DIR]
+//!                             [--poll-interval SECS] [--timeout SECS]
 //! ```
 //!
 //! Try: `upload assets/sample_input.mp4`, `remove the background person`, `status`,
-//! `credits`, `export`. End with Ctrl-D.
+//! `credits`, `export`. End with Ctrl-D. A file is checked before it is uploaded, and the
+//! output folder before the first request. Exit status: 0 at the end of input, 1 when the
+//! conversation cannot start (one `error: ...` line on stderr), 2 bad usage, 130 interrupted
+//! by Ctrl-C or SIGTERM (a video being written is not kept); a failed command in the
+//! conversation is answered with "Sorry: ..." and the conversation goes on.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,59 +20,73 @@ mod support;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use nemo_video::events::AgentEvent;
-use nemo_video::intent::{gui_actions, route, GuiAction, Intent};
-use nemo_video::render::{RenderOptions, WaitOptions};
-use nemo_video::turn::TurnOptions;
+use clap::Parser;
+use nemo_video::intent::{route, translate_reply, GuiAction, Intent};
+use nemo_video::render::{check_output_path, RenderOptions, WaitOptions};
+use nemo_video::upload::check_upload_file;
 use nemo_video::{NemoClient, Session};
+use support::{describe, AgentActivity, Progress, ServiceArgs};
+
+/// Talk to NemoVideo's agent line by line, as a bot would: each line is routed by intent.
+#[derive(Parser, Debug)]
+#[command(name = "chat", version)]
+struct Args {
+    /// The session's language, such as en or zh
+    #[arg(long, value_name = "CODE")]
+    language: Option<String>,
+    /// Folder for exported videos (chat_export_<n>.mp4)
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    output_dir: PathBuf,
+    /// Seconds between render status checks [default: 30; the simulator's pace offline]
+    #[arg(long, value_name = "SECS", value_parser = support::parse_seconds)]
+    poll_interval: Option<Duration>,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    support::exit(run().await)
+    let args = Args::parse();
+    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
+    // temporary file with it, so nothing half-written is left in the output folder.
+    tokio::select! {
+        result = run(args) => support::exit(result),
+        () = support::interrupted() => support::exit_interrupted(
+            "run the example again to start a new conversation (a video being written was not kept)",
+        ),
+    }
 }
 
 struct Bot {
     client: NemoClient,
     session: Session,
     exports: u32,
+    output_dir: PathBuf,
     poll_interval: Duration,
 }
 
-async fn run() -> Result<(), String> {
-    let mut simulate = false;
-    let mut language = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--simulate" => simulate = true,
-            "--language" => {
-                language = Some(args.next().ok_or("--language needs a code such as en")?)
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: chat [--simulate] [--language CODE]"
-                ))
-            }
-        }
-    }
+async fn run(args: Args) -> Result<(), String> {
+    // The exports land here: refuse a folder that cannot take them before anything is sent.
+    check_output_path(args.output_dir.join("chat_export_1.mp4")).map_err(|err| describe(&err))?;
     println!("Setting things up...");
-    let (client, _simulator) = support::connect(simulate).await?;
-    let poll_interval = if simulate {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(30)
-    };
+    let service = support::connect(args.service.simulate, args.service.timeout).await?;
+    let poll_interval = args
+        .poll_interval
+        .unwrap_or_else(|| service.poll_interval());
+    let client = service.client.clone();
     let session = client
-        .create_session(language.as_deref())
+        .create_session(args.language.as_deref())
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| describe(&err))?;
     println!("Connected. Type what you want (\"upload <file>\", an edit, \"status\", \"credits\", \"export\"); Ctrl-D to quit.");
     let mut bot = Bot {
         client,
         session,
         exports: 0,
+        output_dir: args.output_dir,
         poll_interval,
     };
 
@@ -84,7 +103,7 @@ async fn run() -> Result<(), String> {
         }
         // One failed command should not end the conversation: report it and go on.
         if let Err(err) = bot.handle(line).await {
-            println!("Sorry: {err}");
+            println!("Sorry: {}", describe(&err));
         }
     }
     println!("Bye.");
@@ -112,6 +131,9 @@ impl Bot {
                 if path.is_empty() {
                     println!("Which file? Type: upload <path to a video, image or audio file>");
                 } else {
+                    // The same checks the upload makes, spelled out: nothing is sent for a
+                    // missing, empty or unsupported file.
+                    check_upload_file(&path, self.client.config().max_upload_bytes)?;
                     let result = self
                         .client
                         .upload_files(&self.session, &[PathBuf::from(&path)])
@@ -131,20 +153,25 @@ impl Bot {
     }
 
     async fn export(&mut self) -> nemo_video::Result<()> {
-        println!("Exporting...");
+        support::start_line("Exporting...");
+        let progress = Arc::new(Progress::new("render", false));
+        let bar = Arc::clone(&progress);
         let wait = WaitOptions::default()
             .poll_interval(self.poll_interval)
-            .on_progress(|p| {
-                if let Some(percent) = p.progress {
-                    println!("  render {}: {percent:.0}%", p.status);
-                }
-            });
+            .on_progress(move |p| bar.set(p.progress.unwrap_or(0.0).round() as u64, 100));
         let export = self
             .client
             .export(&self.session, &RenderOptions::default(), &wait)
-            .await?;
+            .await;
+        if export.is_ok() {
+            progress.set(100, 100);
+        }
+        progress.finish();
+        let export = export?;
         self.exports += 1;
-        let path = PathBuf::from(format!("chat_export_{}.mp4", self.exports));
+        let path = self
+            .output_dir
+            .join(format!("chat_export_{}.mp4", self.exports));
         let bytes = self
             .client
             .download_render(&export.job, export.output_url.as_deref(), &path, |_| {})
@@ -154,29 +181,24 @@ impl Bot {
     }
 
     async fn edit(&mut self, line: &str) -> nemo_video::Result<()> {
-        let options = TurnOptions::default().on_event(|event| match event {
-            AgentEvent::StillWorking { .. } => println!("⏳ Still working..."),
-            AgentEvent::ToolCall(call) => println!("  (agent is running {})", call.name),
-            _ => {}
-        });
+        let activity = AgentActivity::start();
         let turn = self
             .client
-            .run_turn_with(&self.session, line, &options)
-            .await?;
-        println!("{}", turn.answer());
-        // The agent writes for a GUI; do through the API what it tells a person to click.
-        for action in gui_actions(&turn.text) {
+            .run_turn_with(&self.session, line, &activity.turn_options())
+            .await;
+        activity.finish();
+        let turn = turn?;
+        // The agent writes for a GUI: show its words translated, then do through the API what
+        // it tells a person to click.
+        let reply = translate_reply(turn.answer().trim());
+        println!("{}", reply.text);
+        let mut status_shown = false;
+        for action in reply.actions {
             match action {
-                GuiAction::Export => {
-                    println!("(The agent points at the Export button: exporting through the API.)");
-                    self.export().await?
-                }
-                GuiAction::ShowSummary | GuiAction::ReadState { .. } => self.show_status().await?,
-                GuiAction::SendEdit => println!(
-                    "(To move things, describe the change, e.g. \"move the title to the end\".)"
-                ),
-                GuiAction::Execute { target } if !target.is_empty() => {
-                    println!("(The agent mentions a \"{target}\" button: tell me what you want and I will do it.)")
+                GuiAction::Export => self.export().await?,
+                GuiAction::ShowSummary | GuiAction::ReadState { .. } if !status_shown => {
+                    self.show_status().await?;
+                    status_shown = true;
                 }
                 _ => {}
             }

@@ -4,35 +4,46 @@
 //! cargo run --example credits            # the real service (NEMO_TOKEN or an anonymous token)
 //! cargo run --example credits -- --simulate
 //! ```
+//!
+//! Exit status: 0 done, 1 failed (one `error: ...` line on stderr), 2 bad usage.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::process::ExitCode;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    support::exit(run().await)
+use clap::Parser;
+use support::{describe, ServiceArgs};
+
+/// Print the NemoVideo credit balance (and, for an anonymous account, where to register).
+#[derive(Parser, Debug)]
+#[command(name = "credits", version)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
-async fn run() -> Result<(), String> {
-    let simulate = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("--simulate") => true,
-        Some(other) => {
-            return Err(format!(
-                "unknown argument {other:?}; usage: credits [--simulate]"
-            ))
-        }
-    };
-    let (client, _simulator) = support::connect(simulate).await?;
-    let credits = client.credits().await.map_err(|err| err.to_string())?;
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    support::exit(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let service = support::connect(args.service.simulate, args.service.timeout).await?;
+    let client = &service.client;
+    let credits = client.credits().await.map_err(|err| describe(&err))?;
     println!(
         "Credits: {} available, {} frozen, {} total",
         credits.available, credits.frozen, credits.total
     );
     if let Some(url) = client.registration_url() {
-        println!("Anonymous account: register at {url} to keep your work and get more credits.");
+        if service.simulator.is_some() {
+            println!("Simulator account: {url} explains that it exists only in the simulator.");
+        } else {
+            println!(
+                "Anonymous account: register at {url} to keep your work and get more credits."
+            );
+        }
     }
     Ok(())
 }

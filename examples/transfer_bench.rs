@@ -39,7 +39,6 @@ use hyper_util::rt::TokioIo;
 use nemo_video::{NemoClient, Session};
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: transfer_bench [--size-mib N (default 500)] [--rounds N (default 5)] [--dir DIR] [--serve-only]";
 const BLOCK: usize = 1024 * 1024;
 const UPLOAD_PATH: &str = "/api/upload-video/nemo_agent/me/bench";
 const TIME: &str = "/usr/bin/time";
@@ -51,17 +50,44 @@ const RSS_TARGET_KIB: u64 = 32 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Upload and download throughput and memory of the SDK against curl, on loopback.
+#[derive(clap::Parser, Debug)]
+#[command(name = "transfer_bench", version)]
+struct Options {
+    /// Size of the test file, in MiB
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = at_least_one)]
+    size_mib: u64,
+    /// Rounds of each transfer per side
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = at_least_one)]
+    rounds: u64,
+    /// Folder for the temporary files [default: the system's temporary folder]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Only run the server and print its URLs, e.g. to profile one side by hand
+    #[arg(long)]
+    serve_only: bool,
+    /// One SDK transfer in this process (how the parent measures the SDK side)
+    #[arg(long, hide = true, num_args = 3, value_names = ["MODE", "URL", "PATH"])]
+    child: Option<Vec<String>>,
+}
+
+fn at_least_one(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| "expected a whole number of at least 1".to_string())
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("--child") {
-        child(&args[1..])
-    } else {
-        parent(&args)
+    let options = <Options as clap::Parser>::parse();
+    let result = match &options.child {
+        Some(args) => child(args),
+        None => parent(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("transfer_bench: {err}");
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
@@ -105,46 +131,6 @@ fn child(args: &[String]) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------
 // Parent: server, test file, rounds, report.
 
-struct Options {
-    size_mib: u64,
-    rounds: usize,
-    dir: Option<PathBuf>,
-    /// Only run the server and print its URLs, e.g. to profile one side by hand.
-    serve_only: bool,
-}
-
-fn parse_options(args: &[String]) -> Result<Options, BoxError> {
-    let mut options = Options {
-        size_mib: 500,
-        rounds: 5,
-        dir: None,
-        serve_only: false,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .cloned()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--size-mib" => options.size_mib = value()?.parse()?,
-            "--rounds" => options.rounds = value()?.parse()?,
-            "--dir" => options.dir = Some(value()?.into()),
-            "--serve-only" => options.serve_only = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
-        }
-    }
-    if options.size_mib == 0 || options.rounds == 0 {
-        return Err("--size-mib and --rounds must be at least 1".into());
-    }
-    Ok(options)
-}
-
 #[derive(Default)]
 struct ServerState {
     /// Body bytes counted by the last completed upload.
@@ -156,8 +142,7 @@ struct Source {
     blocks: u64,
 }
 
-fn parent(args: &[String]) -> Result<(), BoxError> {
-    let options = parse_options(args)?;
+fn parent(options: &Options) -> Result<(), BoxError> {
     for tool in [TIME, "curl"] {
         Command::new(tool)
             .arg("--version")
@@ -225,7 +210,7 @@ fn parent(args: &[String]) -> Result<(), BoxError> {
             std::thread::park();
         }
     }
-    print_machine(&options);
+    print_machine(options);
     println!(
         "{:>5}  {:<8}  {:>7} {:>7}  {:>5}  {:>8} {:>8}  {:>7} {:>7}  {:>11}",
         "round",
@@ -471,7 +456,7 @@ fn check_download(path: &Path, source: &Source, size: u64, who: &str) -> Result<
     result
 }
 
-fn print_row(round: usize, transfer: &str, pair: &Pair) {
+fn print_row(round: u64, transfer: &str, pair: &Pair) {
     let secs = |run: &Run| {
         run.time_elapsed
             .map_or_else(|| "?".to_string(), |d| format!("{:.2}", d.as_secs_f64()))

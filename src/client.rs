@@ -1,144 +1,20 @@
-//! [`NemoClient`] and its builder: configuration, defaults, and the environment.
-//!
-//! Defaults (each overridable on [`NemoClientBuilder`]; the README has the full table):
-//! base URL `https://mega-api-prod.nemovideo.ai` (env `NEMO_API_BASE`, or `NEMO_API_URL`), web
-//! URL `https://nemovideo.com` (`NEMO_WEB_URL`), token from `NEMO_TOKEN` or else an anonymous
-//! token persisted under `~/.config/nemovideo/` (`NEMO_CONFIG_DIR`), connect timeout 10 s,
-//! request timeout 60 s, 2 retries with backoff from 0.5 s doubling to 8 s with jitter, and
-//! server-requested waits honoured up to 60 s.
+//! [`NemoClient`] and its builder.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use url::Url;
-
-use crate::auth::{Auth, SecretToken};
+use crate::auth::{
+    AnonymousCredentials, CredentialStore, FileStore, Identity, IdentityOptions, MemoryStore,
+    SecretToken,
+};
+use crate::config::{
+    detect_platform, parse_base, Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+};
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-
-/// Production API base URL.
-pub const DEFAULT_BASE_URL: &str = "https://mega-api-prod.nemovideo.ai";
-/// Web app base URL, for links a person opens in a browser.
-pub const DEFAULT_WEB_URL: &str = "https://nemovideo.com";
-/// Default `X-Skill-Source` attribution value.
-pub const DEFAULT_SKILL_SOURCE: &str = "video-object-ops";
-/// Default `X-Skill-Version`: this crate's version.
-pub const DEFAULT_SKILL_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Default upload size limit: 500 MB, the service's documented maximum.
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 500 * 1024 * 1024;
-/// Default cap on a JSON response body: 64 MiB (state documents can be large).
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-/// Wait used for HTTP 429 when the server names no wait: 30 s, as the service documents.
-pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
-
-/// Retry settings for transient failures.
-///
-/// Defaults: 2 retries, 0.5 s base delay doubling to at most 8 s, full jitter on, and a
-/// server-requested wait (`retry-after-ms` / `Retry-After`) honoured up to 60 s.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct RetryConfig {
-    /// Retries after the first attempt for transient failures. Default 2.
-    pub max_retries: u32,
-    /// Delay before the first retry. Default 500 ms.
-    pub base_delay: Duration,
-    /// Longest delay between two attempts. Default 8 s.
-    pub max_delay: Duration,
-    /// Randomise each delay between 75% and 100% of its value. Default true.
-    pub jitter: bool,
-    /// Longest server-requested wait the client honours; longer waits fail with
-    /// [`Error::RateLimited`] at once. Default 60 s.
-    pub max_server_wait: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_retries: 2,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(8),
-            jitter: true,
-            max_server_wait: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryConfig {
-    /// No retries at all (useful in tests of your own error handling).
-    pub fn disabled() -> Self {
-        RetryConfig {
-            max_retries: 0,
-            ..RetryConfig::default()
-        }
-    }
-
-    /// The delay before retry number `retry` (0-based), with jitter when enabled.
-    pub(crate) fn delay_for(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(16));
-        let delay = self.base_delay.saturating_mul(factor).min(self.max_delay);
-        if self.jitter {
-            delay.mul_f64(0.75 + fastrand::f64() * 0.25)
-        } else {
-            delay
-        }
-    }
-}
-
-/// Resolved configuration of a client. Read it with [`NemoClient::config`].
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct Config {
-    /// API base URL.
-    pub base_url: Url,
-    /// Web app base URL.
-    pub web_url: Url,
-    /// Directory for the persisted client id and token; `None` keeps them in memory only.
-    pub config_dir: Option<PathBuf>,
-    /// `X-Skill-Source` header value.
-    pub skill_source: String,
-    /// `X-Skill-Version` header value.
-    pub skill_version: String,
-    /// `X-Skill-Platform` header value.
-    pub skill_platform: String,
-    /// `User-Agent` header value.
-    pub user_agent: String,
-    /// Limit on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Limit on one ordinary request (not streams, which have their own). For downloads: the
-    /// limit on waiting for the response head and for each next chunk of the body.
-    pub request_timeout: Duration,
-    /// Retry settings.
-    pub retry: RetryConfig,
-    /// Cap on a JSON response body in bytes.
-    pub max_response_bytes: usize,
-    /// Largest file [`NemoClient::upload_files`](crate::NemoClient) accepts, in bytes.
-    pub max_upload_bytes: u64,
-    pub(crate) static_token: Option<SecretToken>,
-    pub(crate) client_id: Option<String>,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("base_url", &self.base_url.as_str())
-            .field("web_url", &self.web_url.as_str())
-            .field("config_dir", &self.config_dir)
-            .field("static_token", &self.static_token)
-            .field("client_id", &self.client_id)
-            .field("skill_source", &self.skill_source)
-            .field("skill_version", &self.skill_version)
-            .field("skill_platform", &self.skill_platform)
-            .field("user_agent", &self.user_agent)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("retry", &self.retry)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .field("max_upload_bytes", &self.max_upload_bytes)
-            .finish()
-    }
-}
 
 /// The NemoVideo client. Cheap to clone (an `Arc` inside), `Send + Sync`: one client can
 /// serve a whole bot or server.
@@ -156,14 +32,17 @@ pub struct NemoClient {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
     pub(crate) transport: Transport,
 }
 
 impl fmt::Debug for NemoClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let identity = self.transport().identity();
         f.debug_struct("NemoClient")
             .field("config", &self.inner.config)
+            .field("static_token", &identity.static_token())
+            .field("client_id", &identity.fixed_client_id())
             .finish_non_exhaustive()
     }
 }
@@ -184,8 +63,100 @@ impl NemoClient {
         &self.inner.config
     }
 
+    /// A client for another anonymous identity (an end user of a bot or server), sharing this
+    /// client's settings, HTTP connection pool and credential store. Cheap: only the identity
+    /// is new. The identity's token is loaded from the store, or fetched on first use.
+    ///
+    /// Fails with [`Error::Config`] for an unusable client id, or when this client uses a
+    /// fixed token (a fixed token is one identity).
+    ///
+    /// ```no_run
+    /// # async fn run(server: nemo_video::NemoClient) -> nemo_video::Result<()> {
+    /// // One client per end user, all over one store and one connection pool.
+    /// let alice = server.for_identity("alice-5d1b3e8e")?;
+    /// println!("{} credits", alice.credits().await?.available);
+    /// # Ok(()) }
+    /// ```
+    pub fn for_identity(&self, client_id: impl Into<String>) -> Result<NemoClient> {
+        let identity = self.transport().identity();
+        if identity.static_token().is_some() {
+            return Err(Error::config(
+                "this client uses a fixed token (NEMO_TOKEN or NemoClientBuilder::token), which is a single identity; build clients for anonymous identities without a token",
+            ));
+        }
+        let client_id = client_id.into();
+        crate::auth::validate_client_id(&client_id)?;
+        let identity = Identity::new(
+            None,
+            Some(client_id),
+            Arc::clone(identity.store()),
+            identity_options(&self.inner.config),
+        );
+        Ok(NemoClient {
+            inner: Arc::new(Inner {
+                config: Arc::clone(&self.inner.config),
+                transport: self.transport().with_identity(identity),
+            }),
+        })
+    }
+
+    /// The client id of this client's anonymous identity: the configured one, else the
+    /// credential store's default identity (created on first use). `None` for a client with
+    /// a fixed token.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient) -> nemo_video::Result<()> {
+    /// if let Some(id) = client.client_id().await? {
+    ///     println!("client id {id}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn client_id(&self) -> Result<Option<String>> {
+        let identity = self.transport().identity();
+        if identity.static_token().is_some() {
+            return Ok(None);
+        }
+        identity.client_id().await.map(Some)
+    }
+
+    /// The anonymous identity in use (or, before the first request, the one the credential
+    /// store holds for this client). `None` for a fixed token or an identity without a token
+    /// yet. The token inside prints as `***`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient) {
+    /// if let Some(creds) = client.anonymous_credentials().await {
+    ///     println!("anonymous user {:?}, expires at {}", creds.user_id, creds.expires_at_unix());
+    /// }
+    /// # }
+    /// ```
+    pub async fn anonymous_credentials(&self) -> Option<AnonymousCredentials> {
+        self.transport().identity().credentials().await
+    }
+
+    /// The registration link for an anonymous user
+    /// (`<web>/register?bind=<anonymous user id>`), which keeps the work and adds credits.
+    /// `None` for a fixed token or before the user id is known.
+    ///
+    /// ```no_run
+    /// # fn run(client: nemo_video::NemoClient) {
+    /// if let Some(url) = client.registration_url() {
+    ///     println!("register here: {url}");
+    /// }
+    /// # }
+    /// ```
+    pub fn registration_url(&self) -> Option<String> {
+        self.transport().registration_url()
+    }
+
     pub(crate) fn transport(&self) -> &Transport {
         &self.inner.transport
+    }
+}
+
+fn identity_options(config: &Config) -> IdentityOptions {
+    IdentityOptions {
+        max_server_wait: config.retry.max_server_wait,
     }
 }
 
@@ -207,6 +178,7 @@ pub struct NemoClientBuilder {
     max_response_bytes: Option<usize>,
     max_upload_bytes: Option<u64>,
     http_client: Option<reqwest::Client>,
+    credential_store: Option<Arc<dyn CredentialStore>>,
 }
 
 impl fmt::Debug for NemoClientBuilder {
@@ -215,6 +187,8 @@ impl fmt::Debug for NemoClientBuilder {
             .field("base_url", &self.base_url)
             .field("token", &self.token)
             .field("client_id", &self.client_id)
+            .field("config_dir", &self.config_dir)
+            .field("credential_store", &self.credential_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -274,24 +248,59 @@ impl NemoClientBuilder {
         self
     }
 
-    /// The client id (a UUID) used to request anonymous tokens. Default: the persisted one,
-    /// or a new random UUID (persisted).
+    /// The client id (the identity; a UUID is best) used to request anonymous tokens.
+    /// Default: the credential store's default identity, created on first use and shared by
+    /// every client and process over the same store. A server gives each end user its own.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
     }
 
-    /// Directory where the client id and anonymous token are persisted (files mode 0600,
-    /// written atomically). Default `~/.config/nemovideo/`.
+    /// Keep identities in a [`FileStore`] in `dir` (`credentials.json`, mode 0600 in a 0700
+    /// directory, replaced atomically, safe to share between processes). Default
+    /// `~/.config/nemovideo/`.
     pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config_dir = Some(Some(dir.into()));
+        self.credential_store = None;
         self
     }
 
-    /// Keep the client id and token in memory only. Default: persisted (see
+    /// Keep identities in memory only (a new [`MemoryStore`]). Default: a file store (see
     /// [`config_dir`](Self::config_dir)). Beware: the service issues one anonymous token per
-    /// client per 7 days, so an unpersisted client cannot get a second one after a restart.
+    /// client id per 7 days, so an identity kept only in memory cannot get a second token
+    /// after a restart.
     pub fn no_persistence(mut self) -> Self {
+        self.config_dir = Some(None);
+        self.credential_store = None;
+        self
+    }
+
+    /// Keep identities in `store`: a [`FileStore`], a [`MemoryStore`], or the app's own
+    /// [`CredentialStore`] over its database. Share one `Arc` between all the clients of a
+    /// server (one per end user, each with its [`client_id`](Self::client_id)). Default: a
+    /// file store in `~/.config/nemovideo/`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use nemo_video::auth::MemoryStore;
+    ///
+    /// let store = Arc::new(MemoryStore::new());
+    /// let http = nemo_video::reqwest::Client::new();
+    /// let clients: Vec<_> = ["user-1", "user-2"]
+    ///     .iter()
+    ///     .map(|user| {
+    ///         nemo_video::NemoClient::builder()
+    ///             .http_client(http.clone())
+    ///             .credential_store(store.clone())
+    ///             .client_id(*user)
+    ///             .build()
+    ///     })
+    ///     .collect::<Result<_, _>>()?;
+    /// # let _: Vec<nemo_video::NemoClient> = clients;
+    /// # Ok::<(), nemo_video::Error>(())
+    /// ```
+    pub fn credential_store(mut self, store: Arc<dyn CredentialStore>) -> Self {
+        self.credential_store = Some(store);
         self.config_dir = Some(None);
         self
     }
@@ -322,7 +331,7 @@ impl NemoClientBuilder {
         self
     }
 
-    /// Limit on establishing a connection. Default 10 s.
+    /// Limit on establishing a connection (TCP and TLS), per attempt. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
@@ -398,8 +407,6 @@ impl NemoClientBuilder {
                 .max_response_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             max_upload_bytes: self.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
-            static_token: self.token,
-            client_id: self.client_id,
         };
         for (name, value) in [
             ("X-Skill-Source", &config.skill_source),
@@ -412,85 +419,40 @@ impl NemoClientBuilder {
                 )));
             }
         }
-        if let Some(client_id) = &config.client_id {
+        if let Some(client_id) = &self.client_id {
             crate::auth::validate_client_id(client_id)?;
         }
-        let http = match self.http_client {
-            Some(client) => client,
-            None => reqwest::Client::builder()
-                .connect_timeout(connect_timeout)
-                .build()
-                .map_err(|err| Error::config(format!("could not build the HTTP client: {err}")))?,
+        let (http, known_connect_timeout) = match self.http_client {
+            Some(client) => (client, None),
+            None => (
+                reqwest::Client::builder()
+                    .connect_timeout(connect_timeout)
+                    .build()
+                    .map_err(|err| {
+                        Error::config(format!("could not build the HTTP client: {err}"))
+                    })?,
+                Some(connect_timeout),
+            ),
         };
-        let auth = Auth::new(&config);
-        let transport = Transport::new(http, &config, auth)?;
+        let store: Arc<dyn CredentialStore> = match (self.credential_store, &config.config_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => Arc::new(FileStore::new(dir.clone())),
+            (None, None) => Arc::new(MemoryStore::new()),
+        };
+        let identity = Identity::new(self.token, self.client_id, store, identity_options(&config));
+        let transport = Transport::new(http, &config, identity, known_connect_timeout)?;
         Ok(NemoClient {
-            inner: Arc::new(Inner { config, transport }),
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                transport,
+            }),
         })
-    }
-}
-
-fn parse_base(raw: &str, what: &str) -> Result<Url> {
-    let trimmed = raw.trim().trim_end_matches('/');
-    let url = Url::parse(trimmed).map_err(|err| {
-        Error::config(format!(
-            "the {what} {trimmed:?} is not a valid URL ({err}); use a form like https://host"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(Error::config(format!(
-            "the {what} {trimmed:?} must be an http or https URL with a host"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::config(format!(
-            "the {what} {trimmed:?} must not carry a query or fragment"
-        )));
-    }
-    Ok(url)
-}
-
-/// `X-Skill-Platform` from the running executable's path.
-fn detect_platform() -> String {
-    let exe = std::env::current_exe()
-        .map(|path| path.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    platform_for_path(&exe).to_string()
-}
-
-pub(crate) fn platform_for_path(path: &str) -> &'static str {
-    if path.contains("/.clawhub/") {
-        "clawhub"
-    } else if path.contains("/.cursor/skills/") {
-        "cursor"
-    } else {
-        "unknown"
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn platform_detection() {
-        assert_eq!(platform_for_path("/home/a/.clawhub/bin/x"), "clawhub");
-        assert_eq!(platform_for_path("/home/a/.cursor/skills/x/bin"), "cursor");
-        assert_eq!(platform_for_path("/usr/bin/x"), "unknown");
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let retry = RetryConfig {
-            jitter: false,
-            ..RetryConfig::default()
-        };
-        assert_eq!(retry.delay_for(0), Duration::from_millis(500));
-        assert_eq!(retry.delay_for(1), Duration::from_secs(1));
-        assert_eq!(retry.delay_for(5), Duration::from_secs(8));
-        let jittered = RetryConfig::default().delay_for(1);
-        assert!(jittered >= Duration::from_millis(750) && jittered <= Duration::from_secs(1));
-    }
 
     #[test]
     fn bad_base_url_is_a_config_error() {

@@ -12,7 +12,14 @@
 //! | HTTP 400 "missing X-Client-Id" | [`Error::MissingClientId`] | [`RetryPolicy::RegenerateClientId`] |
 //! | HTTP 402 | [`Error::ExportBlocked`] | [`RetryPolicy::Never`] |
 //! | HTTP 429 | [`Error::RateLimited`] | [`RetryPolicy::WaitThenRetryOnce`] (server's wait, else 30 s) |
-//! | HTTP 408/409/5xx, connect error, timeout | [`Error::Http`], [`Error::Connect`], [`Error::Timeout`] | [`RetryPolicy::Backoff`] for requests safe to replay |
+//! | HTTP 408/409/5xx | [`Error::Http`] | [`RetryPolicy::Backoff`] for requests safe to replay |
+//! | connection refused, name lookup failed, connect timed out, other connect failure | [`Error::Connect`] ([`ConnectFailure`]) | [`RetryPolicy::Backoff`] for every request: it never reached the service |
+//! | TLS handshake failed | [`Error::Connect`] ([`ConnectFailure::Tls`]) | [`RetryPolicy::Never`]: a certificate or `http`/`https` mix-up does not fix itself |
+//! | no answer within the request timeout, connection lost | [`Error::Timeout`], [`Error::Network`] | [`RetryPolicy::Backoff`] for requests safe to replay |
+//!
+//! "Backoff" means at most [`RetryConfig::max_retries`](crate::RetryConfig::max_retries)
+//! retries after the first attempt (default 2, so 3 attempts in all), 0.5 s doubling to at most
+//! 8 s between them. A connect failure therefore costs at most 3 connection attempts per call.
 //!
 //! Messages are written for the person who reads them: what happened, then what to do.
 //! No message ever contains a token.
@@ -20,6 +27,9 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Wait used for HTTP 429 when the server names no wait: 30 s, as the service documents.
+pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Supported upload formats (lower-case file extensions), as the service documents them.
 pub const SUPPORTED_FORMATS: &[&str] = &[
@@ -98,6 +108,12 @@ pub enum RetryPolicy {
     NewSession,
     /// The anonymous-token call lacked a client id: generate a new one, then retry once.
     RegenerateClientId,
+    /// A request that does work (a message, an upload, a new session) failed after it may
+    /// have reached the service. Sending it again could repeat the work and charge credits
+    /// twice: read the session state first ([`NemoClient::reconcile_turn`](crate::NemoClient::reconcile_turn),
+    /// [`NemoClient::state`](crate::NemoClient::state)) and send it again only if it did not
+    /// land.
+    Reconcile,
 }
 
 /// What the service said alongside an error: HTTP status, body code and text, request id.
@@ -141,13 +157,12 @@ impl ApiInfo {
     }
 }
 
-/// Where a timeout happened.
+/// Where a timeout happened. (A connection that could not be established in time is
+/// [`Error::Connect`] with [`ConnectFailure::TimedOut`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TimeoutKind {
-    /// Connecting to the server.
-    Connect,
-    /// Waiting for one request's response.
+    /// Waiting for one request's response (the request timeout, per attempt).
     Request,
     /// No bytes arrived on a stream for the idle limit.
     StreamIdle,
@@ -158,12 +173,36 @@ pub enum TimeoutKind {
 impl fmt::Display for TimeoutKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TimeoutKind::Connect => "connecting",
             TimeoutKind::Request => "waiting for the response",
             TimeoutKind::StreamIdle => "waiting for the next stream event",
             TimeoutKind::StreamTotal => "streaming (total time limit)",
         })
     }
+}
+
+/// Why a connection to the service could not be established. In every case the request never
+/// reached the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// The host name could not be resolved (DNS): a typo in the base URL, or no network.
+    NameLookup,
+    /// The host refused the connection: nothing listens on that port (or a firewall rejects
+    /// it).
+    Refused,
+    /// The connection was not established within the connect timeout: the host is
+    /// unreachable, or a firewall drops the packets.
+    TimedOut {
+        /// The connect timeout that ran out; `None` when the SDK does not know it (a
+        /// `reqwest::Client` passed to
+        /// [`NemoClientBuilder::http_client`](crate::NemoClientBuilder::http_client)).
+        after: Option<Duration>,
+    },
+    /// The TCP connection was made but the TLS handshake failed: a certificate the client
+    /// does not trust, or an `https` URL pointing at a plain-HTTP port.
+    Tls,
+    /// Anything else (no route to the host, a proxy that refused the tunnel, ...).
+    Other,
 }
 
 /// Every error this crate returns.
@@ -208,7 +247,7 @@ pub enum Error {
         info: Option<Box<ApiInfo>>,
     },
     /// Code 4002, or a local check before uploading: the file is over the size limit.
-    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({} MB, limit {} MB)", size / 1_000_000, limit / 1_000_000), (None, Some(limit)) => format!(" (limit {} MB)", limit / 1_000_000), _ => String::new() }, info.as_deref().map(ApiInfo::suffix).unwrap_or_default())]
+    #[error("{} is too large{}{}; compress or trim it below the limit and try again", file_label(file.as_ref(), None), match (size, limit) { (Some(size), Some(limit)) => format!(" ({}, limit {})", byte_size(*size), byte_size(*limit)), (None, Some(limit)) => format!(" (limit {})", byte_size(*limit)), _ => String::new() }, info.as_deref().map(ApiInfo::suffix).unwrap_or_default())]
     FileTooLarge {
         /// The local file, when the check was local.
         file: Option<PathBuf>,
@@ -239,6 +278,16 @@ pub enum Error {
         /// Response details.
         info: Box<ApiInfo>,
     },
+    /// HTTP 429 on the anonymous-token call, again after the one wait and replay: the service
+    /// issues one anonymous token per client id per 7 days, and this client id already has
+    /// this week's. Waiting a few seconds does not help, so this is never retried.
+    #[error("the service will not issue another anonymous token to client id {client_id} yet (one per client id per 7 days{}); reuse the credentials already issued to it (the same config dir, NEMO_CONFIG_DIR, or credential store), register an account, or set NEMO_TOKEN", info.suffix())]
+    TokenQuotaExceeded {
+        /// The client id whose weekly token was already issued.
+        client_id: String,
+        /// Response details.
+        info: Box<ApiInfo>,
+    },
     /// A non-zero body code this SDK does not know.
     #[error("the service returned error code {code}{}; check the request, or report the request id to NemoVideo if it persists", info.suffix())]
     Api {
@@ -262,19 +311,23 @@ pub enum Error {
         /// Response details.
         info: Box<ApiInfo>,
     },
-    /// Could not connect to the service (DNS, refused, TLS). The request never reached it.
-    #[error(
-        "could not connect to {host}: {source}; check the network and the base URL (NEMO_API_BASE)"
-    )]
+    /// Could not connect to the service (name lookup, refused, connect timeout, TLS). The
+    /// request never reached it.
+    #[error("{}", connect_message(host, *port, failure, source.as_ref()))]
     Connect {
-        /// The host that was tried.
+        /// The host that was tried (a name or an address).
         host: String,
+        /// The port that was tried (the scheme's default when the URL names none).
+        port: Option<u16>,
+        /// What went wrong.
+        failure: ConnectFailure,
         /// The underlying error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A time limit ran out.
-    #[error("timed out after {} s while {kind}; the service may be busy, try again later or raise the timeout", after.as_secs_f64().round())]
+    /// A time limit ran out after the connection was made: no answer within the request
+    /// timeout, or a stream that went silent or ran too long.
+    #[error("{}", timeout_message(*kind, *after))]
     Timeout {
         /// Which limit.
         kind: TimeoutKind,
@@ -329,6 +382,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A request that does work (a message, an upload, a new session, a cancel) failed after
+    /// it may have reached the service, so it was not sent again: the service may have done
+    /// the work. [`Error::retry_policy`] is [`RetryPolicy::Reconcile`]: read the session state
+    /// before sending it again. `cause` is what went wrong (a timeout, a lost connection, a
+    /// 5xx, an unreadable answer).
+    #[error("{request} may have reached the service, but {}; it was not sent again, because that could repeat the work and charge credits twice: read the session state to see what was done before sending it again", unconfirmed_cause(cause))]
+    Unconfirmed {
+        /// The request, e.g. `POST /run_sse`.
+        request: String,
+        /// What went wrong.
+        cause: Box<Error>,
+    },
     /// The message stream ended before the agent finished.
     #[error("the agent's stream was cut off after {events_seen} event{}{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", if *events_seen == 1 { "" } else { "s" }, last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
     StreamDisconnected {
@@ -381,12 +446,130 @@ fn file_label(file: Option<&PathBuf>, extension: Option<&str>) -> String {
     }
 }
 
+/// What went wrong with an unconfirmed request, in words that fit "… may have reached the
+/// service, but <this>" (the cause's own advice, such as "try again", would be wrong here).
+fn unconfirmed_cause(cause: &Error) -> String {
+    match cause {
+        Error::Timeout { after, .. } => {
+            format!("no answer came within {} s", after.as_secs_f64())
+        }
+        Error::Network { source, .. } => format!("the connection failed ({source})"),
+        Error::Http { status, info } => {
+            format!("the service answered HTTP {status}{}", info.suffix())
+        }
+        Error::Decode { detail, .. } => format!("its answer could not be read ({detail})"),
+        Error::ResponseTooLarge { limit } => {
+            format!("its answer was larger than the {limit}-byte limit")
+        }
+        other => other.to_string(),
+    }
+}
+
 fn http_hint(status: u16) -> &'static str {
     match status {
         408 | 409 | 500..=599 => "the service had a temporary problem, try again shortly",
         404 => "the endpoint or resource was not found; check the base URL (NEMO_API_BASE)",
         403 => "the token is not allowed to do this",
         _ => "check the request; report the request id to NemoVideo if it persists",
+    }
+}
+
+/// A size for people: `1001 bytes`, `12.5 MB`, `500 MB` (decimal megabytes, as the service
+/// states its limit).
+fn byte_size(bytes: u64) -> String {
+    if bytes < 1_000_000 {
+        format!("{bytes} bytes")
+    } else if bytes.is_multiple_of(1_000_000) {
+        format!("{} MB", bytes / 1_000_000)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+    }
+}
+
+/// A duration for people: `60 s`, `0.3 s`.
+pub(crate) fn seconds(duration: Duration) -> String {
+    if duration == Duration::MAX {
+        return "an unlimited time".to_string();
+    }
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) {
+        format!("{} s", millis / 1000)
+    } else {
+        format!("{} s", millis as f64 / 1000.0)
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn host_port(host: &str, port: Option<u16>) -> String {
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// The innermost cause's text: the part of an error chain a person can act on
+/// ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn connect_message(
+    host: &str,
+    port: Option<u16>,
+    failure: &ConnectFailure,
+    source: &(dyn std::error::Error + Send + Sync + 'static),
+) -> String {
+    let address = host_port(host, port);
+    match failure {
+        ConnectFailure::Refused => format!(
+            "could not connect to {address}: the connection was refused (nothing is listening on port {}); check the base URL (NEMO_API_BASE) and that the service is running",
+            port.map_or_else(|| "?".to_string(), |p| p.to_string())
+        ),
+        ConnectFailure::NameLookup => format!(
+            "could not connect to {address}: the name lookup (DNS) for {host} failed ({}); check the host name in the base URL (NEMO_API_BASE) and the network connection",
+            root_cause(source)
+        ),
+        ConnectFailure::TimedOut { after } => format!(
+            "could not connect to {address}: no connection within {}; check the network connection, the base URL (NEMO_API_BASE), and any firewall or proxy in between",
+            match after {
+                Some(after) => format!("the connect timeout of {}", seconds(*after)),
+                None => "the HTTP client's connect timeout".to_string(),
+            }
+        ),
+        ConnectFailure::Tls => format!(
+            "could not set up a secure (TLS) connection to {address}: {}; check that the base URL (NEMO_API_BASE) uses the right scheme (https or http) and that the server's certificate is trusted",
+            root_cause(source)
+        ),
+        ConnectFailure::Other => format!(
+            "could not connect to {address}: {}; check the network connection and the base URL (NEMO_API_BASE)",
+            root_cause(source)
+        ),
+    }
+}
+
+fn timeout_message(kind: TimeoutKind, after: Duration) -> String {
+    match kind {
+        TimeoutKind::Request => format!(
+            "the service did not answer within {} (the request timeout); it may be busy: try again later, or raise the request timeout",
+            seconds(after)
+        ),
+        TimeoutKind::StreamIdle => format!(
+            "the agent's stream went silent for {} (the idle limit); the service may be busy: try again later, or raise the idle timeout",
+            seconds(after)
+        ),
+        TimeoutKind::StreamTotal => format!(
+            "the agent's stream ran past its total limit of {}; try a smaller request, or raise the total timeout",
+            seconds(after)
+        ),
     }
 }
 
@@ -402,6 +585,7 @@ impl Error {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Error::Http { status, .. } => Some(*status),
+            Error::Unconfirmed { cause, .. } => cause.http_status(),
             _ => self.info().and_then(|info| info.http_status),
         }
     }
@@ -420,6 +604,7 @@ impl Error {
             | Error::MissingClientId { info }
             | Error::ExportBlocked { info }
             | Error::RateLimited { info, .. }
+            | Error::TokenQuotaExceeded { info, .. }
             | Error::Api { info, .. }
             | Error::Http { info, .. }
             | Error::Rejected { info }
@@ -427,6 +612,7 @@ impl Error {
             Error::UnsupportedFile { info, .. } | Error::FileTooLarge { info, .. } => {
                 info.as_deref()
             }
+            Error::Unconfirmed { cause, .. } => cause.info(),
             _ => None,
         }
     }
@@ -437,16 +623,21 @@ impl Error {
             Error::Unauthorized { .. } => RetryPolicy::RefreshToken,
             Error::SessionNotFound { .. } => RetryPolicy::NewSession,
             Error::MissingClientId { .. } => RetryPolicy::RegenerateClientId,
-            Error::RateLimited { retry_after, .. } => RetryPolicy::WaitThenRetryOnce(
-                retry_after.unwrap_or(crate::client::DEFAULT_RATE_LIMIT_WAIT),
-            ),
+            Error::RateLimited { retry_after, .. } => {
+                RetryPolicy::WaitThenRetryOnce(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT))
+            }
             Error::Http {
                 status: 408 | 409 | 500..=599,
                 ..
             } => RetryPolicy::Backoff,
+            Error::Connect {
+                failure: ConnectFailure::Tls,
+                ..
+            } => RetryPolicy::Never,
             Error::Connect { .. } | Error::Timeout { .. } | Error::Network { .. } => {
                 RetryPolicy::Backoff
             }
+            Error::Unconfirmed { .. } | Error::StreamDisconnected { .. } => RetryPolicy::Reconcile,
             _ => RetryPolicy::Never,
         }
     }
@@ -471,19 +662,45 @@ impl Error {
         matches!(self, Error::ExportBlocked { .. })
     }
 
-    /// True for 429.
+    /// True for 429, including [`Error::TokenQuotaExceeded`] (which is not transient).
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Error::RateLimited { .. })
+        matches!(
+            self,
+            Error::RateLimited { .. } | Error::TokenQuotaExceeded { .. }
+        )
     }
 
-    /// True for any time limit running out.
+    /// True for any time limit running out, connecting included (also behind
+    /// [`Error::Unconfirmed`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
+        match self {
+            Error::Timeout { .. }
+            | Error::Connect {
+                failure: ConnectFailure::TimedOut { .. },
+                ..
+            } => true,
+            Error::Unconfirmed { cause, .. } => cause.is_timeout(),
+            _ => false,
+        }
     }
 
-    /// True for connection failures (before or after sending).
+    /// True when a request that does work may have reached the service without its outcome
+    /// being known ([`RetryPolicy::Reconcile`]): read the state before sending it again.
+    pub fn needs_reconcile(&self) -> bool {
+        self.retry_policy() == RetryPolicy::Reconcile
+    }
+
+    /// True when no connection could be made (the request never reached the service).
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect { .. })
+    }
+
+    /// Why no connection could be made, for [`Error::Connect`].
+    pub fn connect_failure(&self) -> Option<ConnectFailure> {
+        match self {
+            Error::Connect { failure, .. } => Some(*failure),
+            _ => None,
+        }
     }
 
     /// True when the failure is worth retrying later (see [`Error::retry_policy`]).
@@ -500,10 +717,6 @@ impl Error {
         matches!(
             self,
             Error::Connect { .. }
-                | Error::Timeout {
-                    kind: TimeoutKind::Connect,
-                    ..
-                }
                 | Error::Network {
                     may_have_reached_server: false,
                     ..
@@ -532,6 +745,149 @@ impl Error {
         }
     }
 
+    /// A copy of this error for other callers that waited on the same operation (one token
+    /// fetch shared by many requests). Errors are not `Clone` because some carry an
+    /// underlying error; the copy keeps that error's text as its source.
+    pub(crate) fn duplicate(&self) -> Error {
+        fn described(source: &(dyn std::error::Error + Send + Sync)) -> Described {
+            Described(source.to_string())
+        }
+        match self {
+            Error::Unauthorized { hint, info } => Error::Unauthorized {
+                hint,
+                info: info.clone(),
+            },
+            Error::SessionNotFound { session_id, info } => Error::SessionNotFound {
+                session_id: session_id.clone(),
+                info: info.clone(),
+            },
+            Error::NoCredits { register_url, info } => Error::NoCredits {
+                register_url: register_url.clone(),
+                info: info.clone(),
+            },
+            Error::UnsupportedFile {
+                file,
+                extension,
+                info,
+            } => Error::UnsupportedFile {
+                file: file.clone(),
+                extension: extension.clone(),
+                info: info.clone(),
+            },
+            Error::FileTooLarge {
+                file,
+                size,
+                limit,
+                info,
+            } => Error::FileTooLarge {
+                file: file.clone(),
+                size: *size,
+                limit: *limit,
+                info: info.clone(),
+            },
+            Error::MissingClientId { info } => Error::MissingClientId { info: info.clone() },
+            Error::ExportBlocked { info } => Error::ExportBlocked { info: info.clone() },
+            Error::RateLimited { retry_after, info } => Error::RateLimited {
+                retry_after: *retry_after,
+                info: info.clone(),
+            },
+            Error::TokenQuotaExceeded { client_id, info } => Error::TokenQuotaExceeded {
+                client_id: client_id.clone(),
+                info: info.clone(),
+            },
+            Error::Api { code, info } => Error::Api {
+                code: *code,
+                info: info.clone(),
+            },
+            Error::Rejected { info } => Error::Rejected { info: info.clone() },
+            Error::Http { status, info } => Error::Http {
+                status: *status,
+                info: info.clone(),
+            },
+            Error::Connect {
+                host,
+                port,
+                failure,
+                source,
+            } => Error::Connect {
+                host: host.clone(),
+                port: *port,
+                failure: *failure,
+                // The innermost cause is what the message quotes.
+                source: Box::new(Described(root_cause(source.as_ref()))),
+            },
+            Error::Timeout { kind, after } => Error::Timeout {
+                kind: *kind,
+                after: *after,
+            },
+            Error::Network {
+                may_have_reached_server,
+                source,
+            } => Error::Network {
+                may_have_reached_server: *may_have_reached_server,
+                source: Box::new(described(source.as_ref())),
+            },
+            Error::Decode {
+                expected,
+                detail,
+                info,
+            } => Error::Decode {
+                expected,
+                detail: detail.clone(),
+                info: info.clone(),
+            },
+            Error::ResponseTooLarge { limit } => Error::ResponseTooLarge { limit: *limit },
+            Error::InvalidInput { message } => Error::InvalidInput {
+                message: message.clone(),
+            },
+            Error::Config { message } => Error::Config {
+                message: message.clone(),
+            },
+            Error::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Unconfirmed { request, cause } => Error::Unconfirmed {
+                request: request.clone(),
+                cause: Box::new(cause.duplicate()),
+            },
+            Error::StreamDisconnected {
+                events_seen,
+                last_event_id,
+                detail,
+            } => Error::StreamDisconnected {
+                events_seen: *events_seen,
+                last_event_id: last_event_id.clone(),
+                detail: detail.clone(),
+            },
+            Error::Agent { code, message } => Error::Agent {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Error::NothingToExport { session_id } => Error::NothingToExport {
+                session_id: session_id.clone(),
+            },
+            Error::RenderFailed { job_id, message } => Error::RenderFailed {
+                job_id: job_id.clone(),
+                message: message.clone(),
+            },
+            Error::RenderTimedOut {
+                job_id,
+                last_status,
+                waited,
+            } => Error::RenderTimedOut {
+                job_id: job_id.clone(),
+                last_status: last_status.clone(),
+                waited: *waited,
+            },
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -544,3 +900,15 @@ impl Error {
         }
     }
 }
+
+/// The text of an underlying error, kept when an error is copied (see `Error::duplicate`).
+#[derive(Debug)]
+struct Described(String);
+
+impl fmt::Display for Described {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Described {}

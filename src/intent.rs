@@ -50,6 +50,29 @@
 //! for `open`, from a known editor area (`open the timeline`). `click` without a name gives an
 //! empty target; English `open` without a name is not a GUI instruction (it is also an
 //! adjective) and gives nothing, while `打开` always counts.
+//!
+//! # Rules for [`translate_reply`]
+//!
+//! The service's rule is that the agent's text is shown only after its GUI instructions are
+//! translated into what the client does instead. [`translate_reply`] rewrites each sentence
+//! (ended by `.`, `!` or `?` before a space, by `;`, by `。！？；`, or by a line break) that
+//! holds a GUI instruction as a whole, in the sentence's language (Chinese when it contains
+//! Chinese characters), and keeps every other sentence as it is:
+//!
+//! | Action | English | Chinese |
+//! |---|---|---|
+//! | [`GuiAction::Execute`] | `"Apply" is done for you through the API.` | `「应用」会通过 API 自动完成。` |
+//! | [`GuiAction::ReadState`] | `The project's current state is shown below.` | `项目的当前状态见下方。` |
+//! | [`GuiAction::SendEdit`] | `To move or rearrange something, describe the change in a message.` | `如需移动或调整内容，请直接用文字描述修改。` |
+//! | [`GuiAction::ShowSummary`] | `The timeline summary is shown below.` | `时间线摘要见下方。` |
+//! | [`GuiAction::Export`] | `The video is exported through the API.` | `视频会通过 API 导出。` |
+//!
+//! (`Execute` without a name: `That step is done for you through the API.` /
+//! `该步骤会通过 API 自动完成。`) A clause after `;` that is rewritten becomes a sentence of
+//! its own (the `;` before it becomes `.`). Each action is said once per reply: a later sentence whose
+//! actions were all said already is left out. The translation promises what a client that
+//! follows the service's table does: show the state or the timeline summary below the
+//! reply, and run the export; show the text that way only if your app does.
 
 /// What a user's message asks for, following the service's routing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,6 +259,157 @@ pub fn gui_actions(reply: &str) -> Vec<GuiAction> {
         }
     }
     actions
+}
+
+/// The agent's reply as a client without a GUI presents it: see [`translate_reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TranslatedReply {
+    /// The reply with each sentence that gives a GUI instruction replaced by what the client
+    /// does instead; the other sentences unchanged.
+    pub text: String,
+    /// What to do through the API, as [`gui_actions`] finds it in the whole reply.
+    pub actions: Vec<GuiAction>,
+}
+
+/// Rewrites the GUI instructions in an agent's reply into what the client does instead,
+/// following the service's translation table, in English and Chinese; see the
+/// [module rules](self). The raw reply stays with the caller (for example
+/// [`Turn::text`](crate::Turn::text)).
+///
+/// ```
+/// use nemo_video::intent::{translate_reply, GuiAction};
+///
+/// let reply = translate_reply(
+///     "Done! I removed the person. Preview it in the timeline, then click the Export button.",
+/// );
+/// assert_eq!(
+///     reply.text,
+///     "Done! I removed the person. The timeline summary is shown below. \
+///      The video is exported through the API."
+/// );
+/// assert_eq!(reply.actions, [GuiAction::ShowSummary, GuiAction::Export]);
+///
+/// let reply = translate_reply("已删除背景人物。请点击导出按钮下载视频。");
+/// assert_eq!(reply.text, "已删除背景人物。视频会通过 API 导出。");
+/// ```
+pub fn translate_reply(reply: &str) -> TranslatedReply {
+    let mut said: Vec<GuiAction> = Vec::new();
+    let mut text = String::with_capacity(reply.len());
+    for (sentence, separator) in sentences(reply) {
+        let actions = gui_actions(sentence);
+        if actions.is_empty() {
+            text.push_str(sentence);
+            text.push_str(separator);
+            continue;
+        }
+        let chinese = sentence.chars().any(is_cjk_ideograph);
+        let phrases: Vec<String> = actions
+            .into_iter()
+            .filter(|action| {
+                let new = !said.contains(action);
+                if new {
+                    said.push(action.clone());
+                }
+                new
+            })
+            .map(|action| translated_phrase(&action, chinese))
+            .collect();
+        if phrases.is_empty() {
+            // Everything this sentence asks was said already; keep a line break it ended.
+            if separator.contains('\n') && !text.ends_with('\n') {
+                text.truncate(text.trim_end_matches([' ', '\t']).len());
+                text.push('\n');
+            }
+            continue;
+        }
+        // A clause after `;` becomes a sentence of its own: close the one before it.
+        let before = text.trim_end().len();
+        if text[..before].ends_with(';') {
+            text.replace_range(before - 1..before, ".");
+        } else if text[..before].ends_with('；') {
+            text.replace_range(before - '；'.len_utf8()..before, "。");
+        }
+        text.push_str(&phrases.join(if chinese { "" } else { " " }));
+        text.push_str(separator);
+    }
+    let kept_end = reply.len() - reply.trim_end().len();
+    text.truncate(text.trim_end().len());
+    text.push_str(&reply[reply.len() - kept_end..]);
+    TranslatedReply {
+        text,
+        actions: gui_actions(reply),
+    }
+}
+
+/// What the client does instead of one GUI instruction, as a sentence.
+fn translated_phrase(action: &GuiAction, chinese: bool) -> String {
+    match (action, chinese) {
+        (GuiAction::Execute { target }, false) if target.is_empty() => {
+            "That step is done for you through the API.".to_string()
+        }
+        (GuiAction::Execute { target }, false) => {
+            format!("\"{target}\" is done for you through the API.")
+        }
+        (GuiAction::Execute { target }, true) if target.is_empty() => {
+            "该步骤会通过 API 自动完成。".to_string()
+        }
+        (GuiAction::Execute { target }, true) => format!("「{target}」会通过 API 自动完成。"),
+        (GuiAction::ReadState { .. }, false) => {
+            "The project's current state is shown below.".to_string()
+        }
+        (GuiAction::ReadState { .. }, true) => "项目的当前状态见下方。".to_string(),
+        (GuiAction::SendEdit, false) => {
+            "To move or rearrange something, describe the change in a message.".to_string()
+        }
+        (GuiAction::SendEdit, true) => "如需移动或调整内容，请直接用文字描述修改。".to_string(),
+        (GuiAction::ShowSummary, false) => "The timeline summary is shown below.".to_string(),
+        (GuiAction::ShowSummary, true) => "时间线摘要见下方。".to_string(),
+        (GuiAction::Export, false) => "The video is exported through the API.".to_string(),
+        (GuiAction::Export, true) => "视频会通过 API 导出。".to_string(),
+    }
+}
+
+/// Splits `text` into sentences, each with the whitespace that follows it. A sentence ends
+/// after `.`, `!` or `?` followed by whitespace (so `0.5` and `#1E90FF).` stay whole until
+/// the space), after `;`, after `。！？；`, or at a line break.
+fn sentences(text: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        let next = chars.peek().map(|&(_, next)| next);
+        let ends = match c {
+            '。' | '！' | '？' | '；' | ';' | '\n' => true,
+            '.' | '!' | '?' => next.is_none_or(char::is_whitespace),
+            _ => false,
+        };
+        if !ends {
+            continue;
+        }
+        let sentence_end = if c == '\n' {
+            index
+        } else {
+            index + c.len_utf8()
+        };
+        let mut separator_end = sentence_end;
+        while let Some(&(at, next)) = chars.peek() {
+            if !next.is_whitespace() {
+                break;
+            }
+            separator_end = at + next.len_utf8();
+            chars.next();
+        }
+        out.push((
+            &text[start..sentence_end],
+            &text[sentence_end..separator_end],
+        ));
+        start = separator_end;
+    }
+    if start < text.len() {
+        out.push((&text[start..], ""));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,7 +46,9 @@
 //! - [`stream`]: the agent's raw event stream ([`NemoClient::send_message`]) with idle and total
 //!   limits; [`turn`] runs one message to an answer; [`events`] are the typed events.
 //! - [`state`] and [`draft`]: the timeline, its summary, and diffs between two states.
-//! - [`render`]: submit, wait (resumably), cancel, download.
+//! - [`render`]: submit (with an id you save first), wait, resume, cancel, download.
+//! - [`job`]: the whole job (upload → edit → render → download), saved after every step and
+//!   resumable after a crash without paying twice.
 //! - [`intent`]: routing a bot user's words, and translating the agent's GUI phrasing.
 //! - [`sse`]: the SSE parser, usable on its own.
 //! - `simulator` (feature `simulator`): a fake service on loopback to test your app against.
@@ -64,11 +66,13 @@
 
 pub mod auth;
 mod client;
+mod config;
 mod credits;
 pub mod draft;
 pub mod error;
 pub mod events;
 pub mod intent;
+pub mod job;
 pub mod render;
 mod session;
 #[cfg(feature = "simulator")]
@@ -87,21 +91,26 @@ mod wire;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use auth::{AnonymousCredentials, SecretToken};
-pub use client::{
-    Config, NemoClient, NemoClientBuilder, RetryConfig, DEFAULT_BASE_URL,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RATE_LIMIT_WAIT,
-    DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+pub use auth::{AnonymousCredentials, CredentialStore, FileStore, MemoryStore, SecretToken};
+pub use client::{NemoClient, NemoClientBuilder};
+pub use config::{
+    Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_RATE_LIMIT_WAIT, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};
-pub use error::{ApiCode, ApiInfo, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS};
+pub use error::{
+    ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
+};
 pub use events::AgentEvent;
 pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
+/// The HTTP client crate this SDK is built on, re-exported so that
+/// [`NemoClientBuilder::http_client`] needs no dependency line of its own.
+pub use reqwest;
 pub use session::{ClaimLink, Session};
 pub use state::{SessionState, StateDiff};
 pub use stream::{MessageOptions, MessageStream};
-pub use turn::{Turn, TurnEnd, TurnOptions};
+pub use turn::{Turn, TurnCheck, TurnEnd, TurnOptions};
 pub use upload::{UploadProgress, UploadResult, UploadedFile};
 
 /// Entry points for the fuzz targets under `fuzz/`, which live in their own crate and so

@@ -1,13 +1,19 @@
 //! Export: submit a render, wait for it (resumably), cancel it, and download the result safely.
 //!
 //! Policy and defaults:
-//! - A render is `POST /api/render/proxy/lambda` with id `render_<ms>` (unique within the
-//!   process even for two renders in the same millisecond), `sessionId`, the draft exactly as
-//!   the state returned it, and output `mp4`/`high` unless [`RenderOptions`] says otherwise.
-//!   Submitting is not idempotent: it is re-sent only when it never reached the server.
-//!   HTTP 402 is [`Error::ExportBlocked`]: never retried.
-//! - [`RenderJob`] is `Serialize + Deserialize`: store it, and after a restart re-attach with
-//!   [`NemoClient::wait_for_render`] instead of orphaning the job.
+//! - A render is `POST /api/render/proxy/lambda` with id `render_<digits>`, `sessionId`, the
+//!   draft exactly as the state returned it, and output `mp4`/`high` unless [`RenderOptions`]
+//!   says otherwise. HTTP 402 is [`Error::ExportBlocked`]: never retried.
+//! - The render id is the client's idempotency key, chosen before anything is sent: a
+//!   [`RenderJob`] can be created ([`RenderJob::new`]), saved (it is `Serialize +
+//!   Deserialize`), and submitted ([`NemoClient::submit_render`]), in that order. Submitting
+//!   the same job again is safe: transient failures are retried with the same id, and a
+//!   duplicate answer (HTTP 409) means "already submitted". The digits are the submission
+//!   millisecond followed by six random digits (and bumped within a process), so ids from
+//!   different processes do not collide.
+//! - [`NemoClient::export_with`] hands the job out before submitting it, so a restart can
+//!   resume the same render with [`NemoClient::resume_export`], which re-submits it (same id)
+//!   only if the service does not know it.
 //! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
 //!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
 //!   again at the next interval without losing the job. Unknown statuses count as running.
@@ -50,7 +56,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(20 * 60);
 
 /// Output settings for a render.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct RenderOptions {
     /// Container format. Default `mp4`.
@@ -91,20 +98,38 @@ impl RenderOptions {
     }
 }
 
-/// A submitted render. Store it (it is `Serialize + Deserialize`) to resume waiting later.
+/// A render job: its id (chosen by the client) and its session. Store it (it is
+/// `Serialize + Deserialize`) before submitting, to resume the same render after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RenderJob {
-    /// The render id (`render_<ms>`).
+    /// The render id (`render_<digits>`).
     pub id: String,
     /// The session it renders.
     pub session_id: String,
-    /// Submission time, milliseconds since the Unix epoch.
+    /// When the job was created, milliseconds since the Unix epoch.
     #[serde(default)]
     pub submitted_at_ms: u64,
 }
 
 impl RenderJob {
+    /// A new job for `session` with a fresh id, not submitted yet: save it, then
+    /// [`submit_render`](NemoClient::submit_render) it.
+    ///
+    /// ```
+    /// let session = nemo_video::Session::from_id("7301234567890123456");
+    /// let job = nemo_video::RenderJob::new(&session);
+    /// assert!(job.id.starts_with("render_"));
+    /// ```
+    pub fn new(session: &Session) -> RenderJob {
+        let (id, submitted_at_ms) = new_render_id();
+        RenderJob {
+            id,
+            session_id: session.id().to_string(),
+            submitted_at_ms,
+        }
+    }
+
     /// Re-attaches to a render known only by its id (e.g. from a log or another process).
     pub fn from_id(id: impl Into<String>, session_id: impl Into<String>) -> RenderJob {
         RenderJob {
@@ -341,19 +366,25 @@ struct OutputBody<'a> {
     resolution: Option<&'a str>,
 }
 
-/// A new render id, `render_<ms>`: the milliseconds are bumped past the last id handed out,
-/// so two renders in the same millisecond still get different ids.
+/// A new render id, `render_<digits>`: the millisecond, then six random digits (so two
+/// processes submitting in the same millisecond still differ), bumped past the last id this
+/// process handed out (so two renders in one millisecond differ too). Returns the id and
+/// the millisecond.
 pub(crate) fn new_render_id() -> (String, u64) {
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut last = LAST_MS.load(Ordering::Relaxed);
+    // u64 holds milliseconds × 10^6 until the year 2554.
+    let candidate = now_ms
+        .saturating_mul(1_000_000)
+        .saturating_add(fastrand::u64(0..1_000_000));
+    let mut last = LAST.load(Ordering::Relaxed);
     loop {
-        let next = now.max(last + 1);
-        match LAST_MS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return (format!("render_{next}"), next),
+        let next = candidate.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (format!("render_{next}"), now_ms),
             Err(actual) => last = actual,
         }
     }
@@ -378,15 +409,40 @@ impl NemoClient {
         draft: &Draft,
         options: &RenderOptions,
     ) -> Result<RenderJob> {
+        let job = RenderJob::new(session);
+        self.submit_render(&job, draft, options).await?;
+        Ok(job)
+    }
+
+    /// Submits `job` (made with [`RenderJob::new`] and saved beforehand) to render `draft`.
+    /// Safe to call again with the same job, after a failure or a restart: the id is the
+    /// service's idempotency key, so transient failures are retried and an answer saying the
+    /// id already exists (HTTP 409) counts as submitted.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, draft: nemo_video::Draft) -> nemo_video::Result<()> {
+    /// use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
+    /// let job = RenderJob::new(&session);
+    /// std::fs::write("render.json", serde_json::to_vec(&job).expect("a job serializes"))
+    ///     .expect("saved before submitting");
+    /// client.submit_render(&job, &draft, &RenderOptions::default()).await?;
+    /// let url = client.wait_for_render(&job, &WaitOptions::default()).await?;
+    /// # let _ = url; Ok(()) }
+    /// ```
+    pub async fn submit_render(
+        &self,
+        job: &RenderJob,
+        draft: &Draft,
+        options: &RenderOptions,
+    ) -> Result<()> {
         let raw_draft: &RawValue = serde_json::from_str(draft.as_json_str()).map_err(|err| {
             Error::invalid_input(format!(
                 "the draft is not valid JSON ({err}); pass the draft from NemoClient::state"
             ))
         })?;
-        let (id, submitted_at_ms) = new_render_id();
         let body = SubmitBody {
-            id: &id,
-            session_id: session.id(),
+            id: &job.id,
+            session_id: &job.session_id,
             draft: raw_draft,
             output: OutputBody {
                 format: &options.format,
@@ -396,14 +452,17 @@ impl NemoClient {
         };
         let request = Request::post(&["api", "render", "proxy", "lambda"])
             .json(&body)?
-            .session(session.id())
+            .idempotent()
+            .session(&job.session_id)
             .expect("a render job");
-        let _: serde::de::IgnoredAny = self.transport().call(request).await?;
-        Ok(RenderJob {
-            id,
-            session_id: session.id().to_string(),
-            submitted_at_ms,
-        })
+        let submitted: Option<serde::de::IgnoredAny> = self
+            .transport()
+            .call_unless_status(request, Some(reqwest::StatusCode::CONFLICT))
+            .await?;
+        if submitted.is_none() {
+            tracing::info!(render_id = %job.id, "the render was already submitted; waiting for it");
+        }
+        Ok(())
     }
 
     /// Polls a render once.
@@ -485,6 +544,7 @@ impl NemoClient {
     /// Exports the session in one call: reads the state, refuses with
     /// [`Error::NothingToExport`] when the timeline is empty, renders, waits, and returns the
     /// job with its output URL. Download it with [`download_render`](Self::download_render).
+    /// To survive a restart, use [`export_with`](Self::export_with).
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
@@ -500,16 +560,94 @@ impl NemoClient {
         options: &RenderOptions,
         wait: &WaitOptions,
     ) -> Result<Export> {
-        let state = self.state(session).await?;
-        let draft = state
-            .draft()
-            .filter(|draft| draft.is_ready_for_export())
-            .ok_or_else(|| Error::NothingToExport {
-                session_id: session.id().to_string(),
-            })?;
-        let job = self.render(session, draft, options).await?;
+        self.export_with(session, options, wait, |_| {}).await
+    }
+
+    /// [`export`](Self::export), handing the render job to `on_job` as soon as it exists,
+    /// before it is submitted: save it there, and after a restart finish the same render with
+    /// [`resume_export`](Self::resume_export) instead of paying for another.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// use nemo_video::render::{RenderOptions, WaitOptions};
+    /// let export = client
+    ///     .export_with(&session, &RenderOptions::default(), &WaitOptions::default(), |job| {
+    ///         std::fs::write("render.json", serde_json::to_vec(job).expect("a job serializes"))
+    ///             .expect("saved before submitting");
+    ///     })
+    ///     .await?;
+    /// # let _ = export; Ok(()) }
+    /// ```
+    pub async fn export_with(
+        &self,
+        session: &Session,
+        options: &RenderOptions,
+        wait: &WaitOptions,
+        on_job: impl FnOnce(&RenderJob),
+    ) -> Result<Export> {
+        let draft = self.exportable_draft(session).await?;
+        let job = RenderJob::new(session);
+        on_job(&job);
+        self.submit_render(&job, &draft, options).await?;
         let output_url = self.wait_for_render(&job, wait).await?;
         Ok(Export { job, output_url })
+    }
+
+    /// Finishes an export whose job was saved by [`export_with`](Self::export_with) (or
+    /// [`RenderJob::new`]) before a restart: waits for it if the service knows it, and
+    /// otherwise submits it now with the same id (from the session's current timeline).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient) -> nemo_video::Result<()> {
+    /// use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
+    /// let job: RenderJob = serde_json::from_slice(&std::fs::read("render.json").expect("saved"))
+    ///     .expect("a job");
+    /// let export = client.resume_export(&job, &RenderOptions::default(), &WaitOptions::default()).await?;
+    /// # let _ = export; Ok(()) }
+    /// ```
+    pub async fn resume_export(
+        &self,
+        job: &RenderJob,
+        options: &RenderOptions,
+        wait: &WaitOptions,
+    ) -> Result<Export> {
+        self.ensure_submitted(job, options).await?;
+        let output_url = self.wait_for_render(job, wait).await?;
+        Ok(Export {
+            job: job.clone(),
+            output_url,
+        })
+    }
+
+    /// Makes sure the service knows `job`: if it does not (HTTP 404 on its status, so the
+    /// submission never arrived), submits it now with the same id, from the session's current
+    /// timeline.
+    pub(crate) async fn ensure_submitted(
+        &self,
+        job: &RenderJob,
+        options: &RenderOptions,
+    ) -> Result<()> {
+        match self.render_status(job).await {
+            Ok(_) => Ok(()),
+            Err(Error::Http { status: 404, .. }) => {
+                let session = Session::from_id(job.session_id.clone());
+                let draft = self.exportable_draft(&session).await?;
+                self.submit_render(job, &draft, options).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The session's draft, or [`Error::NothingToExport`] when its timeline is empty.
+    pub(crate) async fn exportable_draft(&self, session: &Session) -> Result<Draft> {
+        let state = self.state(session).await?;
+        state
+            .draft()
+            .filter(|draft| draft.is_ready_for_export())
+            .cloned()
+            .ok_or_else(|| Error::NothingToExport {
+                session_id: session.id().to_string(),
+            })
     }
 
     /// Cancels a render (`POST /api/render/proxy/lambda/<id>/cancel`).
@@ -549,20 +687,25 @@ impl NemoClient {
         path: impl AsRef<Path>,
         progress: impl Fn(DownloadProgress) + Send + Sync,
     ) -> Result<u64> {
-        let url = Url::parse(url)
-            .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
-            })?;
+        let url = download_url(url)?;
         // Check the output path before asking anything of the server.
         let target = output_target(path.as_ref())?;
-        let response = self.transport().open_url(&url).await?;
+        self.download_to(&url, &target, &progress).await
+    }
+
+    /// [`download`](Self::download) to a target already checked by [`output_target`].
+    async fn download_to(
+        &self,
+        url: &Url,
+        target: &Path,
+        progress: &(impl Fn(DownloadProgress) + Send + Sync),
+    ) -> Result<u64> {
+        let response = self.transport().open_url(url).await?;
         save_response(
             response,
             self.transport().request_timeout(),
-            &target,
-            &progress,
+            target,
+            progress,
         )
         .await
     }
@@ -585,7 +728,8 @@ impl NemoClient {
         let path = output_target(path.as_ref())?;
         let path = path.as_path();
         if let Some(url) = output_url {
-            match self.download(url, path, &progress).await {
+            let url = download_url(url)?;
+            match self.download_to(&url, path, &progress).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(err @ (Error::InvalidInput { .. } | Error::Io { .. })) => return Err(err),
                 Err(err) => {
@@ -605,6 +749,16 @@ impl NemoClient {
         )
         .await
     }
+}
+
+/// `url` as an http(s) URL to download from.
+fn download_url(url: &str) -> Result<Url> {
+    Url::parse(url)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https"))
+        .ok_or_else(|| {
+            Error::invalid_input(format!("{url:?} is not an http(s) URL to download from"))
+        })
 }
 
 /// Chunks queued between the network and the writer thread. A chunk is one read of the
@@ -663,17 +817,146 @@ fn spawn_writer(
     Ok((sender, written))
 }
 
-/// The absolute download target, after checking that it names a file in an existing folder.
-fn output_target(path: &Path) -> Result<PathBuf> {
-    let target = absolute(path)?;
-    let dir = target.parent().unwrap_or_else(|| Path::new("."));
-    if !dir.is_dir() {
+/// Checks that a download can be saved at `path`, without sending anything, and returns the
+/// absolute path. [`NemoClient::download`] and [`NemoClient::download_render`] run the same
+/// checks before their first request; call it yourself to refuse a bad output path before
+/// uploading, editing and rendering.
+///
+/// `path` must not be empty or a folder; its folder must exist and accept new files (checked
+/// by creating and removing an empty file there); an existing file at `path` must be a
+/// regular file (it will be replaced). Each failure is one [`Error::InvalidInput`] naming
+/// the path and what to do.
+///
+/// ```
+/// use nemo_video::render::check_output_path;
+///
+/// let err = check_output_path("no_such_folder/edited.mp4").unwrap_err();
+/// assert!(err.to_string().contains("does not exist"));
+/// ```
+pub fn check_output_path(path: impl AsRef<Path>) -> Result<PathBuf> {
+    output_target(path.as_ref())
+}
+
+/// [`check_output_path`], and also refuses an output that is the file `input` (the same file
+/// by any path: relative or absolute, through `..`, a symbolic or a hard link), since saving
+/// there would overwrite the input.
+///
+/// ```no_run
+/// use nemo_video::render::check_output_path_for;
+///
+/// let err = check_output_path_for("./clip.mp4", "clip.mp4").unwrap_err();
+/// assert!(err.to_string().contains("is the input"));
+/// ```
+pub fn check_output_path_for(path: impl AsRef<Path>, input: impl AsRef<Path>) -> Result<PathBuf> {
+    let target = output_target(path.as_ref())?;
+    if same_file(&target, input.as_ref()) {
         return Err(Error::invalid_input(format!(
-            "the folder {} does not exist; create it or choose another output path",
-            dir.display()
+            "the output {} is the input file; choose another output path (saving there would overwrite the input)",
+            path.as_ref().display()
         )));
     }
     Ok(target)
+}
+
+/// Whether `a` and `b` name the same file. A path that does not exist is another file than
+/// any existing one.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if let (Ok(a), Ok(b)) = (std::path::absolute(a), std::path::absolute(b)) {
+        if a == b {
+            return true;
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The absolute download target, after the checks of [`check_output_path`].
+fn output_target(path: &Path) -> Result<PathBuf> {
+    let target = absolute(path)?;
+    let dir = target.parent().unwrap_or_else(|| Path::new("/"));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::invalid_input(format!(
+                "{} is not a folder, so {} cannot be created; choose another output path",
+                dir.display(),
+                path.display()
+            )))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::invalid_input(format!(
+                "the folder {} does not exist; create it or choose another output path",
+                dir.display()
+            )))
+        }
+        Err(err) => {
+            return Err(Error::invalid_input(format!(
+                "cannot open the folder {} ({}); choose another output path",
+                dir.display(),
+                io_reason(&err)
+            )))
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(&target) {
+        if !meta.is_file() {
+            return Err(Error::invalid_input(format!(
+                "{} exists and is not a regular file; choose another output path",
+                path.display()
+            )));
+        }
+    }
+    check_writable(dir)?;
+    Ok(target)
+}
+
+/// Proves that `dir` accepts new files by creating and removing an empty one, so a render is
+/// not paid for and waited on only to fail at the end. The probe's name never reaches a
+/// message.
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(
+        ".nemo-write-check-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(err) => Err(Error::invalid_input(format!(
+            "the folder {} is not writable ({}); choose another output folder",
+            dir.display(),
+            io_reason(&err)
+        ))),
+    }
+}
+
+/// What an I/O error means for a folder, in words (never with a path in them).
+fn io_reason(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::ReadOnlyFilesystem => "read-only file system".to_string(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "no space left".to_string()
+        }
+        // A folder that exists but where a new file "does not exist": /proc, /sys and the like.
+        std::io::ErrorKind::NotFound => "it does not accept new files".to_string(),
+        _ => err.to_string(),
+    }
 }
 
 /// Streams a response body into `target` (checked by [`output_target`]) through a temporary
@@ -842,6 +1125,10 @@ mod tests {
     fn ids_are_unique_within_a_millisecond() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_render_id().0).collect();
         assert_eq!(ids.len(), 1000);
+        // The millisecond leads (bumped forward at most), so ids still sort by time.
+        let (id, ms) = new_render_id();
+        let digits: u64 = id[7..].parse().unwrap();
+        assert!(digits / 1_000_000 >= ms, "{id} {ms}");
         assert!(ids
             .iter()
             .all(|id| id.starts_with("render_") && id[7..].bytes().all(|b| b.is_ascii_digit())));

@@ -110,7 +110,7 @@ impl NemoClient {
             .expect("a new session");
         let session: Session = self.transport().call(request).await?;
         if let Some(user_id) = &session.user_id {
-            self.transport().auth().note_user_id(user_id);
+            self.transport().identity().note_user_id(user_id);
         }
         Ok(session)
     }

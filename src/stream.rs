@@ -206,13 +206,30 @@ impl NemoClient {
             self.transport().open(request, "text/event-stream"),
         )
         .await
-        .map_err(|_| Error::Timeout {
-            kind: TimeoutKind::StreamTotal,
-            after: options.total_timeout,
+        .map_err(|_| {
+            unconfirmed(Error::Timeout {
+                kind: TimeoutKind::StreamTotal,
+                after: options.total_timeout,
+            })
         })??;
         Ok(MessageStream {
             inner: Box::pin(event_stream(raw.response, options.clone(), opened_at)),
         })
+    }
+}
+
+/// `from + limit`, or a time too far away to matter when the limit is "no limit"
+/// (`Duration::MAX`), where plain addition would overflow and panic.
+fn deadline(from: Instant, limit: Duration) -> Instant {
+    from.checked_add(limit)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// A time limit that ran out after the message may have reached the service.
+fn unconfirmed(cause: Error) -> Error {
+    Error::Unconfirmed {
+        request: "POST /run_sse".to_string(),
+        cause: Box::new(cause),
     }
 }
 
@@ -224,7 +241,7 @@ fn event_stream(
 ) -> impl Stream<Item = Result<AgentEvent>> + Send {
     async_stream::stream! {
         let mut parser = SseParser::with_max_event_size(options.max_event_bytes);
-        let total_deadline = opened_at + options.total_timeout;
+        let total_deadline = deadline(opened_at, options.total_timeout);
         let mut last_bytes = Instant::now();
         let mut last_news = Instant::now();
         let mut events_seen: u64 = 0;
@@ -271,8 +288,8 @@ fn event_stream(
             if finished {
                 break 'read None;
             }
-            let idle_deadline = last_bytes + options.idle_timeout;
-            let still_deadline = last_news + options.still_working_interval;
+            let idle_deadline = deadline(last_bytes, options.idle_timeout);
+            let still_deadline = deadline(last_news, options.still_working_interval);
             let wake = idle_deadline.min(total_deadline).min(still_deadline);
             tokio::select! {
                 chunk = response.chunk() => match chunk {
@@ -292,11 +309,13 @@ fn event_stream(
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
+                    // The message was accepted (the stream began): whatever the agent did stands,
+                    // so these say "reconcile", never "retry".
                     if now >= total_deadline {
-                        break 'read Some(Error::Timeout { kind: TimeoutKind::StreamTotal, after: options.total_timeout });
+                        break 'read Some(unconfirmed(Error::Timeout { kind: TimeoutKind::StreamTotal, after: options.total_timeout }));
                     }
                     if now >= idle_deadline {
-                        break 'read Some(Error::Timeout { kind: TimeoutKind::StreamIdle, after: options.idle_timeout });
+                        break 'read Some(unconfirmed(Error::Timeout { kind: TimeoutKind::StreamIdle, after: options.idle_timeout }));
                     }
                     if now >= still_deadline {
                         let elapsed = now - last_news;

@@ -31,9 +31,9 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 use url::Url;
 
-use crate::auth::{Auth, Invalidated, SecretToken};
-use crate::client::{Config, RetryConfig};
-use crate::error::{ApiInfo, Error, Result, TimeoutKind};
+use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
+use crate::config::{Config, RetryConfig};
+use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
 pub(crate) type BodyFactory = Arc<dyn Fn() -> Result<StreamBody> + Send + Sync>;
@@ -87,6 +87,9 @@ pub(crate) struct Request {
     /// Per-attempt limit on waiting for the response head, for requests without an overall
     /// limit (streams, downloads), and the error kind it produces.
     head_timeout: Option<(Duration, TimeoutKind)>,
+    /// Whether a 429 is waited out and replayed here. Off for the anonymous-token call, whose
+    /// one wait belongs to the identity layer (which also re-reads the credential store).
+    rate_limit_replay: bool,
     expected: &'static str,
     session_id: Option<String>,
 }
@@ -109,6 +112,7 @@ impl Request {
             timeout: None,
             use_default_timeout: true,
             head_timeout: None,
+            rate_limit_replay: true,
             expected: "a response",
             session_id: None,
         }
@@ -141,6 +145,13 @@ impl Request {
     /// A streamed body, rebuilt for each attempt.
     pub(crate) fn stream_body(mut self, factory: BodyFactory) -> Request {
         self.body = Body::Stream(factory);
+        self
+    }
+
+    /// Safe to send again even if it may have reached the service (the caller chose an
+    /// idempotency key, such as a render id): transient failures are retried like a read's.
+    pub(crate) fn idempotent(mut self) -> Request {
+        self.replay = Replay::Safe;
         self
     }
 
@@ -224,14 +235,30 @@ pub(crate) struct RawResponse {
 
 /// Sends requests. Owned by the client; shared by its clones.
 pub(crate) struct Transport {
+    settings: Arc<Settings>,
+    identity: Identity,
+}
+
+/// What every identity's transport shares: the connection pool and the settings. A server
+/// with a client per end user holds one of these.
+pub(crate) struct Settings {
     http: reqwest::Client,
     base_url: Url,
     web_url: Url,
     static_headers: HeaderMap,
     retry: RetryConfig,
     request_timeout: Duration,
+    /// The connect timeout of `http`, when this crate built it (for messages).
+    connect_timeout: Option<Duration>,
     max_response_bytes: usize,
-    auth: Auth,
+}
+
+impl std::ops::Deref for Transport {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl fmt::Debug for Transport {
@@ -271,7 +298,14 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 impl Transport {
-    pub(crate) fn new(http: reqwest::Client, config: &Config, auth: Auth) -> Result<Transport> {
+    /// `connect_timeout` is the limit `http` was built with, or `None` for a caller's client
+    /// whose limit is unknown; it only goes into error messages.
+    pub(crate) fn new(
+        http: reqwest::Client,
+        config: &Config,
+        identity: Identity,
+        connect_timeout: Option<Duration>,
+    ) -> Result<Transport> {
         let mut static_headers = HeaderMap::new();
         let header = |name: &str, value: &str| -> Result<(HeaderName, HeaderValue)> {
             let value = HeaderValue::from_str(value).map_err(|_| {
@@ -293,19 +327,30 @@ impl Transport {
         }
         let (_, agent) = header("user-agent", &config.user_agent)?;
         static_headers.insert(USER_AGENT, agent);
-        if let Some(token) = &config.static_token {
+        if let Some(token) = identity.static_token() {
             bearer_header(token)?;
         }
         Ok(Transport {
-            http,
-            base_url: config.base_url.clone(),
-            web_url: config.web_url.clone(),
-            static_headers,
-            retry: config.retry.clone(),
-            request_timeout: config.request_timeout,
-            max_response_bytes: config.max_response_bytes,
-            auth,
+            settings: Arc::new(Settings {
+                http,
+                base_url: config.base_url.clone(),
+                web_url: config.web_url.clone(),
+                static_headers,
+                retry: config.retry.clone(),
+                request_timeout: config.request_timeout,
+                connect_timeout,
+                max_response_bytes: config.max_response_bytes,
+            }),
+            identity,
         })
+    }
+
+    /// A transport for another identity over the same connection pool and settings.
+    pub(crate) fn with_identity(&self, identity: Identity) -> Transport {
+        Transport {
+            settings: Arc::clone(&self.settings),
+            identity,
+        }
     }
 
     /// The per-attempt time limit for ordinary requests; also the longest silence allowed
@@ -314,8 +359,8 @@ impl Transport {
         self.request_timeout
     }
 
-    pub(crate) fn auth(&self) -> &Auth {
-        &self.auth
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     pub(crate) fn web_url(&self) -> &Url {
@@ -334,12 +379,33 @@ impl Transport {
 
     /// Sends `request` and decodes the envelope's data as `T`.
     pub(crate) async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.call_unless_status(request, None)
+            .await
+            .and_then(|value| {
+                value.ok_or_else(|| Error::invalid_input("no response body was expected"))
+            })
+    }
+
+    /// Like [`call`](Self::call), but an answer with HTTP status `done` is a success with no
+    /// value (`Ok(None)`): for example 409 "already exists" when re-submitting a render id.
+    pub(crate) async fn call_unless_status<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        done: Option<StatusCode>,
+    ) -> Result<Option<T>> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        let idle = self
+            .attempt_timeout(&request)
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
-            self.read_body(response)
+            if done == Some(response.status()) {
+                return Ok(None);
+            }
+            self.read_body(response, idle)
                 .await?
                 .decode::<T>(expected)
+                .map(Some)
                 .map_err(|err| self.enrich(err, session_id))
         })
         .await
@@ -356,6 +422,13 @@ impl Transport {
     ) -> Result<RawResponse> {
         let expected = request.expected;
         let session_id = request.session_id.as_deref();
+        // The body of an error answer is read under the same silence limit as the head: a
+        // server that sends a head and then nothing must not hang the caller.
+        let idle = request
+            .head_timeout
+            .map(|(limit, _)| limit)
+            .or(self.attempt_timeout(&request))
+            .unwrap_or(self.request_timeout);
         self.with_retries(&request, |response| async move {
             let status = response.status();
             let content_type = response
@@ -368,7 +441,7 @@ impl Transport {
                 return Ok(RawResponse { response });
             }
             // An error, or a JSON envelope (e.g. 2001 with HTTP 200) where a stream was expected.
-            let read = self.read_body(response).await?;
+            let read = self.read_body(response, idle).await?;
             match read.decode::<serde::de::IgnoredAny>(expected) {
                 Err(err) => Err(self.enrich(err, session_id)),
                 Ok(_) => Err(Error::Decode {
@@ -395,7 +468,9 @@ impl Transport {
             if response.status().is_success() {
                 Ok(RawResponse { response })
             } else {
-                Err(self.read_body(response).await?.into_error("a file"))
+                // An error head followed by silence is cut by the same limit as the head.
+                let read = self.read_body(response, self.request_timeout).await?;
+                Err(read.into_error("a file"))
             }
         })
         .await
@@ -440,7 +515,10 @@ impl Transport {
             let mut token_used: Option<SecretToken> = None;
             let outcome = async {
                 let token = if authenticated {
-                    let token = self.auth.token(self).await?;
+                    // A token that cannot be had ends the call here: the identity layer has
+                    // already applied its own policy (one shared fetch, one 429 wait), and
+                    // retrying around it would multiply its requests.
+                    let token = self.identity.token(self).await.map_err(Attempt::NoToken)?;
                     token_used = Some(token.clone());
                     Some(token)
                 } else {
@@ -448,25 +526,27 @@ impl Transport {
                 };
                 let response = self
                     .send_once(request, &url, own_origin, token.as_ref())
-                    .await?;
+                    .await
+                    .map_err(Attempt::Failed)?;
                 tracing::Span::current().record("status", response.status().as_u16());
-                handle(response).await
+                handle(response).await.map_err(Attempt::Failed)
             }
             .instrument(span)
             .await;
             let err = match outcome {
                 Ok(value) => return Ok(value),
-                Err(err) => err,
+                Err(Attempt::NoToken(err)) => return Err(err),
+                Err(Attempt::Failed(err)) => err,
             };
             let replayable = request.replay == Replay::Safe
                 || err.never_reached_server()
                 || err.rejected_before_processing();
             match err.retry_policy() {
-                crate::RetryPolicy::RefreshToken if !refreshed && authenticated => {
+                RetryPolicy::RefreshToken if !refreshed && authenticated => {
                     let Some(token) = token_used else {
                         return Err(err);
                     };
-                    match self.auth.invalidate(&token).await {
+                    match self.identity.invalidate(&token).await {
                         Invalidated::Refreshable => {
                             tracing::info!(
                                 path = url.path(),
@@ -477,7 +557,9 @@ impl Transport {
                         Invalidated::Fixed => return Err(fixed_token_error(err)),
                     }
                 }
-                crate::RetryPolicy::WaitThenRetryOnce(wait) if !waited && replayable => {
+                RetryPolicy::WaitThenRetryOnce(wait)
+                    if !waited && replayable && request.rate_limit_replay =>
+                {
                     if wait > self.retry.max_server_wait {
                         return Err(err);
                     }
@@ -489,9 +571,7 @@ impl Transport {
                     waited = true;
                     tokio::time::sleep(wait).await;
                 }
-                crate::RetryPolicy::Backoff
-                    if backoff_retries < self.retry.max_retries && replayable =>
-                {
+                RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
@@ -501,7 +581,7 @@ impl Transport {
                     backoff_retries += 1;
                     tokio::time::sleep(delay).await;
                 }
-                _ => return Err(err),
+                _ => return Err(unconfirmed_if_work(request, &url, err)),
             }
         }
     }
@@ -526,11 +606,7 @@ impl Transport {
         for (name, value) in &request.headers {
             builder = builder.header(name.clone(), value.clone());
         }
-        let timeout = if request.use_default_timeout {
-            Some(self.request_timeout)
-        } else {
-            request.timeout
-        };
+        let timeout = self.attempt_timeout(request);
         if let Some(timeout) = timeout {
             builder = builder.timeout(timeout);
         }
@@ -559,11 +635,54 @@ impl Transport {
                 .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
-        response.map_err(|err| map_reqwest_with_timeout(err, url, timeout))
+        response.map_err(|err| self.map_reqwest(err, url, timeout))
     }
 
-    /// Reads a (JSON) body, refusing more than the configured cap.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<ReadResponse> {
+    /// The limit on one attempt of `request` (response and body), if it has one.
+    fn attempt_timeout(&self, request: &Request) -> Option<Duration> {
+        if request.use_default_timeout {
+            Some(self.request_timeout)
+        } else {
+            request.timeout
+        }
+    }
+
+    /// Turns a reqwest failure into an error that names its cause. `timeout` is the attempt's
+    /// limit, which is what ran out when reqwest reports a timeout after connecting.
+    fn map_reqwest(&self, err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+        if err.is_connect() {
+            let failure = connect_failure(&err, url, self.connect_timeout);
+            return Error::Connect {
+                host: url.host_str().unwrap_or("the service").to_string(),
+                port: url.port_or_known_default(),
+                failure,
+                source: Box::new(err.without_url()),
+            };
+        }
+        let err = err.without_url();
+        if err.is_timeout() {
+            return Error::Timeout {
+                kind: TimeoutKind::Request,
+                after: timeout.unwrap_or(self.request_timeout),
+            };
+        }
+        if err.is_builder() {
+            return Error::config(format!("could not build the request: {err}"));
+        }
+        Error::Network {
+            may_have_reached_server: true,
+            source: Box::new(err),
+        }
+    }
+
+    /// Reads a (JSON) body, refusing more than the configured cap; a silence longer than
+    /// `idle` between two chunks ends it with a timeout (a request without an overall limit,
+    /// such as a stream or a download, must still not hang on an error body).
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        idle: Duration,
+    ) -> Result<ReadResponse> {
         let status = response.status();
         let request_id = request_id_of(response.headers());
         let retry_after = retry_after(response.headers());
@@ -580,7 +699,13 @@ impl Transport {
                 .map_or(8 * 1024, |len| len as usize),
         );
         loop {
-            match response.chunk().await {
+            let next = tokio::time::timeout(idle, response.chunk())
+                .await
+                .map_err(|_| Error::Timeout {
+                    kind: TimeoutKind::Request,
+                    after: idle,
+                })?;
+            match next {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
                         return Err(Error::ResponseTooLarge { limit });
@@ -590,7 +715,7 @@ impl Transport {
                 Ok(None) => break,
                 Err(err) => {
                     let url = response.url().clone();
-                    return Err(map_reqwest(err, &url));
+                    return Err(self.map_reqwest(err, &url, Some(idle)));
                 }
             }
         }
@@ -618,7 +743,7 @@ impl Transport {
                 info,
             } => {
                 let register_url = self
-                    .auth
+                    .identity
                     .known_anonymous_user_id()
                     .map(|user| self.register_url_for(&user));
                 Error::NoCredits { register_url, info }
@@ -635,26 +760,72 @@ impl Transport {
     }
 
     pub(crate) fn registration_url(&self) -> Option<String> {
-        self.auth
+        self.identity
             .known_anonymous_user_id()
             .map(|user| self.register_url_for(&user))
     }
+}
 
-    /// `POST /api/auth/anonymous-token` with `X-Client-Id`; used by [`Auth`] only.
-    pub(crate) async fn fetch_anonymous_token<T: DeserializeOwned>(
-        &self,
-        client_id: &str,
-    ) -> Result<T> {
-        let value = HeaderValue::from_str(client_id)
-            .map_err(|_| Error::config("the client id cannot be sent as a header"))?;
-        let request = Request::post(&["api", "auth", "anonymous-token"])
-            .unauthenticated()
-            .header(HeaderName::from_static("x-client-id"), value)
-            .expect("an anonymous token");
-        self.call(request).await.map_err(|err| match err {
-            Error::Http { status: 400, info } => Error::MissingClientId { info },
-            other => other,
+/// How one attempt failed.
+enum Attempt {
+    /// No token could be had: the identity layer's final answer.
+    NoToken(Error),
+    /// The request failed: the retry policy decides.
+    Failed(Error),
+}
+
+impl TokenEndpoint for Transport {
+    /// `POST /api/auth/anonymous-token` with `X-Client-Id`, no token, no body. Transient
+    /// failures are retried with backoff like a read; a 429 is
+    /// returned as it is (the identity layer waits once, re-reads the store, replays once);
+    /// HTTP 400 is [`Error::MissingClientId`].
+    fn request_token<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let value = HeaderValue::from_str(client_id)
+                .map_err(|_| Error::config("the client id cannot be sent as a header"))?;
+            let mut request = Request::post(&["api", "auth", "anonymous-token"])
+                .unauthenticated()
+                .header(HeaderName::from_static("x-client-id"), value)
+                .expect("an anonymous token");
+            request.rate_limit_replay = false;
+            // Asking again cannot charge anything: at worst the service answers 429 because
+            // the first request did issue a token, which the identity layer reports.
+            request.replay = Replay::Safe;
+            self.call(request).await.map_err(|err| match err {
+                Error::Http { status: 400, info } => Error::MissingClientId { info },
+                other => other,
+            })
         })
+    }
+}
+
+/// The final error of a request that does work (not safe to replay) and may have been
+/// processed by the service is [`Error::Unconfirmed`], whose policy is "reconcile": the
+/// timeout, lost connection or 5xx alone would say "retry", and a caller following that
+/// advice would repeat the work and pay twice.
+fn unconfirmed_if_work(request: &Request, url: &Url, err: Error) -> Error {
+    let may_have_been_processed = match &err {
+        Error::Timeout { .. } => true,
+        Error::Network {
+            may_have_reached_server,
+            ..
+        } => *may_have_reached_server,
+        Error::Http { status, .. } => (500..=599).contains(status),
+        // A success status whose body could not be read: the work was done.
+        Error::Decode { info, .. } => info.http_status.is_some_and(|s| (200..300).contains(&s)),
+        Error::ResponseTooLarge { .. } => true,
+        _ => false,
+    };
+    if request.replay == Replay::Safe || !may_have_been_processed {
+        return err;
+    }
+    Error::Unconfirmed {
+        request: format!("{} {}", request.method, url.path()),
+        cause: Box::new(err),
     }
 }
 
@@ -686,37 +857,52 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .map(|value| value.chars().take(128).collect())
 }
 
-fn map_reqwest(err: reqwest::Error, url: &Url) -> Error {
-    map_reqwest_with_timeout(err, url, None)
-}
-
-fn map_reqwest_with_timeout(err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
-    let host = url.host_str().unwrap_or("the service").to_string();
-    let err = err.without_url();
-    if err.is_connect() {
-        if err.is_timeout() {
-            return Error::Timeout {
-                kind: TimeoutKind::Connect,
-                after: timeout.unwrap_or_default(),
-            };
-        }
-        return Error::Connect {
-            host,
-            source: Box::new(err),
-        };
-    }
+/// Why reqwest could not connect. reqwest and hyper-util expose no kinds for this, so it is
+/// read from the error chain: an I/O error kind (refused, timed out), hyper-util's connector
+/// stage ("dns error", "tcp connect error", ...), and for `https` a failure after the TCP
+/// stage, which is the TLS handshake. `tests/transport.rs` pins each case on loopback.
+fn connect_failure(
+    err: &reqwest::Error,
+    url: &Url,
+    connect_timeout: Option<Duration>,
+) -> ConnectFailure {
     if err.is_timeout() {
-        return Error::Timeout {
-            kind: TimeoutKind::Request,
-            after: timeout.unwrap_or_default(),
+        return ConnectFailure::TimedOut {
+            after: connect_timeout,
         };
     }
-    if err.is_builder() {
-        return Error::config(format!("could not build the request: {err}"));
+    let mut name_lookup = false;
+    let mut tcp_stage = false;
+    let mut proxy = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                std::io::ErrorKind::TimedOut => {
+                    return ConnectFailure::TimedOut {
+                        after: connect_timeout,
+                    }
+                }
+                // The peer hung up mid-handshake: a network or load problem, not TLS settings.
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof => return ConnectFailure::Other,
+                _ => {}
+            }
+        }
+        let text = current.to_string().to_ascii_lowercase();
+        name_lookup |= text == "dns error" || text.starts_with("failed to lookup address");
+        tcp_stage |= text.starts_with("tcp ");
+        proxy |= text.contains("proxy") || text.contains("tunnel");
+        cause = current.source();
     }
-    Error::Network {
-        may_have_reached_server: true,
-        source: Box::new(err),
+    if name_lookup {
+        ConnectFailure::NameLookup
+    } else if url.scheme() == "https" && !tcp_stage && !proxy {
+        ConnectFailure::Tls
+    } else {
+        ConnectFailure::Other
     }
 }
 

@@ -12,15 +12,32 @@
 //!   the message. The state is read up to 4 times, 1 s, 2 s, 4 s apart, before concluding that
 //!   nothing changed (the service may apply an edit a moment after the stream closes).
 //!
-//! The message is never sent twice. A cut-off stream ends the turn with
-//! [`TurnEnd::Disconnected`]; errors before the stream starts, and agent errors inside it,
-//! are returned as `Err`.
+//! The message is never sent twice. A cut-off stream, a stream that timed out, and a request
+//! that may have reached the service without an answer (no response head within the idle
+//! limit, a connection lost while sending, a 5xx) end the turn with [`TurnEnd::Disconnected`]
+//! and what the state says changed. Errors that certainly left the message unprocessed (the
+//! connection refused, 2001 no credits, 1002, ...) and agent errors inside the stream are
+//! returned as `Err`.
+//!
+//! ## Crash-safe turns
+//!
+//! A process can die while the agent works. To find out afterwards whether the edit landed,
+//! without sending the message again (which would charge twice):
+//!
+//! 1. save the state read before the message, before the message leaves:
+//!    [`TurnOptions::on_before_send`] hands it over (also kept in [`Turn::state_before`]);
+//! 2. after a restart, pass the saved state to [`NemoClient::reconcile_turn`]: it reads the
+//!    state again (a few times, as a turn does) and says what changed since, sending nothing.
+//!    [`TurnCheck::landed`] is true when the timeline changed.
 //!
 //! Comparing two big states takes a while (tens of milliseconds for hundreds of thousands of
-//! segments), so when the two reads hold more than 1,000 segments together the comparison
-//! runs on tokio's blocking pool (`spawn_blocking`) instead of the task's worker thread,
+//! segments), so when the two reads hold more than 1,000 segments together a turn compares
+//! them on tokio's blocking pool (`spawn_blocking`) instead of the task's worker thread,
 //! where it would hold up every other task on that thread; smaller states are compared in
-//! place, which costs less than the hand-off.
+//! place, which costs less than the hand-off. [`NemoClient::reconcile_turn`], which borrows
+//! the caller's state, compares big states in `block_in_place` on a multi-threaded runtime
+//! (the worker's other tasks move to another thread meanwhile), and in place on a
+//! current-thread one.
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +53,9 @@ use crate::stream::MessageOptions;
 /// Callback receiving each event as it arrives (for live display).
 pub type EventFn = Arc<dyn Fn(&AgentEvent) + Send + Sync>;
 
+/// Callback receiving the state read before the message is sent (to save it).
+pub type StateFn = Arc<dyn Fn(&SessionState) + Send + Sync>;
+
 /// Settings for [`NemoClient::run_turn_with`].
 #[derive(Clone)]
 #[non_exhaustive]
@@ -44,6 +64,9 @@ pub struct TurnOptions {
     pub message: MessageOptions,
     /// Called with every event as it arrives. Default: none.
     pub on_event: Option<EventFn>,
+    /// Called with the state read before the message, before the message is sent. Default:
+    /// none.
+    pub on_before_send: Option<StateFn>,
     /// State reads when looking for what changed. Default 4.
     pub reconcile_attempts: u32,
     /// Delay before the second state read, doubling after. Default 1 s.
@@ -55,6 +78,7 @@ impl Default for TurnOptions {
         TurnOptions {
             message: MessageOptions::default(),
             on_event: None,
+            on_before_send: None,
             reconcile_attempts: 4,
             reconcile_delay: Duration::from_secs(1),
         }
@@ -66,6 +90,7 @@ impl fmt::Debug for TurnOptions {
         f.debug_struct("TurnOptions")
             .field("message", &self.message)
             .field("on_event", &self.on_event.is_some())
+            .field("on_before_send", &self.on_before_send.is_some())
             .field("reconcile_attempts", &self.reconcile_attempts)
             .field("reconcile_delay", &self.reconcile_delay)
             .finish()
@@ -82,6 +107,17 @@ impl TurnOptions {
     /// Sets a callback for every event as it arrives.
     pub fn on_event(mut self, callback: impl Fn(&AgentEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(callback));
+        self
+    }
+
+    /// Sets a callback that receives the state read before the message, just before the
+    /// message is sent: save it there to reconcile the turn after a crash with
+    /// [`NemoClient::reconcile_turn`]. It runs on the calling task; keep it quick.
+    pub fn on_before_send(
+        mut self,
+        callback: impl Fn(&SessionState) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_before_send = Some(Arc::new(callback));
         self
     }
 
@@ -106,7 +142,9 @@ pub enum TurnEnd {
         /// The question, when the call carried one.
         question: Option<String>,
     },
-    /// The stream was cut off or timed out; the message was not re-sent.
+    /// The stream was cut off or timed out, or the message may have reached the service
+    /// without an answer; the message was not re-sent. [`Turn::changes`] says what the state
+    /// shows.
     Disconnected(Error),
 }
 
@@ -125,6 +163,8 @@ pub struct Turn {
     /// What changed in the session, when the turn had no text or was cut off (`None` when
     /// the agent's text speaks for itself and the state was not re-read).
     pub changes: Option<StateDiff>,
+    /// The state read before the message was sent.
+    pub state_before: SessionState,
     /// The state after the turn, when it was re-read.
     pub state_after: Option<SessionState>,
     /// Why the state could not be re-read, when that failed (the turn itself is kept).
@@ -159,6 +199,23 @@ impl Turn {
     /// True when the agent waits for the user's answer.
     pub fn is_waiting_for_user(&self) -> bool {
         matches!(self.end, TurnEnd::WaitingForUser { .. })
+    }
+}
+
+/// What [`NemoClient::reconcile_turn`] found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TurnCheck {
+    /// What changed on the timeline since the saved state.
+    pub changes: StateDiff,
+    /// The state now.
+    pub state_after: SessionState,
+}
+
+impl TurnCheck {
+    /// True when the timeline changed since the saved state: the edit landed.
+    pub fn landed(&self) -> bool {
+        !self.changes.is_empty()
     }
 }
 
@@ -247,10 +304,41 @@ impl NemoClient {
         text: &str,
         options: &TurnOptions,
     ) -> Result<Turn> {
-        let before = Arc::new(self.state(session).await?);
-        let mut stream = self
+        let before = self.state(session).await?;
+        if let Some(callback) = &options.on_before_send {
+            callback(&before);
+        }
+        self.run_turn_after(session, before, text, options).await
+    }
+
+    /// Sends the message and follows the turn, given the state read before it (which the
+    /// caller may already have saved: see [crash-safe turns](crate::turn#crash-safe-turns)).
+    pub(crate) async fn run_turn_after(
+        &self,
+        session: &Session,
+        before: SessionState,
+        text: &str,
+        options: &TurnOptions,
+    ) -> Result<Turn> {
+        let mut stream = match self
             .send_message_with(session, text, &options.message)
-            .await?;
+            .await
+        {
+            Ok(stream) => stream,
+            // The message may have reached the service: what the state shows is the answer.
+            Err(err) if err.needs_reconcile() => {
+                return Ok(self
+                    .finish_turn(
+                        session,
+                        before,
+                        TurnCollector::default(),
+                        Some(err),
+                        options,
+                    )
+                    .await)
+            }
+            Err(err) => return Err(err),
+        };
         let mut collector = TurnCollector::default();
         let mut cut_off: Option<Error> = None;
         while let Some(item) = stream.next_event().await {
@@ -261,7 +349,7 @@ impl NemoClient {
                     }
                     collector.add(&event);
                 }
-                Err(err @ (Error::StreamDisconnected { .. } | Error::Timeout { .. })) => {
+                Err(err) if err.needs_reconcile() => {
                     cut_off = Some(err);
                     break;
                 }
@@ -269,6 +357,21 @@ impl NemoClient {
             }
         }
         drop(stream);
+        Ok(self
+            .finish_turn(session, before, collector, cut_off, options)
+            .await)
+    }
+
+    /// Ends a turn whose message was sent: how it ended, and, when the words do not say what
+    /// happened, what the state shows.
+    async fn finish_turn(
+        &self,
+        session: &Session,
+        before: SessionState,
+        collector: TurnCollector,
+        cut_off: Option<Error>,
+        options: &TurnOptions,
+    ) -> Turn {
         let text = collector.text();
         let end = match (cut_off, collector.unanswered_call()) {
             (Some(err), _) => TurnEnd::Disconnected(err),
@@ -291,12 +394,19 @@ impl NemoClient {
             tool_results: collector.tool_results,
             end,
             changes: None,
+            state_before: before,
             state_after: None,
             state_error: None,
         };
         if needs_state {
+            // Shared while the states are compared, so that a big comparison can move to the
+            // blocking pool; back in the turn afterwards.
+            let before = Arc::new(std::mem::take(&mut turn.state_before));
             // The message was consumed: a failed state read must not lose the turn.
-            match self.reconcile(session, &before, options).await {
+            match self
+                .reconcile(session, Before::Shared(&before), options)
+                .await
+            {
                 Ok((diff, after)) => {
                     turn.changes = Some(diff);
                     turn.state_after = Some(after);
@@ -306,15 +416,69 @@ impl NemoClient {
                     turn.state_error = Some(err);
                 }
             }
+            // The comparisons are over: this is the only handle left.
+            turn.state_before = Arc::try_unwrap(before).unwrap_or_else(|shared| (*shared).clone());
         }
-        Ok(turn)
+        turn
+    }
+
+    /// Says whether a message sent after `before` was read (see [crash-safe
+    /// turns](crate::turn#crash-safe-turns)) changed the timeline, without sending anything:
+    /// reads the state (up to 4 times, 1 s, 2 s, 4 s apart, until it differs) and compares.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
+    /// // `saved` was written by TurnOptions::on_before_send before the process died.
+    /// let saved = std::fs::read_to_string("before.json").expect("the saved state");
+    /// let saved: nemo_video::SessionState = serde_json::from_str(&saved).expect("a state");
+    /// let check = client.reconcile_turn(&session, &saved).await?;
+    /// if check.landed() {
+    ///     println!("the edit landed: {}", check.changes);
+    /// } else {
+    ///     println!("nothing changed: the message can be sent again");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn reconcile_turn(
+        &self,
+        session: &Session,
+        before: &SessionState,
+    ) -> Result<TurnCheck> {
+        self.reconcile_turn_with(session, before, &TurnOptions::default())
+            .await
+    }
+
+    /// [`reconcile_turn`](Self::reconcile_turn) with the re-read attempts and delays of
+    /// `options` ([`TurnOptions::reconcile`]).
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, saved: nemo_video::SessionState) -> nemo_video::Result<()> {
+    /// use std::time::Duration;
+    /// use nemo_video::turn::TurnOptions;
+    /// let options = TurnOptions::default().reconcile(2, Duration::from_millis(500));
+    /// let check = client.reconcile_turn_with(&session, &saved, &options).await?;
+    /// # let _ = check; Ok(()) }
+    /// ```
+    pub async fn reconcile_turn_with(
+        &self,
+        session: &Session,
+        before: &SessionState,
+        options: &TurnOptions,
+    ) -> Result<TurnCheck> {
+        let (changes, state_after) = self
+            .reconcile(session, Before::Borrowed(before), options)
+            .await?;
+        Ok(TurnCheck {
+            changes,
+            state_after,
+        })
     }
 
     /// Re-reads the state with growing delays until it differs from `before`.
     async fn reconcile(
         &self,
         session: &Session,
-        before: &Arc<SessionState>,
+        before: Before<'_>,
         options: &TurnOptions,
     ) -> Result<(StateDiff, SessionState)> {
         let mut delay = options.reconcile_delay;
@@ -346,24 +510,56 @@ fn segment_count(state: &SessionState) -> usize {
     })
 }
 
-/// `before.diff(&after)`, on the blocking pool for big states (see the module docs).
-async fn compare(before: &Arc<SessionState>, after: SessionState) -> (StateDiff, SessionState) {
+/// The state a turn's comparisons start from.
+#[derive(Clone, Copy)]
+enum Before<'a> {
+    /// Shared: a big comparison moves to tokio's blocking pool, on any runtime.
+    Shared(&'a Arc<SessionState>),
+    /// The caller's (`reconcile_turn`): a big comparison runs in `block_in_place` on a
+    /// multi-threaded runtime, which hands this worker's other tasks to another thread; on a
+    /// current-thread runtime, where that is not possible, in place.
+    Borrowed(&'a SessionState),
+}
+
+impl Before<'_> {
+    fn state(&self) -> &SessionState {
+        match self {
+            Before::Shared(state) => state,
+            Before::Borrowed(state) => state,
+        }
+    }
+}
+
+/// `before.diff(&after)`, off the runtime for big states (see the module docs).
+async fn compare(before: Before<'_>, after: SessionState) -> (StateDiff, SessionState) {
     compare_with(before, after, |before, after| before.diff(after)).await
 }
 
 /// [`compare`] with the comparison given, so that tests can watch where it runs.
 async fn compare_with<F>(
-    before: &Arc<SessionState>,
+    before: Before<'_>,
     after: SessionState,
     diff: F,
 ) -> (StateDiff, SessionState)
 where
     F: FnOnce(&SessionState, &SessionState) -> StateDiff + Send + 'static,
 {
-    if segment_count(before) + segment_count(&after) <= INLINE_DIFF_MAX_SEGMENTS {
-        let changes = diff(before, &after);
+    if segment_count(before.state()) + segment_count(&after) <= INLINE_DIFF_MAX_SEGMENTS {
+        let changes = diff(before.state(), &after);
         return (changes, after);
     }
+    let before = match before {
+        Before::Shared(before) => before,
+        Before::Borrowed(before) => {
+            let changes = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| diff(before, &after))
+                }
+                _ => diff(before, &after),
+            };
+            return (changes, after);
+        }
+    };
     let after = Arc::new(after);
     let (older, newer) = (Arc::clone(before), Arc::clone(&after));
     let changes = match tokio::task::spawn_blocking(move || diff(&older, &newer)).await {
@@ -413,14 +609,15 @@ mod tests {
         let (send, receive) = tokio::sync::oneshot::channel::<()>();
         let sender = tokio::spawn(async move { send.send(()) });
         let runtime_thread = std::thread::current().id();
-        let (changes, returned) = compare_with(&before, after, move |before, after| {
-            assert_ne!(std::thread::current().id(), runtime_thread);
-            receive
-                .blocking_recv()
-                .expect("the other task ran meanwhile");
-            before.diff(after)
-        })
-        .await;
+        let (changes, returned) =
+            compare_with(Before::Shared(&before), after, move |before, after| {
+                assert_ne!(std::thread::current().id(), runtime_thread);
+                receive
+                    .blocking_recv()
+                    .expect("the other task ran meanwhile");
+                before.diff(after)
+            })
+            .await;
         assert!(sender.await.expect("the sender task finished").is_ok());
         assert_eq!(changes, expected);
         assert_eq!(changes.changes().len(), 2, "{changes}");
@@ -431,11 +628,35 @@ mod tests {
     async fn small_states_are_compared_in_place() {
         let before = Arc::new(state_with(3));
         let runtime_thread = std::thread::current().id();
-        let (changes, _) = compare_with(&before, state_with(4), move |before, after| {
-            assert_eq!(std::thread::current().id(), runtime_thread);
+        let (changes, _) = compare_with(
+            Before::Shared(&before),
+            state_with(4),
+            move |before, after| {
+                assert_eq!(std::thread::current().id(), runtime_thread);
+                before.diff(after)
+            },
+        )
+        .await;
+        assert_eq!(changes.changes().len(), 2, "{changes}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_borrowed_big_state_frees_the_worker_while_compared() {
+        let before = state_with(600);
+        let after = state_with(601);
+        let expected = before.diff(&after);
+        // One worker: the sender task can run meanwhile only if the comparison handed the
+        // worker's tasks to another thread (`blocking_recv` panics on a runtime thread).
+        let (send, receive) = tokio::sync::oneshot::channel::<()>();
+        let sender = tokio::spawn(async move { send.send(()) });
+        let (changes, _) = compare_with(Before::Borrowed(&before), after, move |before, after| {
+            receive
+                .blocking_recv()
+                .expect("the other task ran meanwhile");
             before.diff(after)
         })
         .await;
-        assert_eq!(changes.changes().len(), 2, "{changes}");
+        assert!(sender.await.expect("the sender task finished").is_ok());
+        assert_eq!(changes, expected);
     }
 }

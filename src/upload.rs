@@ -3,9 +3,10 @@
 //! Policy and defaults:
 //! - Checked locally before anything is sent: each file exists, is a readable regular file,
 //!   has a supported extension (case-insensitive: mp4 mov avi webm mkv jpg png gif webp mp3
-//!   wav m4a aac) and is within the size limit (500 MiB by default,
+//!   wav m4a aac), is not empty, and is within the size limit (500 MiB by default,
 //!   [`NemoClientBuilder::max_upload_bytes`](crate::NemoClientBuilder::max_upload_bytes)).
-//!   A failed check sends no request.
+//!   A failed check sends no request. [`check_upload_file`] runs the same checks on their
+//!   own, so an app can refuse a bad file before it opens a session.
 //! - One `multipart/form-data` request with one part named `files` per file, the file name
 //!   kept, and an exact `Content-Length`. Bodies are streamed from disk by a reader thread in
 //!   256 KiB reads with at most 4 chunks in flight, into six buffers recycled for the whole
@@ -213,8 +214,45 @@ fn content_type_for(extension: &str) -> Option<&'static str> {
     })
 }
 
+/// Checks a file the way [`NemoClient::upload_files`] does before sending anything, and
+/// returns its size in bytes. Use it to refuse a bad input before opening a session or
+/// spending credits.
+///
+/// In this order: the file exists, is a regular file (not a folder), can be opened for
+/// reading, has a supported extension ([`SUPPORTED_FORMATS`], any case), is not empty, and is
+/// at most `max_bytes` long (the client's limit is
+/// [`Config::max_upload_bytes`](crate::Config::max_upload_bytes), by default
+/// [`DEFAULT_MAX_UPLOAD_BYTES`](crate::DEFAULT_MAX_UPLOAD_BYTES)). Each failure is one
+/// error naming the file and what to do: [`Error::InvalidInput`],
+/// [`Error::Io`], [`Error::UnsupportedFile`] or [`Error::FileTooLarge`].
+///
+/// ```
+/// use nemo_video::upload::check_upload_file;
+/// use nemo_video::DEFAULT_MAX_UPLOAD_BYTES;
+///
+/// let err = check_upload_file("no_such_clip.mp4", DEFAULT_MAX_UPLOAD_BYTES).unwrap_err();
+/// assert!(err.to_string().contains("does not exist"));
+/// ```
+pub fn check_upload_file(path: impl AsRef<Path>, max_bytes: u64) -> Result<u64> {
+    check_file(path.as_ref(), max_bytes).map(|file| file.len)
+}
+
 /// Runs every local check on one file; sends nothing.
 fn check_file(path: &Path, limit: u64) -> Result<CheckedFile> {
+    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::invalid_input(format!("{} does not exist; check the path", path.display()))
+        }
+        _ => Error::io("could not read", path, err),
+    })?;
+    if !metadata.is_file() {
+        return Err(Error::invalid_input(format!(
+            "{} is not a regular file; pass a media file",
+            path.display()
+        )));
+    }
+    // Opening proves it is readable now, rather than failing halfway through the upload.
+    File::open(path).map_err(|err| Error::io("could not open", path, err))?;
     let extension = path
         .extension()
         .and_then(|ext| ext.to_str())
@@ -230,21 +268,14 @@ fn check_file(path: &Path, limit: u64) -> Result<CheckedFile> {
             info: None,
         });
     };
-    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::invalid_input(format!("{} does not exist; check the path", path.display()))
-        }
-        _ => Error::io("could not read", path, err),
-    })?;
-    if !metadata.is_file() {
+    let len = metadata.len();
+    // An empty file would be uploaded, "edited" and charged for, with nothing to work on.
+    if len == 0 {
         return Err(Error::invalid_input(format!(
-            "{} is not a regular file; pass a media file",
+            "{} is empty (0 bytes); pass a media file with content",
             path.display()
         )));
     }
-    // Opening proves it is readable now, rather than failing halfway through the upload.
-    File::open(path).map_err(|err| Error::io("could not open", path, err))?;
-    let len = metadata.len();
     if len > limit {
         return Err(Error::FileTooLarge {
             file: Some(path.to_path_buf()),
@@ -541,7 +572,7 @@ impl NemoClient {
             .await
     }
 
-    async fn upload_files_inner<P: AsRef<Path>>(
+    pub(crate) async fn upload_files_inner<P: AsRef<Path>>(
         &self,
         session: &Session,
         paths: &[P],
@@ -559,8 +590,10 @@ impl NemoClient {
             .collect::<Result<Vec<_>>>()?;
         let plan = Arc::new(MultipartPlan::new(files));
         let mib = plan.total.div_ceil(1024 * 1024);
-        let timeout = self.config().request_timeout
-            + Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX));
+        // Saturating: a request timeout of `Duration::MAX` means "no limit", not a panic.
+        let timeout = self.config().request_timeout.saturating_add(
+            Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX)),
+        );
         let factory_plan = Arc::clone(&plan);
         let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
             .stream_body(Arc::new(move || factory_plan.body(progress.clone())))

@@ -8,7 +8,8 @@ use std::path::Path;
 use nemo_video::auth::CREDENTIALS_FILE;
 use nemo_video::{Error, RetryPolicy};
 use serde_json::{json, Value};
-use support::*;
+use support::mock::*;
+use support::{fast_retry, tempdir};
 use wiremock::matchers::{header as header_is, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -126,7 +127,10 @@ async fn code_1001_fetches_one_new_token_and_replays_once() {
         Some(format!("Bearer {SECOND_TOKEN}").as_str())
     );
     // The new token replaced the rejected one on disk too.
-    assert_eq!(read_store(dir.path())["anonymous"]["token"], SECOND_TOKEN);
+    assert_eq!(
+        read_store(dir.path())["identities"][CLIENT_ID]["token"],
+        SECOND_TOKEN
+    );
 }
 
 #[tokio::test]
@@ -223,8 +227,19 @@ async fn fifty_concurrent_calls_share_one_token_request() {
     assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 50);
 }
 
+/// A client on the config dir's default identity (no client id configured).
+fn default_identity_client(server: &MockServer, dir: &Path) -> nemo_video::NemoClient {
+    nemo_video::NemoClient::builder()
+        .base_url(server.uri())
+        .web_url(WEB_URL)
+        .config_dir(dir)
+        .retry(fast_retry())
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn missing_client_id_400_regenerates_the_id_and_retries_once() {
+async fn missing_client_id_400_regenerates_the_default_id_and_retries_once() {
     let server = MockServer::start().await;
     let dir = tempdir();
     Mock::given(method("POST"))
@@ -237,21 +252,23 @@ async fn missing_client_id_400_regenerates_the_id_and_retries_once() {
         .await;
     mount_token(&server).await;
     mount_credits(&server, ok(credits_body())).await;
-    let client = client(&server, dir.path());
+    let client = default_identity_client(&server, dir.path());
     client.credits().await.unwrap();
 
     let tokens = requests_to(&server, TOKEN_PATH).await;
     assert_eq!(tokens.len(), 2);
-    assert_eq!(header(&tokens[0], "x-client-id"), Some(CLIENT_ID));
+    let refused = header(&tokens[0], "x-client-id").unwrap().to_string();
     let fresh = header(&tokens[1], "x-client-id").unwrap();
-    assert_ne!(fresh, CLIENT_ID, "a new client id");
+    assert_ne!(fresh, refused, "a new client id");
     assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
     let creds = client.anonymous_credentials().await.unwrap();
     assert_eq!(
         creds.client_id, fresh,
         "the token belongs to the id that got it"
     );
-    assert_eq!(read_store(dir.path())["client_id"], fresh);
+    let stored = read_store(dir.path());
+    assert_eq!(stored["default_client_id"], fresh);
+    assert_eq!(stored["identities"][fresh]["token"], ANON_TOKEN);
 }
 
 #[tokio::test]
@@ -266,7 +283,10 @@ async fn missing_client_id_400_twice_is_reported() {
         .mount(&server)
         .await;
     mount_credits(&server, ok(credits_body())).await;
-    let err = client(&server, dir.path()).credits().await.unwrap_err();
+    let err = default_identity_client(&server, dir.path())
+        .credits()
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::MissingClientId { .. }), "{err:?}");
     assert_eq!(err.retry_policy(), RetryPolicy::RegenerateClientId);
     assert_eq!(err.http_status(), Some(400));
@@ -276,6 +296,27 @@ async fn missing_client_id_400_twice_is_reported() {
         "retried once"
     );
     assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 0);
+}
+
+#[tokio::test]
+async fn missing_client_id_400_for_a_chosen_client_id_is_reported_not_swapped() {
+    // A client id the app chose is an end user's identity: silently replacing it would give
+    // that user a different account.
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"detail": "missing X-Client-Id"})),
+        )
+        .mount(&server)
+        .await;
+    mount_credits(&server, ok(credits_body())).await;
+    let err = client(&server, dir.path()).credits().await.unwrap_err();
+    assert!(matches!(err, Error::MissingClientId { .. }), "{err:?}");
+    let tokens = requests_to(&server, TOKEN_PATH).await;
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(header(&tokens[0], "x-client-id"), Some(CLIENT_ID));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -352,9 +393,11 @@ async fn expired_persisted_token_is_replaced_using_the_persisted_client_id() {
         Some(format!("Bearer {ANON_TOKEN}").as_str()),
         "the expired token was never sent"
     );
+    // The file was rewritten in the current form, keeping the identity.
     let stored = read_store(dir.path());
-    assert_eq!(stored["anonymous"]["token"], ANON_TOKEN);
-    assert_eq!(stored["client_id"], persisted_id);
+    assert_eq!(stored["identities"][persisted_id]["token"], ANON_TOKEN);
+    assert_eq!(stored["default_client_id"], persisted_id);
+    assert!(stored.get("anonymous").is_none(), "{stored}");
 }
 
 #[tokio::test]
@@ -403,12 +446,19 @@ async fn credentials_file_is_private() {
     assert_eq!(file_mode & 0o777, 0o600, "file mode {file_mode:o}");
     let dir_mode = std::fs::metadata(&config_dir).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o077, 0, "directory mode {dir_mode:o}");
-    // Atomic writes leave no temporary files behind.
-    let names: Vec<_> = std::fs::read_dir(&config_dir)
+    // Atomic writes leave no temporary files behind: only the file and its locks.
+    let mut names: Vec<_> = std::fs::read_dir(&config_dir)
         .unwrap()
-        .map(|entry| entry.unwrap().file_name())
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from(CREDENTIALS_FILE)]);
+    names.sort();
+    assert_eq!(names, [CREDENTIALS_FILE, "credentials.lock", "locks"]);
+    let lock_dir = config_dir.join("locks");
+    let lock_mode = std::fs::metadata(lock_dir.join(format!("{CLIENT_ID}.lock")))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(lock_mode & 0o077, 0, "lock file mode {lock_mode:o}");
 }
 
 #[tokio::test]
@@ -422,6 +472,5 @@ async fn corrupted_credentials_file_is_replaced_without_error() {
     assert_eq!(credits.available, 87.5);
     assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 1);
     let stored = read_store(dir.path());
-    assert_eq!(stored["anonymous"]["token"], ANON_TOKEN);
-    assert_eq!(stored["client_id"], CLIENT_ID);
+    assert_eq!(stored["identities"][CLIENT_ID]["token"], ANON_TOKEN);
 }

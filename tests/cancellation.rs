@@ -2,18 +2,18 @@
 //! leaves nothing behind: no temporary or partial file, no task, no reader thread, and the
 //! connection is closed so the server knows.
 
-mod common_security;
+mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common_security::{
-    alive_tasks, builder, eventually, file_names, part_files, read_head, sample_clip, threads_named,
-};
 use nemo_video::render::{RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::{NemoClient, Session};
+use support::probes::{alive_tasks, part_files, threads_named};
+use support::raw_http::read_head;
+use support::{ephemeral_builder as builder, eventually, file_names, sample_clip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -497,7 +497,7 @@ async fn a_stalled_download_times_out_and_leaves_no_file() {
         let (base, server) = stalling(body_half).await;
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("edited.mp4");
-        let mut retry = common_security::fast_retry();
+        let mut retry = support::fast_retry();
         retry.max_retries = 0;
         let client = builder(&base)
             .token(TOKEN)

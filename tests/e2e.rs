@@ -1,22 +1,21 @@
 //! End to end through the public API against the offline simulator: the remove-object job,
 //! the example program a user runs, faults a user meets on the way, and resuming a render.
 
-mod common_e2e;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common_e2e::{
-    builder, fast_wait, new_client, sample_input, session_with_clip, simulator, tempdir,
-    MASK_TRACK, REMOVE,
-};
 use nemo_video::render::{RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::state::Change;
 use nemo_video::{Error, NemoClient, Session, TurnEnd, UploadProgress};
 use serde_json::Value;
+use support::sim::{
+    builder, fast_wait, new_client, sample_input, session_with_clip, simulator, MASK_TRACK, REMOVE,
+};
+use support::tempdir;
 
 /// The `object_removal` effects on any segment of a draft.
 fn object_removals(draft: &Value) -> Vec<Value> {
@@ -215,54 +214,9 @@ async fn text_less_turn_is_explained_from_state() {
 // 2. The example a user runs
 // ---------------------------------------------------------------------------------------
 
-/// `cargo run -q --example remove_object -- <args>` from `cwd`, with its own config dir.
+/// `remove_object -- <args>` from `cwd`, with its own config dir.
 fn run_example(cwd: &Path, config_dir: &Path, args: &[&str]) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut command = Command::new(env!("CARGO"));
-    // Cargo sets these for the test binary; passed on, they look like changed inputs to build
-    // scripts that watch them (ring's does) and every run would rebuild half the tree.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_MANIFEST_")
-            || name.starts_with("CARGO_BIN_")
-            || matches!(
-                &*name,
-                "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            )
-        {
-            command.env_remove(&*name);
-        }
-    }
-    let mut child = command
-        .args(["run", "-q", "--manifest-path"])
-        .arg(&manifest)
-        .args(["--example", "remove_object", "--"])
-        .args(args)
-        .current_dir(cwd)
-        .env("NEMO_CONFIG_DIR", config_dir)
-        .env_remove("NEMO_TOKEN")
-        .env_remove("NEMO_API_BASE")
-        .env_remove("NEMO_API_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cargo starts");
-    // A hung example must fail the test, not hang it.
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            panic!("the example did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    support::examples::run_example("remove_object", cwd, config_dir, args)
 }
 
 fn assert_no_leaks(text: &str) {

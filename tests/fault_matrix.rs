@@ -10,19 +10,19 @@
 //! generated table in `docs/reliability.md` in sync: run
 //! `UPDATE_RELIABILITY_DOC=1 cargo test --test fault_matrix` to rewrite it.
 
-mod common_faults;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
 use futures_util::StreamExt;
 use nemo_video::render::RenderJob;
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4};
 use nemo_video::{
     Draft, Error, MessageOptions, NemoClient, RenderOptions, RetryConfig, Session, WaitOptions,
 };
+use support::faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
 
 const CLIENT_ID: &str = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b";
 /// Per-attempt limit for ordinary requests (and the stream idle limit) in the rows that test
@@ -343,32 +343,53 @@ fn rows() -> Vec<Row> {
     );
 
     // POSTs that do work: re-sent only when they never arrived (refused) or the server
-    // refused them before doing anything (1001, 429).
-    for ep in [Ep::CreateSession, Ep::Upload, Ep::RenderSubmit, Ep::Cancel] {
-        // Submit and cancel ignore the response body (the job id is chosen by the client).
-        let wrong_shape = if matches!(ep, Ep::RenderSubmit | Ep::Cancel) {
+    // refused them before doing anything (1001, 429). Any other failure after sending is
+    // `Unconfirmed` (policy "reconcile"), whatever the underlying cause.
+    for ep in [Ep::CreateSession, Ep::Upload, Ep::Cancel] {
+        // Cancel ignores the response body.
+        let wrong_shape = if ep == Ep::Cancel {
             ok()
         } else {
-            err("Decode")
+            err("Unconfirmed: Decode")
         };
         add(
             ep,
             vec![
                 (Refused, reconnected()),
-                (Reset, err("Network")),
-                (Stall, err("Timeout(Request)")),
-                (Status500, err("Http 500")),
-                (PlainText502, err("Http 502")),
-                (RetryAfter503, err("Http 503")),
+                (Reset, err("Unconfirmed: Network")),
+                (Stall, err("Unconfirmed: Timeout(Request)")),
+                (Status500, err("Unconfirmed: Http 500")),
+                (PlainText502, err("Unconfirmed: Http 502")),
+                (RetryAfter503, err("Unconfirmed: Http 503")),
                 (RateLimited429, waited()),
                 (Code1001, reauthed()),
-                (Truncated, err("Network")),
-                (InvalidJson, err("Decode")),
+                (Truncated, err("Unconfirmed: Network")),
+                (InvalidJson, err("Unconfirmed: Decode")),
                 (WrongShape, wrong_shape),
-                (Oversized, err("ResponseTooLarge")),
+                (Oversized, err("Unconfirmed: ResponseTooLarge")),
             ],
         );
     }
+
+    // Render submit: the client chose the id, which is the service's idempotency key, so the
+    // same submission can be sent again like a read (a duplicate answers 409: "submitted").
+    add(
+        Ep::RenderSubmit,
+        vec![
+            (Refused, reconnected()),
+            (Reset, retried(2)),
+            (Stall, retried(2)),
+            (Status500, retried(2)),
+            (PlainText502, retried(2)),
+            (RetryAfter503, waited()),
+            (RateLimited429, waited()),
+            (Code1001, reauthed()),
+            (Truncated, retried(2)),
+            (InvalidJson, err("Decode")),
+            (WrongShape, ok()),
+            (Oversized, err("ResponseTooLarge")),
+        ],
+    );
 
     // The message stream: never re-sent once it may have reached the server.
     add(
@@ -376,10 +397,10 @@ fn rows() -> Vec<Row> {
         vec![
             (Refused, reconnected()),
             (Reset, err("stream: StreamDisconnected")),
-            (Stall, err("Timeout(StreamIdle)")),
-            (Status500, err("Http 500")),
-            (PlainText502, err("Http 502")),
-            (RetryAfter503, err("Http 503")),
+            (Stall, err("Unconfirmed: Timeout(StreamIdle)")),
+            (Status500, err("Unconfirmed: Http 500")),
+            (PlainText502, err("Unconfirmed: Http 502")),
+            (RetryAfter503, err("Unconfirmed: Http 503")),
             (RateLimited429, waited()),
             (Code1001, reauthed()),
             (Truncated, err("stream: StreamDisconnected")),
@@ -471,11 +492,9 @@ struct World {
 /// The tests in this file measure time; they run one at a time so they do not slow each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The shared fast retries, but waiting out the rows' 1 s `Retry-After`.
 fn fast_retry() -> RetryConfig {
-    let mut retry = RetryConfig::default();
-    retry.base_delay = Duration::from_millis(5);
-    retry.max_delay = Duration::from_millis(20);
-    retry.jitter = false;
+    let mut retry = support::fast_retry();
     retry.max_server_wait = Duration::from_secs(2);
     retry
 }
@@ -769,6 +788,7 @@ fn label_of(err: &Error) -> String {
         Error::Api { code, .. } => format!("Api {code}"),
         Error::Timeout { kind, .. } => format!("Timeout({kind:?})"),
         Error::Network { .. } => "Network".into(),
+        Error::Unconfirmed { cause, .. } => format!("Unconfirmed: {}", label_of(cause)),
         Error::Connect { .. } => "Connect".into(),
         Error::Decode { .. } => "Decode".into(),
         Error::ResponseTooLarge { .. } => "ResponseTooLarge".into(),
@@ -888,8 +908,17 @@ async fn run_row(ep: Ep, fault: Fault) -> (Outcome, Vec<String>) {
     };
 
     // Never charge twice: a POST that does work goes out a second time only when the server
-    // refused the first one before doing anything.
-    if ep.does_work() && sent > 1 && !matches!(fault, Fault::Code1001 | Fault::RateLimited429) {
+    // refused the first one before doing anything. A render submission carries the client's
+    // idempotency key (its id), so it may go out again, but must make one render at most.
+    if ep == Ep::RenderSubmit {
+        let renders = world.sim.render_ids().len();
+        if renders > 1 {
+            problems.push(format!("{renders} renders were made"));
+        }
+    } else if ep.does_work()
+        && sent > 1
+        && !matches!(fault, Fault::Code1001 | Fault::RateLimited429)
+    {
         problems.push(format!("{} was sent {sent} times", ep.label()));
     }
     if let Err((_, text)) = &result {

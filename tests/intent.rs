@@ -1,6 +1,6 @@
 //! Routing user messages and translating the agent's GUI-speak.
 
-use nemo_video::intent::{gui_actions, route, GuiAction, Intent};
+use nemo_video::intent::{gui_actions, route, translate_reply, GuiAction, Intent};
 
 #[test]
 fn route_follows_the_table_in_both_languages() {
@@ -284,5 +284,129 @@ proptest::proptest! {
         let spaced = words.join(" ");
         let _ = route(&spaced);
         let _ = gui_actions(&spaced);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// translate_reply: the service's GUI-translation table, in English and Chinese
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn translate_reply_follows_the_table_in_english() {
+    let cases: &[(&str, &str)] = &[
+        // click [button] → done through the API
+        (
+            "I trimmed the clip. Click [Apply] to keep it.",
+            "I trimmed the clip. \"Apply\" is done for you through the API.",
+        ),
+        (
+            "Press the button when you're ready.",
+            "That step is done for you through the API.",
+        ),
+        // open [panel] → state
+        (
+            "Open the Effects panel to see the blur.",
+            "The project's current state is shown below.",
+        ),
+        // drag/drop → send the edit as a message
+        (
+            "Drag the title to the end of the timeline.",
+            "To move or rearrange something, describe the change in a message.",
+        ),
+        // preview in timeline → the summary
+        (
+            "Done! Preview it in the timeline.",
+            "Done! The timeline summary is shown below.",
+        ),
+        // Export button → the export
+        (
+            "All set. Hit the Export button to download your video!",
+            "All set. The video is exported through the API.",
+        ),
+    ];
+    for (reply, expected) in cases {
+        assert_eq!(translate_reply(reply).text, *expected, "for {reply:?}");
+    }
+}
+
+#[test]
+fn translate_reply_follows_the_table_in_chinese() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "已裁剪片段。点击「应用」保存。",
+            "已裁剪片段。「应用」会通过 API 自动完成。",
+        ),
+        ("确认无误后点一下即可。", "该步骤会通过 API 自动完成。"),
+        ("打开特效面板查看模糊效果。", "项目的当前状态见下方。"),
+        (
+            "把标题拖拽到时间线末尾。",
+            "如需移动或调整内容，请直接用文字描述修改。",
+        ),
+        ("完成！请在时间线上预览。", "完成！时间线摘要见下方。"),
+        (
+            "一切就绪！点击导出按钮下载视频。",
+            "一切就绪！视频会通过 API 导出。",
+        ),
+    ];
+    for (reply, expected) in cases {
+        assert_eq!(translate_reply(reply).text, *expected, "for {reply:?}");
+    }
+}
+
+#[test]
+fn translate_reply_keeps_other_sentences_and_says_each_action_once() {
+    // The simulator's reply, as `remove_object` shows it.
+    let reply = "Done! I removed the background person and replaced it with a solid color box \
+                 (#1E90FF). Preview it in the timeline, then click the Export button to \
+                 download your video.";
+    let translated = translate_reply(reply);
+    assert_eq!(
+        translated.text,
+        "Done! I removed the background person and replaced it with a solid color box \
+         (#1E90FF). The timeline summary is shown below. The video is exported through the API."
+    );
+    assert_eq!(translated.actions, gui_actions(reply));
+    assert_eq!(
+        translated.actions,
+        [GuiAction::ShowSummary, GuiAction::Export]
+    );
+
+    // A second mention of the same action is left out; line breaks and numbers survive.
+    let reply = "Volume set to 0.35.\nClick Export when ready.\nOr press the Export button.\nBye";
+    assert_eq!(
+        translate_reply(reply).text,
+        "Volume set to 0.35.\nThe video is exported through the API.\nBye"
+    );
+
+    // A rewritten clause after `;` becomes its own sentence.
+    assert_eq!(
+        translate_reply(
+            "I added a Lo-fi background track at 35% volume; open the Audio panel to change it."
+        )
+        .text,
+        "I added a Lo-fi background track at 35% volume. The project's current state is shown below."
+    );
+    assert_eq!(
+        translate_reply("已添加背景音乐；打开音频面板可以调整。").text,
+        "已添加背景音乐。项目的当前状态见下方。"
+    );
+
+    // Mixed languages: each sentence in its own.
+    let reply = "Click [Apply]. 然后点击导出。";
+    assert_eq!(
+        translate_reply(reply).text,
+        "\"Apply\" is done for you through the API. 视频会通过 API 导出。"
+    );
+
+    // Nothing to translate: the text comes back unchanged, whitespace included.
+    for reply in [
+        "",
+        "I removed the logo.",
+        "  Done.\n",
+        "Set the volume to 35%; done.",
+    ] {
+        let translated = translate_reply(reply);
+        assert_eq!(translated.text, reply);
+        assert!(translated.actions.is_empty());
     }
 }

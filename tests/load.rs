@@ -5,7 +5,7 @@
 //!
 //! `cargo test --test load -- --nocapture` prints the wall time and peak RSS.
 
-mod common_security;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_security::{
-    alive_tasks, builder, established_to, eventually, part_files, peak_rss_kib, port_of,
-    sample_clip, threads_named,
-};
 use nemo_video::render::{RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient};
+use support::probes::{
+    alive_tasks, established_to, part_files, peak_rss_kib, port_of, threads_named,
+};
+use support::{ephemeral_builder as builder, eventually, sample_clip};
 
 const FLOWS: usize = 200;
 const SEED: u64 = 0x5EC0_10AD;
@@ -193,6 +193,7 @@ async fn two_hundred_concurrent_flows_share_one_client_and_leak_nothing() {
                 // the retry budget, or not replayed because the request may have been
                 // processed. Anything else (auth, credits, decoding, sessions) is a bug.
                 let expected = err.is_transient()
+                    || err.needs_reconcile()
                     || matches!(
                         err,
                         Error::Network { .. }

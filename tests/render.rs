@@ -1,19 +1,20 @@
 //! Render, wait, cancel, export and download against loopback mock servers.
 
-mod common_upload_render;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common_upload_render::{
-    assert_api_headers, builder, client, dir_entries, header, patterned_bytes, raw_http_server,
-    received, retries,
-};
 use nemo_video::draft::Draft;
-use nemo_video::render::{DownloadProgress, RenderProgress};
+use nemo_video::render::{
+    check_output_path, check_output_path_for, DownloadProgress, RenderProgress,
+};
 use nemo_video::{Error, RenderJob, RenderOptions, RenderStatus, Session, WaitOptions};
 use serde_json::json;
+use support::mock::{assert_api_headers, header, received, token_builder, token_client};
+use support::raw_http::raw_http_server;
+use support::{file_names, patterned_bytes, retries};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -71,7 +72,7 @@ async fn submit_body_is_exact_and_keeps_the_draft_bytes() {
     mount_submit(&server).await;
     let draft = Draft::from_json(DRAFT).unwrap();
 
-    let job = client(&server)
+    let job = token_client(&server)
         .render(&Session::from_id(SID), &draft, &RenderOptions::default())
         .await
         .unwrap();
@@ -97,7 +98,7 @@ async fn resolution_is_sent_only_when_set() {
     let server = MockServer::start().await;
     mount_submit(&server).await;
     let draft = Draft::from_json(r#"{"t":[]}"#).unwrap();
-    let client = client(&server);
+    let client = token_client(&server);
     let session = Session::from_id(SID);
 
     let job = client
@@ -125,7 +126,7 @@ async fn resolution_is_sent_only_when_set() {
 async fn concurrent_renders_get_distinct_ids() {
     let server = MockServer::start().await;
     mount_submit(&server).await;
-    let client = client(&server);
+    let client = token_client(&server);
     let draft = Arc::new(Draft::from_json(r#"{"t":[{"tt":0,"sg":[{}]}]}"#).unwrap());
 
     let tasks: Vec<_> = (0..200)
@@ -172,7 +173,7 @@ async fn http_402_is_export_blocked_and_not_retried() {
         .mount(&server)
         .await;
 
-    let err = builder(&server)
+    let err = token_builder(&server)
         .retry(retries(3))
         .build()
         .unwrap()
@@ -211,7 +212,7 @@ async fn wait_accepts_the_success_data_shape() {
     )
     .await;
 
-    let url = client(&server)
+    let url = token_client(&server)
         .wait_for_render(&job, &fast_wait())
         .await
         .unwrap();
@@ -244,7 +245,7 @@ async fn wait_accepts_the_bare_output_shape() {
     )
     .await;
 
-    let url = client(&server)
+    let url = token_client(&server)
         .wait_for_render(&RenderJob::from_id("render_2", SID), &fast_wait())
         .await
         .unwrap();
@@ -261,7 +262,7 @@ async fn failed_with(body: serde_json::Value) -> Error {
     )
     .await;
     poll_once(&server, "render_3", json_body(body)).await;
-    let err = client(&server)
+    let err = token_client(&server)
         .wait_for_render(&RenderJob::from_id("render_3", SID), &fast_wait())
         .await
         .unwrap_err();
@@ -325,7 +326,7 @@ async fn unknown_status_counts_as_running() {
     let statuses = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&statuses);
 
-    let url = client(&server)
+    let url = token_client(&server)
         .wait_for_render(
             &RenderJob::from_id("render_4", SID),
             &fast_wait().on_progress(move |p| sink.lock().unwrap().push(p.status.clone())),
@@ -357,7 +358,7 @@ async fn a_502_while_polling_does_not_lose_the_job() {
     .await;
 
     // No transport retries: the waiter itself must carry on after the failed poll.
-    let url = builder(&server)
+    let url = token_builder(&server)
         .retry(retries(0))
         .build()
         .unwrap()
@@ -381,7 +382,7 @@ async fn max_wait_ends_in_render_timed_out_with_the_last_status() {
         .await;
 
     let started = std::time::Instant::now();
-    let err = client(&server)
+    let err = token_client(&server)
         .wait_for_render(
             &RenderJob::from_id("render_6", SID),
             &WaitOptions::default()
@@ -422,7 +423,7 @@ async fn progress_callback_sees_each_poll() {
     let seen: Arc<Mutex<Vec<RenderProgress>>> = Arc::default();
     let sink = Arc::clone(&seen);
 
-    client(&server)
+    token_client(&server)
         .wait_for_render(
             &RenderJob::from_id("render_7", SID),
             &fast_wait().on_progress(move |p| sink.lock().unwrap().push(p.clone())),
@@ -443,7 +444,7 @@ async fn progress_callback_sees_each_poll() {
 async fn a_stored_job_resumes_after_a_restart() {
     let server = MockServer::start().await;
     mount_submit(&server).await;
-    let job = client(&server)
+    let job = token_client(&server)
         .render(
             &Session::from_id(SID),
             &Draft::from_json(DRAFT).unwrap(),
@@ -463,7 +464,7 @@ async fn a_stored_job_resumes_after_a_restart() {
         ))
         .mount(&server)
         .await;
-    let url = client(&server)
+    let url = token_client(&server)
         .wait_for_render(&restored, &fast_wait())
         .await
         .unwrap();
@@ -491,7 +492,7 @@ async fn from_id_attaches_to_a_known_render() {
             .unwrap();
     assert_eq!(loaded, job);
 
-    let url = client(&server)
+    let url = token_client(&server)
         .wait_for_render(&loaded, &fast_wait())
         .await
         .unwrap();
@@ -508,7 +509,7 @@ async fn cancel_posts_to_the_exact_path_with_auth() {
         ))
         .mount(&server)
         .await;
-    let client = client(&server);
+    let client = token_client(&server);
 
     client
         .cancel_render(&RenderJob::from_id("render_99", SID))
@@ -558,7 +559,7 @@ async fn export_refuses_an_empty_timeline_without_rendering() {
         mount_state(&server, draft).await;
         mount_submit(&server).await;
 
-        let err = client(&server)
+        let err = token_client(&server)
             .export(
                 &Session::from_id(SID),
                 &RenderOptions::default(),
@@ -593,7 +594,7 @@ async fn export_renders_the_state_draft_and_returns_the_url() {
         .mount(&server)
         .await;
 
-    let export = client(&server)
+    let export = token_client(&server)
         .export(
             &Session::from_id(SID),
             &RenderOptions::default(),
@@ -643,7 +644,7 @@ async fn download_writes_the_exact_bytes_and_reports_progress() {
     let seen: Arc<Mutex<Vec<DownloadProgress>>> = Arc::default();
     let sink = Arc::clone(&seen);
 
-    let written = client(&api)
+    let written = token_client(&api)
         .download(&format!("{}/out/final.mp4", cdn.uri()), &target, move |p| {
             sink.lock().unwrap().push(p)
         })
@@ -656,7 +657,7 @@ async fn download_writes_the_exact_bytes_and_reports_progress() {
         "file equals the served bytes"
     );
     assert_eq!(
-        dir_entries(dir.path()),
+        file_names(dir.path()),
         ["edited.mp4"],
         "no temporary files left"
     );
@@ -678,7 +679,7 @@ async fn download_writes_the_exact_bytes_and_reports_progress() {
 #[tokio::test]
 async fn dot_ids_are_refused_before_any_request() {
     let api = MockServer::start().await;
-    let client = client(&api);
+    let client = token_client(&api);
     for id in [".", "..", ""] {
         let job = RenderJob::from_id(id, "sid");
         let err = client.cancel_render(&job).await.unwrap_err();
@@ -696,7 +697,7 @@ async fn download_replaces_an_existing_file_only_when_complete() {
     let target = dir.path().join("edited.mp4");
     std::fs::write(&target, b"old contents, longer than the new").unwrap();
 
-    client(&api)
+    token_client(&api)
         .download(&format!("{}/new.mp4", cdn.uri()), &target, |_| {})
         .await
         .unwrap();
@@ -715,7 +716,7 @@ async fn a_truncated_download_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
 
-    let err = builder(&api)
+    let err = token_builder(&api)
         .retry(retries(0))
         .build()
         .unwrap()
@@ -725,9 +726,9 @@ async fn a_truncated_download_leaves_nothing_behind() {
 
     assert!(!target.exists(), "no file at the target");
     assert!(
-        dir_entries(dir.path()).is_empty(),
+        file_names(dir.path()).is_empty(),
         "no temporary files: {:?}",
-        dir_entries(dir.path())
+        file_names(dir.path())
     );
     assert!(err.is_transient(), "worth retrying: {err:?}");
 }
@@ -744,13 +745,13 @@ async fn a_truncated_download_keeps_the_previous_file() {
     let target = dir.path().join("edited.mp4");
     std::fs::write(&target, b"earlier export").unwrap();
 
-    client(&api)
+    token_client(&api)
         .download(&format!("{base}/out.mp4"), &target, |_| {})
         .await
         .unwrap_err();
 
     assert_eq!(std::fs::read(&target).unwrap(), b"earlier export");
-    assert_eq!(dir_entries(dir.path()), ["edited.mp4"]);
+    assert_eq!(file_names(dir.path()), ["edited.mp4"]);
 }
 
 #[tokio::test]
@@ -761,7 +762,7 @@ async fn download_render_without_url_uses_the_api_endpoint_with_auth() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    let written = client(&api)
+    let written = token_client(&api)
         .download_render(&RenderJob::from_id("render_8", SID), None, &target, |_| {})
         .await
         .unwrap();
@@ -790,7 +791,7 @@ async fn falls_back_when_cdn_answers(status: u16) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    client(&api)
+    token_client(&api)
         .download_render(
             &RenderJob::from_id("render_9", SID),
             Some(&format!("{}/out.mp4", cdn.uri())),
@@ -801,7 +802,7 @@ async fn falls_back_when_cdn_answers(status: u16) {
         .unwrap();
 
     assert!(std::fs::read(&target).unwrap() == bytes, "the API's bytes");
-    assert_eq!(dir_entries(dir.path()), ["out.mp4"]);
+    assert_eq!(file_names(dir.path()), ["out.mp4"]);
     let cdn_requests = received(&cdn).await;
     assert!(!cdn_requests.is_empty(), "the CDN was tried first");
     assert!(cdn_requests
@@ -839,7 +840,7 @@ async fn a_cross_origin_redirect_drops_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    client(&api)
+    token_client(&api)
         .download_render(&RenderJob::from_id("render_10", SID), None, &target, |_| {})
         .await
         .unwrap();
@@ -864,7 +865,7 @@ async fn a_missing_output_folder_fails_before_any_request() {
     serve_file(&api, "/api/render/proxy/render_11/download", b"bytes").await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("no").join("such").join("edited.mp4");
-    let client = client(&api);
+    let client = token_client(&api);
 
     let err = client
         .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
@@ -910,7 +911,7 @@ async fn a_downloaded_file_gets_an_ordinary_mode_not_the_temp_files_0600() {
         .mount(&cdn)
         .await;
     let api = MockServer::start().await;
-    let client = client(&api);
+    let client = token_client(&api);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
     client
@@ -928,4 +929,148 @@ async fn a_downloaded_file_gets_an_ordinary_mode_not_the_temp_files_0600() {
         .unwrap();
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
+}
+
+/// The files in `dir`, by name.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn check_output_path_accepts_a_new_or_existing_file_in_a_writable_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    assert_eq!(check_output_path(&target).unwrap(), target);
+    std::fs::write(&target, b"old").unwrap();
+    assert_eq!(
+        check_output_path(&target).unwrap(),
+        target,
+        "replacing is fine"
+    );
+    assert_eq!(
+        names_in(dir.path()),
+        ["edited.mp4"],
+        "the writability probe leaves nothing behind"
+    );
+    let relative = check_output_path("edited_here.mp4").unwrap();
+    assert!(relative.is_absolute(), "{}", relative.display());
+}
+
+#[test]
+fn check_output_path_refuses_each_bad_output_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("renders");
+    std::fs::create_dir(&folder).unwrap();
+    let missing = dir.path().join("no_such_dir").join("x.mp4");
+
+    let cases: Vec<(std::path::PathBuf, String)> = vec![
+        (
+            missing.clone(),
+            format!(
+                "the folder {} does not exist; create it or choose another output path",
+                dir.path().join("no_such_dir").display()
+            ),
+        ),
+        (
+            folder.clone(),
+            format!(
+                "{0} is a folder; name a file inside it, such as {0}/edited.mp4",
+                folder.display()
+            ),
+        ),
+        (
+            std::path::PathBuf::new(),
+            "the output path is empty; name a file such as edited.mp4".to_string(),
+        ),
+    ];
+    for (path, expected) in cases {
+        let err = check_output_path(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+    }
+    assert_eq!(names_in(dir.path()), ["renders"], "nothing was written");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_folder_that_accepts_no_files_is_called_not_writable() {
+    // `/proc` exists, but no file can be created in it ("No such file or directory").
+    let err = check_output_path("/proc/x.mp4").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the folder /proc is not writable (it does not accept new files); choose another output folder"
+    );
+    assert!(!err.to_string().contains(".nemo-"), "no internal file name");
+}
+
+#[test]
+fn check_output_path_for_refuses_the_input_by_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.mp4");
+    std::fs::write(&input, b"video").unwrap();
+    let expected = |path: &std::path::Path| {
+        format!(
+            "the output {} is the input file; choose another output path (saving there would overwrite the input)",
+            path.display()
+        )
+    };
+
+    let mut same: Vec<std::path::PathBuf> = vec![
+        input.clone(),
+        dir.path().join(".").join("clip.mp4"),
+        dir.path().join("renders").join("..").join("clip.mp4"),
+    ];
+    std::fs::create_dir(dir.path().join("renders")).unwrap();
+    std::fs::hard_link(&input, dir.path().join("hard.mp4")).unwrap();
+    same.push(dir.path().join("hard.mp4"));
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&input, dir.path().join("soft.mp4")).unwrap();
+        same.push(dir.path().join("soft.mp4"));
+    }
+    for output in &same {
+        let err = check_output_path_for(output, &input).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected(output));
+    }
+
+    // Another file, existing or not, is fine.
+    let other = dir.path().join("clip_edited.mp4");
+    assert_eq!(check_output_path_for(&other, &input).unwrap(), other);
+    std::fs::write(&other, b"old").unwrap();
+    assert_eq!(check_output_path_for(&other, &input).unwrap(), other);
+    assert_eq!(std::fs::read(&input).unwrap(), b"video");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn downloads_run_the_same_output_check_before_any_request() {
+    let api = MockServer::start().await;
+    let cdn = MockServer::start().await;
+    serve_file(&cdn, "/out.mp4", b"bytes").await;
+    let client = token_client(&api);
+    let expected = check_output_path("/proc/x.mp4").unwrap_err().to_string();
+
+    let err = client
+        .download(&format!("{}/out.mp4", cdn.uri()), "/proc/x.mp4", |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+    let err = client
+        .download_render(
+            &RenderJob::from_id("render_11", SID),
+            Some(&format!("{}/out.mp4", cdn.uri())),
+            "/proc/x.mp4",
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+    assert!(received(&cdn).await.is_empty());
+    assert!(received(&api).await.is_empty());
 }

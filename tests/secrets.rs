@@ -1,19 +1,23 @@
 //! Tokens never leak: not into logs (captured at TRACE), errors, `Debug` output, or requests to
 //! other hosts; and the credentials file is private, atomic, and survives being broken.
+//!
+//! Every test here starts with `capture_logs()`, before the SDK logs anything (see
+//! `support::logs` for why).
 
-mod common_security;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common_security::{
-    assert_error_hides, assert_hidden, builder, capture_logs, file_names, sample_clip, LogBuffer,
-};
 use nemo_video::render::{RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient, Session};
+use support::logs::{capture_logs, LogBuffer};
+use support::{
+    assert_error_hides, assert_hidden, ephemeral_builder as builder, file_names, sample_clip,
+};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -158,6 +162,36 @@ async fn troubled_flow(
             .expect_err("download failures"),
     );
     (errors, tokens)
+}
+
+/// A span and an event at a callsite of their own, so which thread hits them first is up to
+/// the test.
+fn probe(label: &str) {
+    let span = tracing::info_span!("capture.probe", label);
+    let _entered = span.enter();
+    tracing::info!(label, "probe event");
+}
+
+/// The capture cannot miss a span whose callsite another thread (one without a capture, like
+/// a parallel test's) hit first while the capture was live: `tracing` caches interest per
+/// callsite for the whole process, from the thread that registers it.
+#[test]
+fn the_log_capture_sees_callsites_first_hit_by_another_thread() {
+    let (log, _guard) = capture_logs();
+    std::thread::spawn(|| probe("elsewhere")).join().unwrap();
+    probe("here");
+    let text = log.text();
+    assert!(
+        text.contains("capture.probe"),
+        "the span is missing:\n{text}"
+    );
+    assert!(
+        text.contains("probe event"),
+        "the event is missing:\n{text}"
+    );
+    assert!(text.contains("here"), "{text}");
+    // Another thread's records stay out of this test's log.
+    assert!(!text.contains("elsewhere"), "{text}");
 }
 
 #[tokio::test]
@@ -312,6 +346,7 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
 /// download and for an API call alike. A does see it, so the test can tell.
 #[tokio::test]
 async fn the_token_is_not_forwarded_across_a_redirect_to_another_origin() {
+    let (log, _guard) = capture_logs();
     let origin_a = MockServer::start().await;
     let origin_b = MockServer::start().await;
     Mock::given(method("GET"))
@@ -395,11 +430,13 @@ async fn the_token_is_not_forwarded_across_a_redirect_to_another_origin() {
         let all = format!("{:?} {}", request.headers, request.url);
         assert!(!all.contains(FIXED_TOKEN));
     }
+    assert_log_clean(&log, &[FIXED_TOKEN]);
 }
 
 /// A download URL on another origin gets no token at all, redirect or not.
 #[tokio::test]
 async fn a_download_from_another_origin_carries_no_token() {
+    let (log, _guard) = capture_logs();
     let api = MockServer::start().await;
     let cdn = MockServer::start().await;
     Mock::given(method("GET"))
@@ -421,7 +458,11 @@ async fn a_download_from_another_origin_carries_no_token() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].headers.get("authorization").is_none());
     assert!(api.received_requests().await.unwrap().is_empty());
+    assert_log_clean(&log, &[FIXED_TOKEN]);
 }
+
+/// What a file store's directory holds: the file and its locks, never a temporary.
+const STORE_FILES: [&str; 3] = ["credentials.json", "credentials.lock", "locks"];
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -440,12 +481,17 @@ async fn the_credentials_file_is_private_and_written_atomically() {
     assert_eq!(mode_of(&file), 0o600, "the credentials file");
     assert_eq!(
         file_names(&config),
-        ["credentials.json"],
-        "no temporary left"
+        STORE_FILES,
+        "no temporary left, only the file and its locks"
     );
+    assert_eq!(mode_of(&config.join("credentials.lock")), 0o600);
+    assert_eq!(mode_of(&config.join("locks")), 0o700);
     let first = client.anonymous_credentials().await.unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(stored["anonymous"]["token"], first.token.expose());
+    assert_eq!(
+        stored["identities"][&first.client_id]["token"],
+        first.token.expose()
+    );
 
     // Rewritten (invalidate, then a new token): still private, still no temporaries.
     sim.expire_tokens();
@@ -453,10 +499,13 @@ async fn the_credentials_file_is_private_and_written_atomically() {
     let second = client.anonymous_credentials().await.unwrap();
     assert_ne!(first.token, second.token);
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(stored["anonymous"]["token"], second.token.expose());
-    assert_eq!(stored["client_id"], second.client_id);
+    assert_eq!(
+        stored["identities"][&second.client_id]["token"],
+        second.token.expose()
+    );
+    assert_eq!(stored["default_client_id"], second.client_id);
 
     // A file someone loosened to 0644 is private again after the next write.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -477,6 +526,9 @@ async fn the_credentials_file_is_private_and_written_atomically() {
 /// while a reader watches: every read sees either no file or a whole JSON document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_never_expose_a_partial_credentials_file() {
+    // Every test of this file starts capturing (see `support::logs`); the clients here run on
+    // worker threads, whose records the capture leaves out, so there is nothing to check.
+    let _capture = capture_logs();
     let sim = Simulator::builder().fast().start().await.unwrap();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("nemovideo");
@@ -527,7 +579,7 @@ async fn concurrent_writers_never_expose_a_partial_credentials_file() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
 }
 
 #[tokio::test]
@@ -554,9 +606,12 @@ async fn a_corrupted_credentials_file_is_reported_and_replaced() {
     let creds = client.anonymous_credentials().await.unwrap();
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON now");
-    assert_eq!(stored["anonymous"]["token"], creds.token.expose());
+    assert_eq!(
+        stored["identities"][&creds.client_id]["token"],
+        creds.token.expose()
+    );
     assert_eq!(mode_of(&file), 0o600);
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     assert_log_clean(&log, &[creds.token.expose()]);
 
     // Valid JSON of the wrong shape, and an invalid saved client id: the same.
@@ -570,7 +625,10 @@ async fn a_corrupted_credentials_file_is_reported_and_replaced() {
         fresh.credits().await.expect("works regardless");
         let stored: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON now");
-        assert!(stored["anonymous"]["token"].is_string());
+        let id = stored["default_client_id"]
+            .as_str()
+            .expect("a default identity");
+        assert!(stored["identities"][id]["token"].is_string(), "{stored}");
     }
     let warnings = log
         .text()
@@ -611,7 +669,7 @@ async fn an_unreadable_credentials_path_is_reported_and_ignored() {
     );
     assert!(config.join("credentials.json/inner").is_dir(), "left alone");
     // No temporaries were left behind by the failed saves.
-    assert_eq!(file_names(&config), ["credentials.json"]);
+    assert_eq!(file_names(&config), STORE_FILES);
     let creds = client.anonymous_credentials().await.unwrap();
     assert_log_clean(&log, &[creds.token.expose()]);
     assert_eq!(sim.request_count(Endpoint::AnonymousToken), 1);

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use nemo_video::{Error, Session};
 use serde_json::{json, Value};
-use support::*;
+use support::mock::*;
+use support::tempdir;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};
 

@@ -1114,10 +1114,11 @@ async fn dropping_the_simulator_frees_its_ports() {
         .unwrap();
     let api = sim.base_url().trim_start_matches("http://").to_owned();
     let cdn = sim.cdn_base_url().trim_start_matches("http://").to_owned();
+    let web = sim.web_url().trim_start_matches("http://").to_owned();
     drop(sim);
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    for addr in [&api, &cdn] {
+    for addr in [&api, &cdn, &web] {
         assert!(
             tokio::net::TcpStream::connect(addr.as_str()).await.is_err(),
             "{addr} still accepts"
@@ -1130,4 +1131,83 @@ async fn dropping_the_simulator_frees_its_ports() {
     let addr = sim.base_url().trim_start_matches("http://").to_owned();
     sim.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr.as_str()).await.is_err());
+}
+
+#[tokio::test]
+async fn links_for_simulator_accounts_open_the_simulators_own_pages() {
+    let sim = Simulator::builder().fast().start().await.unwrap();
+    assert!(
+        sim.web_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        sim.web_url()
+    );
+    assert_ne!(sim.web_url(), sim.base_url());
+    assert_ne!(sim.web_url(), sim.cdn_base_url());
+    let sdk = nemo_video::NemoClient::builder()
+        .base_url(sim.base_url())
+        .web_url(sim.web_url())
+        .no_persistence()
+        .build()
+        .unwrap();
+    let session = sdk.create_session(None).await.unwrap();
+
+    let register = sdk
+        .registration_url()
+        .expect("an anonymous user has a link");
+    let claim = sdk.claim_link(&session).await.unwrap().url;
+    for (link, says) in [
+        (
+            register.as_str(),
+            "is an anonymous account of the offline NemoVideo simulator",
+        ),
+        (
+            claim.as_str(),
+            "This project lives in the offline NemoVideo simulator",
+        ),
+    ] {
+        assert!(link.starts_with(sim.web_url()), "{link}");
+        assert!(!link.contains("nemovideo.com"), "{link}");
+        let resp = client().get(link).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{link}");
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/html; charset=utf-8"
+        );
+        let page = resp.text().await.unwrap();
+        assert!(page.contains(says), "{page}");
+        assert!(page.contains(sim.base_url()), "names the simulator: {page}");
+    }
+    let user = register.split("bind=").nth(1).unwrap();
+    let page = client()
+        .get(&register)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("<code>{user}</code>")), "{page}");
+
+    // Markup in a query is shown, not run; unknown pages are 404.
+    let resp = client()
+        .get(format!("{}/register?bind=%3Cscript%3E", sim.web_url()))
+        .send()
+        .await
+        .unwrap();
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("&lt;script&gt;") && !page.contains("<script>"),
+        "{page}"
+    );
+    let resp = client()
+        .get(format!("{}/pricing", sim.web_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        sim.render_time(),
+        Duration::from_millis(400),
+        "fast() timing"
+    );
 }

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,32 +22,19 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn upload_larger_than_the_buffer_pool_arrives_byte_for_byte() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/upload-video/nemo_agent/me/s1"))
-        .respond_with(support::ok(json!({"files": [{"filename": "big.mp4"}]})))
+        .respond_with(support::mock::ok(
+            json!({"files": [{"filename": "big.mp4"}]}),
+        ))
         .expect(1)
         .mount(&server)
         .await;
     let dir = support::tempdir();
-    let client = support::fixed_client(&server, dir.path());
+    let client = support::mock::fixed_client(&server, dir.path());
     // Six 256 KiB buffers serve the whole upload, so 3 MiB and change reuses each one twice.
     let content = pattern(3 * 1024 * 1024 + 12_345);
     let file = dir.path().join("big.mp4");
@@ -65,13 +51,13 @@ async fn upload_larger_than_the_buffer_pool_arrives_byte_for_byte() {
 
     let requests = server.received_requests().await.unwrap();
     let body = &requests[0].body;
-    let length: usize = support::header(&requests[0], "content-length")
+    let length: usize = support::mock::header(&requests[0], "content-length")
         .unwrap()
         .parse()
         .unwrap();
     assert_eq!(length, body.len());
     let start = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let content_type = support::header(&requests[0], "content-type").unwrap();
+    let content_type = support::mock::header(&requests[0], "content-type").unwrap();
     let boundary = content_type.split("boundary=").nth(1).unwrap();
     let tail = format!("\r\n--{boundary}--\r\n");
     assert!(body.ends_with(tail.as_bytes()));
@@ -92,7 +78,7 @@ async fn download_writes_every_byte_and_reports_progress() {
         .mount(&server)
         .await;
     let dir = support::tempdir();
-    let client = support::fixed_client(&server, dir.path());
+    let client = support::mock::fixed_client(&server, dir.path());
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let target = out_dir.join("edited.mp4");
@@ -107,7 +93,7 @@ async fn download_writes_every_byte_and_reports_progress() {
     assert!(std::fs::read(&target).unwrap() == content);
     let len = content.len() as u64;
     assert_eq!(*last_progress.lock().unwrap(), Some((len, Some(len))));
-    assert_eq!(entries(&out_dir), ["edited.mp4"]);
+    assert_eq!(support::file_names(&out_dir), ["edited.mp4"]);
 }
 
 /// A server that answers every request with a `Content-Length` of `declared` bytes, sends
@@ -142,12 +128,7 @@ async fn partial_server(declared: usize, sent: usize, stall: bool) -> String {
 }
 
 fn raw_client(base: &str) -> NemoClient {
-    NemoClient::builder()
-        .base_url(base)
-        .token("t")
-        .no_persistence()
-        .build()
-        .unwrap()
+    support::ephemeral_builder(base).token("t").build().unwrap()
 }
 
 #[tokio::test]
@@ -164,7 +145,11 @@ async fn short_download_fails_and_leaves_nothing() {
             || matches!(err, nemo_video::Error::Network { .. }),
         "{err}"
     );
-    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    assert!(
+        support::file_names(dir.path()).is_empty(),
+        "{:?}",
+        support::file_names(dir.path())
+    );
 }
 
 #[tokio::test]
@@ -183,5 +168,9 @@ async fn cancelled_download_removes_its_temporary_file_at_once() {
     assert!(received.load(std::sync::atomic::Ordering::Relaxed) > 0);
     // Checked right after the drop: the writer thread may still hold the file open, but its
     // name is gone and nothing was renamed into place.
-    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    assert!(
+        support::file_names(dir.path()).is_empty(),
+        "{:?}",
+        support::file_names(dir.path())
+    );
 }

@@ -4,11 +4,14 @@
 mod support;
 
 use std::mem::discriminant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nemo_video::{ApiCode, Error, NemoClient, RetryPolicy, Session};
+use nemo_video::{ApiCode, ConnectFailure, Error, NemoClient, RetryPolicy, Session, TimeoutKind};
 use serde_json::json;
-use support::*;
+use support::mock::*;
+use support::{fast_retry, net, tempdir};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -404,7 +407,9 @@ async fn post_that_got_503_is_not_replayed() {
         .create_session(None)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Http { status: 503, .. }), "{err:?}");
+    assert_eq!(err.http_status(), Some(503), "{err:?}");
+    assert_eq!(err.retry_policy(), RetryPolicy::Reconcile, "{err:?}");
+    assert!(!err.is_transient(), "a caller must not be told to retry it");
     assert_eq!(
         requests_to(&server, SESSION_PATH).await.len(),
         1,
@@ -602,14 +607,13 @@ async fn token_never_appears_in_client_debug() {
     let server = MockServer::start().await;
     let dir = tempdir();
     let fixed = fixed_client(&server, dir.path());
-    for shown in [
-        format!("{fixed:?}"),
-        format!("{fixed:#?}"),
-        format!("{:?}", fixed.config()),
-    ] {
+    for shown in [format!("{fixed:?}"), format!("{fixed:#?}")] {
         assert!(!shown.contains(FIXED_TOKEN), "{shown}");
         assert!(shown.contains("***"), "the token is shown masked: {shown}");
     }
+    // The configuration no longer holds the token (the identity does).
+    let shown = format!("{:?}", fixed.config());
+    assert!(!shown.contains(FIXED_TOKEN), "{shown}");
     let shown = format!("{:?}", builder(&server, dir.path()).token(FIXED_TOKEN));
     assert!(!shown.contains(FIXED_TOKEN), "{shown}");
 
@@ -629,34 +633,226 @@ async fn token_never_appears_in_client_debug() {
     }
 }
 
-#[tokio::test]
-async fn closed_port_is_a_connect_error_that_never_reached_the_server() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let dir = tempdir();
-    let client = NemoClient::builder()
-        .base_url(format!("http://127.0.0.1:{port}"))
-        .config_dir(dir.path())
+// ---------------------------------------------------------------------------------------
+// Connect failures: the cause in the message, and the documented number of attempts
+// ---------------------------------------------------------------------------------------
+
+/// A fixed-token client (no token call) of `base_url` with production retries (2) made
+/// fast, and short limits.
+fn connect_client(base_url: &str, connect_timeout: Duration) -> NemoClient {
+    NemoClient::builder()
+        .base_url(base_url)
+        .no_persistence()
         .token(FIXED_TOKEN)
         .retry(fast_retry())
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(connect_timeout)
+        .request_timeout(Duration::from_millis(400))
         .build()
-        .unwrap();
-    let err = client.credits().await.unwrap_err();
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
-    assert!(err.is_connect());
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refused_connection_names_host_and_port_after_three_attempts() {
+    let port = net::closed_port();
+    let client = connect_client(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2));
+
+    let (result, attempts) = net::count_attempts(client.credits()).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 3, "1 + RetryConfig::max_retries (2): {err}");
+    assert_eq!(
+        err.connect_failure(),
+        Some(ConnectFailure::Refused),
+        "{err:?}"
+    );
+    assert!(err.is_connect() && !err.is_timeout());
     assert!(err.never_reached_server());
     assert_eq!(err.retry_policy(), RetryPolicy::Backoff);
     assert!(
-        err.to_string().contains("127.0.0.1"),
-        "names the host: {err}"
+        matches!(&err, Error::Connect { host, port: Some(p), .. } if host == "127.0.0.1" && *p == port),
+        "{err:?}"
     );
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "could not connect to 127.0.0.1:{port}: the connection was refused"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("error sending request"), "{text}");
     assert_no_token(&err);
 
     // Creating a session is not idempotent, but a request that never connected is safe to
-    // send again: the error is the same connect error.
-    let err = client.create_session(None).await.unwrap_err();
-    assert!(err.never_reached_server(), "{err:?}");
+    // send again: the same three attempts and the same error.
+    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 3);
+    assert_eq!(
+        err.connect_failure(),
+        Some(ConnectFailure::Refused),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_name_lookup_is_named_after_three_attempts() {
+    // `.invalid` never resolves (RFC 2606), with or without a network.
+    let client = connect_client("http://nemo-sdk-test.invalid:8080", Duration::from_secs(5));
+
+    let (result, attempts) = net::count_attempts(client.credits()).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 3, "{err}");
+    assert_eq!(
+        err.connect_failure(),
+        Some(ConnectFailure::NameLookup),
+        "{err:?}"
+    );
+    assert!(err.never_reached_server());
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "could not connect to nemo-sdk-test.invalid:8080: the name lookup (DNS) for nemo-sdk-test.invalid failed"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("check the host name"), "{text}");
+}
+
+#[tokio::test]
+async fn failed_name_lookup_through_a_custom_resolver_is_named_too() {
+    // The same classification when the lookup fails in the app's own resolver.
+    struct NoSuchHost(Arc<AtomicUsize>);
+    impl reqwest::dns::Resolve for NoSuchHost {
+        fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let message = format!("no such host: {}", name.as_str());
+            Box::pin(async move { Err(message.into()) })
+        }
+    }
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .dns_resolver(Arc::new(NoSuchHost(Arc::clone(&lookups))))
+        .build()
+        .unwrap();
+    let client = NemoClient::builder()
+        .base_url("http://api.nemo.test")
+        .no_persistence()
+        .token(FIXED_TOKEN)
+        .retry(fast_retry())
+        .http_client(http)
+        .build()
+        .unwrap();
+
+    let err = client.credits().await.unwrap_err();
+    assert_eq!(lookups.load(Ordering::SeqCst), 3, "one lookup per attempt");
+    assert_eq!(
+        err.connect_failure(),
+        Some(ConnectFailure::NameLookup),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(
+            "the name lookup (DNS) for api.nemo.test failed (no such host: api.nemo.test)"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn handshake_that_never_completes_reports_the_connect_timeout() {
+    let stuck = net::StuckPort::start().await;
+    let client = connect_client(
+        &format!("http://{}", stuck.address()),
+        Duration::from_millis(300),
+    );
+
+    let (result, attempts) = net::count_attempts(client.credits()).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 3, "{err}");
+    assert_eq!(
+        err.connect_failure(),
+        Some(ConnectFailure::TimedOut {
+            after: Some(Duration::from_millis(300))
+        }),
+        "{err:?}"
+    );
+    assert!(err.is_timeout() && err.is_connect() && err.never_reached_server());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "could not connect to {}: no connection within the connect timeout of 0.3 s; check the network connection, the base URL (NEMO_API_BASE), and any firewall or proxy in between",
+            stuck.address()
+        )
+    );
+
+    // Not idempotent, but it never connected: retried the same way.
+    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    assert_eq!(attempts, 3);
+    assert!(result.unwrap_err().is_timeout());
+}
+
+#[tokio::test]
+async fn server_that_never_answers_reports_the_request_timeout() {
+    let silent = net::LoopbackServer::silent();
+    let client = connect_client(
+        &format!("http://{}", silent.address()),
+        Duration::from_secs(2),
+    );
+
+    // A read is safe to replay: three attempts, each on its own connection.
+    let (result, attempts) = net::count_attempts(client.credits()).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 3, "{err}");
+    assert_eq!(silent.accepted(), 3);
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                kind: TimeoutKind::Request,
+                after,
+            } if after == Duration::from_millis(400)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.connect_failure(), None);
+    assert!(!err.never_reached_server());
+    assert_eq!(
+        err.to_string(),
+        "the service did not answer within 0.4 s (the request timeout); it may be busy: try again later, or raise the request timeout"
+    );
+
+    // Creating a session may have reached the service: sent once, never repeated.
+    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    assert_eq!(attempts, 1);
+    assert!(result.unwrap_err().is_timeout());
+    assert_eq!(silent.accepted(), 4);
+}
+
+#[tokio::test]
+async fn tls_failure_is_named_and_not_retried() {
+    // An `https` URL pointing at a plain-HTTP port: the handshake gets an HTTP answer.
+    let plain = net::LoopbackServer::plain_http();
+    let client = connect_client(
+        &format!("https://{}", plain.address()),
+        Duration::from_secs(2),
+    );
+
+    let (result, attempts) = net::count_attempts(client.credits()).await;
+    let err = result.unwrap_err();
+    assert_eq!(attempts, 1, "a TLS failure does not fix itself: {err}");
+    assert_eq!(err.connect_failure(), Some(ConnectFailure::Tls), "{err:?}");
+    assert_eq!(err.retry_policy(), RetryPolicy::Never);
+    assert!(err.never_reached_server());
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "could not set up a secure (TLS) connection to {}: ",
+            plain.address()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("uses the right scheme (https or http)"),
+        "{text}"
+    );
+    assert_no_token(&err);
 }

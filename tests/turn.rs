@@ -1,18 +1,18 @@
 //! `run_turn` / `run_turn_with`: one message to the end, against a loopback server that
 //! streams over time and serves a scripted sequence of session states.
 
-mod common_stream;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common_stream::*;
 use nemo_video::draft::Draft;
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, StateDiff, TurnEnd};
 use serde_json::json;
+use support::stream_server::*;
 
 /// Short reconcile delays so a no-text turn does not sleep for seconds.
 fn fast_options() -> TurnOptions {

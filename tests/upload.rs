@@ -2,17 +2,17 @@
 //! that send nothing, server refusals, retry policy, result decoding, URL imports, and a
 //! large file.
 
-mod common_upload_render;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use common_upload_render::{
-    assert_api_headers, builder, client, header, parse_multipart, patterned_bytes, received,
-    retries,
-};
+use nemo_video::upload::check_upload_file;
 use nemo_video::{Error, Session, UploadProgress, SUPPORTED_FORMATS};
 use serde_json::json;
+use support::mock::{assert_api_headers, header, received, token_builder, token_client};
+use support::multipart::parse_multipart;
+use support::{patterned_bytes, retries};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -41,7 +41,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// Checks the framing of one received upload and returns its parts.
-fn upload_parts(request: &wiremock::Request) -> Vec<common_upload_render::Part> {
+fn upload_parts(request: &wiremock::Request) -> Vec<support::multipart::Part> {
     let content_type = header(request, "content-type").expect("Content-Type");
     let length: usize = header(request, "content-length")
         .expect("Content-Length header")
@@ -63,7 +63,7 @@ async fn one_file_is_sent_as_exact_multipart() {
     let bytes = patterned_bytes(70_000);
     let file = write(dir.path(), "clip.mp4", &bytes);
 
-    let result = client(&server)
+    let result = token_client(&server)
         .upload_files(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
@@ -95,7 +95,8 @@ async fn several_files_are_one_request_with_one_part_each_in_order() {
     let inputs = [
         ("intro.mov", "video/quicktime", patterned_bytes(1)),
         ("logo.PNG", "image/png", patterned_bytes(300_000)),
-        ("music.mp3", "audio/mpeg", Vec::new()),
+        // One byte: the smallest file an upload accepts (an empty one is refused).
+        ("music.mp3", "audio/mpeg", vec![0x49]),
         (
             "we\"ird name.m4a",
             "audio/mp4",
@@ -107,7 +108,7 @@ async fn several_files_are_one_request_with_one_part_each_in_order() {
         .map(|(name, _, bytes)| write(dir.path(), name, bytes))
         .collect();
 
-    client(&server)
+    token_client(&server)
         .upload_files(&Session::from_id(SID), &paths)
         .await
         .unwrap();
@@ -138,11 +139,11 @@ async fn session_ids_are_percent_encoded_in_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "clip.mp4", b"x");
 
-    client(&server)
+    token_client(&server)
         .upload_files(&Session::from_id("a/b c"), &[&file])
         .await
         .unwrap();
-    client(&server)
+    token_client(&server)
         .upload_urls(&Session::from_id("a/b c"), &["https://example.com/a.mp4"])
         .await
         .unwrap();
@@ -167,7 +168,7 @@ async fn progress_rises_to_the_content_length() {
     let seen: Arc<Mutex<Vec<UploadProgress>>> = Arc::default();
     let sink = Arc::clone(&seen);
 
-    client(&server)
+    token_client(&server)
         .upload_files_with_progress(&Session::from_id(SID), &[first, second], move |p| {
             sink.lock().unwrap().push(p)
         })
@@ -197,7 +198,7 @@ async fn progress_rises_to_the_content_length() {
 async fn local_failure<P: AsRef<Path>>(paths: &[P], max_upload_bytes: Option<u64>) -> Error {
     let server = MockServer::start().await;
     mount_upload(&server).await;
-    let mut client = builder(&server);
+    let mut client = token_builder(&server);
     if let Some(limit) = max_upload_bytes {
         client = client.max_upload_bytes(limit);
     }
@@ -275,7 +276,7 @@ async fn uppercase_extension_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "CLIP.MP4", b"abc");
 
-    client(&server)
+    token_client(&server)
         .upload_files(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
@@ -313,7 +314,7 @@ async fn file_over_the_configured_limit_sends_nothing() {
     let server = MockServer::start().await;
     mount_upload(&server).await;
     let at_limit = write(dir.path(), "fits.mp4", &[0u8; 1000]);
-    builder(&server)
+    token_builder(&server)
         .max_upload_bytes(1000)
         .build()
         .unwrap()
@@ -344,7 +345,7 @@ async fn server_4001_is_unsupported_file_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "phone.mov", b"moov");
 
-    let err = builder(&server)
+    let err = token_builder(&server)
         .retry(retries(3))
         .build()
         .unwrap()
@@ -379,7 +380,7 @@ async fn server_4002_is_file_too_large_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "long.mp4", &[1u8; 2048]);
 
-    let err = builder(&server)
+    let err = token_builder(&server)
         .retry(retries(3))
         .build()
         .unwrap()
@@ -416,7 +417,7 @@ async fn upload_is_not_retried_after_a_503() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "clip.mp4", b"data");
 
-    let err = builder(&server)
+    let err = token_builder(&server)
         .retry(retries(3))
         .build()
         .unwrap()
@@ -442,7 +443,7 @@ async fn refused_connection_is_a_connect_error_that_never_reached_the_server() {
 
     let err = nemo_video::NemoClient::builder()
         .base_url(format!("http://{address}"))
-        .token(common_upload_render::TOKEN)
+        .token(support::mock::FIXED_TOKEN)
         .no_persistence()
         .retry(retries(2))
         .build()
@@ -453,7 +454,7 @@ async fn refused_connection_is_a_connect_error_that_never_reached_the_server() {
 
     assert!(err.is_connect(), "{err:?}");
     assert!(err.never_reached_server());
-    assert!(!err.to_string().contains(common_upload_render::TOKEN));
+    assert!(!err.to_string().contains(support::mock::FIXED_TOKEN));
 }
 
 #[tokio::test]
@@ -494,7 +495,7 @@ async fn typed_result_decodes_tolerantly() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "clip.mp4", b"x");
 
-    let result = client(&server)
+    let result = token_client(&server)
         .upload_files(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
@@ -536,7 +537,7 @@ async fn url_import_sends_exact_json() {
         "http://example.org/b.mov?sig=x%2Fy&e=1",
     ];
 
-    client(&server)
+    token_client(&server)
         .upload_urls(&Session::from_id(SID), &urls)
         .await
         .unwrap();
@@ -558,7 +559,7 @@ async fn url_import_sends_exact_json() {
 async fn non_http_urls_are_refused_locally() {
     let server = MockServer::start().await;
     mount_upload(&server).await;
-    let client = client(&server);
+    let client = token_client(&server);
     let session = Session::from_id(SID);
     for bad in [
         "ftp://example.com/a.mp4",
@@ -599,7 +600,7 @@ async fn large_file_streams_with_exact_length() {
     let last = Arc::new(Mutex::new(None));
     let sink = Arc::clone(&last);
 
-    client(&server)
+    token_client(&server)
         .upload_files_with_progress(&Session::from_id(SID), &[&file], move |p| {
             *sink.lock().unwrap() = Some(p)
         })
@@ -620,4 +621,73 @@ async fn large_file_streams_with_exact_length() {
     let last = last.lock().unwrap().expect("progress was reported");
     assert_eq!(last.sent, requests[0].body.len() as u64);
     assert_eq!(last.total, last.sent);
+}
+
+#[tokio::test]
+async fn empty_file_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.mp4", b"");
+    let err = local_failure(&[&empty], None).await;
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is empty (0 bytes); pass a media file with content",
+            empty.display()
+        )
+    );
+}
+
+#[test]
+fn check_upload_file_runs_the_upload_checks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = write(dir.path(), "clip.MOV", b"moov");
+    assert_eq!(check_upload_file(&clip, 100).unwrap(), 4);
+
+    let folder = dir.path().join("folder.mp4");
+    std::fs::create_dir(&folder).unwrap();
+    let cases: Vec<(PathBuf, u64, String)> = vec![
+        (
+            dir.path().join("missing.txt"),
+            100,
+            format!(
+                "{} does not exist; check the path",
+                dir.path().join("missing.txt").display()
+            ),
+        ),
+        (
+            folder.clone(),
+            100,
+            format!("{} is not a regular file; pass a media file", folder.display()),
+        ),
+        (
+            write(dir.path(), "notes.txt", b"text"),
+            100,
+            format!(
+                "{} is not a supported file type; supported formats: {}",
+                dir.path().join("notes.txt").display(),
+                SUPPORTED_FORMATS.join(", ")
+            ),
+        ),
+        (
+            write(dir.path(), "empty.mp4", b""),
+            100,
+            format!(
+                "{} is empty (0 bytes); pass a media file with content",
+                dir.path().join("empty.mp4").display()
+            ),
+        ),
+        (
+            clip.clone(),
+            3,
+            format!(
+                "{} is too large (4 bytes, limit 3 bytes); compress or trim it below the limit and try again",
+                clip.display()
+            ),
+        ),
+    ];
+    for (path, limit, expected) in cases {
+        let err = check_upload_file(&path, limit).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+    }
 }

@@ -1,29 +1,102 @@
-//! What the examples share: connecting to the real service or to the offline simulator, and
-//! turning a failure into one line on stderr with exit status 1.
+//! What the examples share: the arguments every example takes, connecting to the real service
+//! or to the offline simulator, showing progress and the agent at work, and ending with the
+//! documented exit status (0 done, 1 failed at run time with one `error: ...` line on stderr,
+//! 2 bad usage, which clap handles).
+#![allow(dead_code)] // each example uses part of this
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
+use nemo_video::events::AgentEvent;
 use nemo_video::simulator::Simulator;
-use nemo_video::NemoClient;
+use nemo_video::turn::TurnOptions;
+use nemo_video::{Error, NemoClient, TimeoutKind};
 
-/// A client for the real service (configured from the environment), or, when `simulate` is
-/// set, for a fresh in-process simulator. Keep the returned simulator alive while the client
-/// is used. Simulator tokens stay in memory, never mixed with real credentials.
-pub async fn connect(simulate: bool) -> Result<(NemoClient, Option<Simulator>), String> {
-    if !simulate {
-        return NemoClient::from_env()
-            .map(|client| (client, None))
-            .map_err(|err| err.to_string());
+/// How often the examples poll a render of the real service: the service's advice.
+pub const SERVICE_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The arguments that choose and tune the connection, shared by every example.
+#[derive(clap::Args, Debug)]
+pub struct ServiceArgs {
+    /// Run against the built-in offline simulator instead of the real service
+    #[arg(long)]
+    pub simulate: bool,
+    /// Longest wait for one answer from the service, in seconds [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+}
+
+/// Seconds as a duration: more than 0, at most an hour, like `30` or `0.5`.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            "expected a number of seconds above 0 and at most 3600, like 30 or 0.5".to_string()
+        })
+}
+
+/// A connected client: the real service, or a fresh in-process simulator (kept alive here
+/// for as long as the client is used).
+pub struct Service {
+    pub client: NemoClient,
+    pub simulator: Option<Simulator>,
+}
+
+impl Service {
+    /// How often to poll a render: the service's 30 s, or a tenth of the simulator's render
+    /// time, so a demo runs at the simulator's speed.
+    pub fn poll_interval(&self) -> Duration {
+        match &self.simulator {
+            Some(simulator) => (simulator.render_time() / 10).max(Duration::from_millis(50)),
+            None => SERVICE_POLL_INTERVAL,
+        }
     }
-    let simulator = Simulator::start()
-        .await
-        .map_err(|err| format!("could not start the offline simulator: {err}"))?;
-    let client = NemoClient::builder()
-        .base_url(simulator.base_url())
-        .no_persistence()
-        .build()
-        .map_err(|err| err.to_string())?;
-    Ok((client, Some(simulator)))
+}
+
+/// A client for the real service (configured from the environment: `NEMO_API_BASE`,
+/// `NEMO_TOKEN`, ...), or, when `simulate` is set, for a fresh in-process simulator whose
+/// tokens stay in memory and whose links (registration, claim) point at the simulator.
+/// Sends nothing.
+pub async fn connect(simulate: bool, timeout: Option<Duration>) -> Result<Service, String> {
+    let (builder, simulator) = if simulate {
+        let simulator = Simulator::start()
+            .await
+            .map_err(|err| format!("could not start the offline simulator: {err}"))?;
+        let builder = NemoClient::builder()
+            .base_url(simulator.base_url())
+            .web_url(simulator.web_url())
+            .no_persistence();
+        (builder, Some(simulator))
+    } else {
+        (nemo_video::NemoClientBuilder::from_env(), None)
+    };
+    let builder = match timeout {
+        Some(timeout) => builder.request_timeout(timeout),
+        None => builder,
+    };
+    let client = builder.build().map_err(|err| describe(&err))?;
+    Ok(Service { client, simulator })
+}
+
+/// An error as one line for a person, with the example's own advice where the library's
+/// would name a setting the person cannot reach from the command line.
+pub fn describe(err: &Error) -> String {
+    match err {
+        Error::Timeout {
+            kind: TimeoutKind::Request,
+            after,
+        } => format!(
+            "the service did not answer within {} s; it may be busy: try again later, or allow more time with --timeout SECS",
+            after.as_secs_f64()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// Exit status 0, or 1 with one clear line on stderr (never a debug dump).
@@ -35,4 +108,184 @@ pub fn exit(result: Result<(), String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether progress is drawn live (bars, a spinner on stderr) rather than printed as plain
+/// steps: only when stderr is a terminal.
+pub fn is_live() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Progress of one transfer or render: a bar on a terminal; otherwise each quarter reached
+/// printed on the current stdout line (`25% 50% 75% 100%`), the same whatever the chunking.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quarters_shown: Mutex<u64>,
+}
+
+impl Progress {
+    /// `label` names the bar; `bytes` shows byte counts instead of a percentage.
+    pub fn new(label: &'static str, bytes: bool) -> Progress {
+        let bar = is_live().then(|| {
+            let bar = ProgressBar::new(1);
+            let template = if bytes {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})"
+            } else {
+                "{msg} [{bar:30}] {pos}%"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(label);
+            bar
+        });
+        Progress {
+            bar,
+            quarters_shown: Mutex::new(0),
+        }
+    }
+
+    /// `position` out of `total` done.
+    pub fn set(&self, position: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total.max(1));
+            bar.set_position(position);
+            return;
+        }
+        let reached = position
+            .saturating_mul(4)
+            .checked_div(total)
+            .unwrap_or(4)
+            .min(4);
+        let mut shown = self
+            .quarters_shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if reached > *shown {
+            let mut stdout = std::io::stdout().lock();
+            for quarter in *shown + 1..=reached {
+                let _ = write!(stdout, " {}%", quarter * 25);
+            }
+            let _ = stdout.flush();
+            *shown = reached;
+        }
+    }
+
+    /// Ends the bar, or the plain line.
+    pub fn finish(&self) {
+        match &self.bar {
+            Some(bar) => bar.finish_and_clear(),
+            None => println!(),
+        }
+    }
+}
+
+/// Starts a line that [`Progress`] continues (`Uploading x.mp4 (6926 bytes)... 25% ...`).
+pub fn start_line(text: &str) {
+    if is_live() {
+        println!("{text}");
+    } else {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// What the terminal shows while the agent works: on a terminal a spinner with the elapsed
+/// time and the tool being run; otherwise the service's "⏳ Still working..." line each time
+/// the stream reports the agent still busy (every 2 minutes by default).
+pub struct AgentActivity {
+    spinner: Option<ProgressBar>,
+}
+
+impl AgentActivity {
+    /// Shown at once.
+    pub fn start() -> AgentActivity {
+        let activity = AgentActivity::new();
+        activity.begin();
+        activity
+    }
+
+    /// Ready, not shown until [`begin`](Self::begin).
+    pub fn new() -> AgentActivity {
+        let spinner = is_live().then(|| {
+            let spinner = ProgressBar::new_spinner();
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} The agent is working ({elapsed}){msg}")
+            {
+                spinner.set_style(style);
+            }
+            spinner
+        });
+        AgentActivity { spinner }
+    }
+
+    /// Starts showing the spinner (on a terminal).
+    pub fn begin(&self) {
+        if let Some(spinner) = &self.spinner {
+            spinner.reset_elapsed();
+            spinner.enable_steady_tick(Duration::from_millis(120));
+        }
+    }
+
+    /// Turn options that keep the display up to date.
+    pub fn turn_options(&self) -> TurnOptions {
+        let spinner = self.spinner.clone();
+        TurnOptions::default().on_event(move |event| match (&spinner, event) {
+            (Some(spinner), AgentEvent::ToolCall(call)) => {
+                spinner.set_message(format!(": running {}", call.name))
+            }
+            (Some(spinner), AgentEvent::ToolResult(_)) => spinner.set_message(""),
+            (None, AgentEvent::StillWorking { .. }) => println!("⏳ Still working..."),
+            _ => {}
+        })
+    }
+
+    /// Clears the spinner.
+    pub fn finish(&self) {
+        if let Some(spinner) = &self.spinner {
+            spinner.finish_and_clear();
+        }
+    }
+}
+
+/// Exit status for a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM. Once this future has been polled, those
+/// signals no longer kill the process: the caller decides what to clean up and how to exit.
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Ends a run stopped by a signal: one line on stderr saying what to do next, status 130.
+pub fn exit_interrupted(next: &str) -> ExitCode {
+    eprintln!("interrupted: {next}");
+    ExitCode::from(EXIT_INTERRUPTED)
+}
+
+/// The folder the examples keep their state in: `NEMO_CONFIG_DIR`, else
+/// `~/.config/nemovideo/`.
+pub fn config_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("NEMO_CONFIG_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|home| home.join(".config").join("nemovideo")))
 }

@@ -1,8 +1,11 @@
 //! An in-process fake NemoVideo service on loopback, for offline examples and tests.
 //!
-//! Policy and defaults: the simulator binds `127.0.0.1` only, on two ephemeral ports — the API
-//! origin ([`SimulatorHandle::base_url`]) and a second origin standing in for the CDN that
-//! serves render outputs ([`SimulatorHandle::cdn_base_url`]). It speaks the wire protocol
+//! Policy and defaults: the simulator binds `127.0.0.1` only, on three ephemeral ports — the
+//! API origin ([`SimulatorHandle::base_url`]), a second origin standing in for the CDN that
+//! serves render outputs ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the
+//! web site ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages
+//! so that links built for simulator accounts never point at the real site. Give a client of
+//! the simulator `.web_url(sim.web_url())`. It speaks the wire protocol
 //! described in the SDK's API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
 //! FastAPI-style `{"detail":..}` errors, and a real, paced `text/event-stream` on `/run_sse`
 //! carrying Google-ADK-shaped events. State (tokens, credits, sessions, drafts, renders) lives
@@ -37,6 +40,7 @@ mod body;
 mod multipart;
 mod server;
 mod state;
+mod web;
 
 use std::fmt;
 use std::io;
@@ -234,6 +238,14 @@ impl SimulatorBuilder {
         self
     }
 
+    /// How long after issuing a client id's anonymous token the simulator refuses another for
+    /// the same client id (HTTP 429 with `Retry-After: 30`), valid or not, as the service does.
+    /// Default: 7 days. [`SimulatorHandle::expire_tokens`] lifts it.
+    pub fn token_quota_window(mut self, window: Duration) -> Self {
+        self.config.token_quota_window = window;
+        self
+    }
+
     /// Every `n`th edit turn of a session carries no text at all, only tool calls and results
     /// (deterministic; `0` = never). Default: 3.
     pub fn text_less_every(mut self, n: usize) -> Self {
@@ -254,6 +266,15 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Slows transfers down so a test can interrupt them midway: a render output (CDN or
+    /// fallback download) is sent 1 KiB at a time with this pause after each KiB, and an
+    /// upload body is read with this pause after each piece that arrives. Default: none
+    /// (full speed).
+    pub fn transfer_pace(mut self, pause: Duration) -> Self {
+        self.config.transfer_pace = Some(pause);
+        self
+    }
+
     /// Short timings for tests: pacing 10 ms, heartbeats every 40 ms, work 100 ms, render
     /// 400 ms. Default: off (the timings above).
     pub fn fast(self) -> Self {
@@ -263,7 +284,7 @@ impl SimulatorBuilder {
             .render_time(Duration::from_millis(400))
     }
 
-    /// Binds both listeners on `127.0.0.1` (ephemeral ports) and starts serving on the
+    /// Binds the three listeners on `127.0.0.1` (ephemeral ports) and starts serving on the
     /// current Tokio runtime.
     ///
     /// ```no_run
@@ -276,12 +297,15 @@ impl SimulatorBuilder {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let api = TcpListener::bind(loopback).await?;
         let cdn = TcpListener::bind(loopback).await?;
+        let web = TcpListener::bind(loopback).await?;
         let base_url = format!("http://{}", api.local_addr()?);
         let cdn_base_url = format!("http://{}", cdn.local_addr()?);
-        let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url));
+        let web_url = format!("http://{}", web.local_addr()?);
+        let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url, web_url));
         let tasks = vec![
             tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api)),
             tokio::spawn(server::serve(cdn, shared.clone(), server::Origin::Cdn)),
+            tokio::spawn(web::serve(web, shared.clone())),
         ];
         tracing::debug!(base_url = %shared.base_url, cdn = %shared.cdn_base_url, "simulator started");
         Ok(Simulator {
@@ -333,7 +357,7 @@ impl Simulator {
         self.handle.clone()
     }
 
-    /// Stops serving and waits until both listeners are closed and every connection task has
+    /// Stops serving and waits until every listener is closed and every connection task has
     /// ended.
     ///
     /// ```no_run
@@ -398,6 +422,22 @@ impl SimulatorHandle {
         &self.shared.cdn_base_url
     }
 
+    /// The stand-in for the web site (`https://nemovideo.com` in production), on its own
+    /// port: `GET /register?bind=<user>` and `GET /workspace/claim?ct=<token>` answer a page
+    /// saying the account or project exists only in this simulator. Pass it to
+    /// [`NemoClientBuilder::web_url`](crate::NemoClientBuilder::web_url) so that registration
+    /// and claim links point here.
+    pub fn web_url(&self) -> &str {
+        &self.shared.web_url
+    }
+
+    /// Time from a render's submission to `completed` ([`SimulatorBuilder::render_time`]).
+    /// A client polling this simulator can poll at a fraction of it instead of the
+    /// production 30 s.
+    pub fn render_time(&self) -> Duration {
+        self.shared.config.render_time
+    }
+
     /// The next `times` requests to `endpoint` fail with `failure` (queued after any failures
     /// already pending for that endpoint). Faults apply before authentication and validation.
     pub fn fail_next(&self, endpoint: Endpoint, times: usize, failure: Failure) {
@@ -414,7 +454,7 @@ impl SimulatorHandle {
     }
 
     /// Every token issued so far now answers code 1001 with HTTP 401; the client ids that
-    /// got them may ask for new ones at once.
+    /// got them may ask for new ones at once (their quota window is lifted).
     pub fn expire_tokens(&self) {
         self.shared.with(|inner| inner.expire_all_tokens());
     }
@@ -501,6 +541,68 @@ impl SimulatorHandle {
                 .iter()
                 .filter(|r| r.endpoint == Some(endpoint))
                 .count()
+        })
+    }
+
+    /// How many `POST /api/auth/anonymous-token` requests named `client_id` in `X-Client-Id`
+    /// (issued, refused with 429 and failed alike).
+    pub fn token_requests_for(&self, client_id: &str) -> usize {
+        self.shared.with(|inner| {
+            inner
+                .requests
+                .iter()
+                .filter(|r| {
+                    r.endpoint == Some(Endpoint::AnonymousToken)
+                        && r.header("x-client-id") == Some(client_id)
+                })
+                .count()
+        })
+    }
+
+    /// Anonymous-token requests per client id (the `X-Client-Id` header; requests without one
+    /// are counted under `""`).
+    pub fn token_requests_by_client(&self) -> std::collections::BTreeMap<String, usize> {
+        self.shared.with(|inner| {
+            let mut counts = std::collections::BTreeMap::new();
+            for request in inner
+                .requests
+                .iter()
+                .filter(|r| r.endpoint == Some(Endpoint::AnonymousToken))
+            {
+                *counts
+                    .entry(request.header("x-client-id").unwrap_or("").to_string())
+                    .or_insert(0) += 1;
+            }
+            counts
+        })
+    }
+
+    /// The ids of the renders the service accepted (a re-submitted id is counted once), in
+    /// no particular order.
+    pub fn render_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.renders.keys().cloned().collect())
+    }
+
+    /// How many sessions exist.
+    pub fn session_count(&self) -> usize {
+        self.shared.with(|inner| inner.sessions.len())
+    }
+
+    /// The ids of all sessions, in no particular order.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.shared
+            .with(|inner| inner.sessions.keys().cloned().collect())
+    }
+
+    /// A session's uploaded media (`video_infos`, as the state returns them).
+    pub fn media(&self, session_id: &str) -> Vec<serde_json::Value> {
+        self.shared.with(|inner| {
+            inner
+                .sessions
+                .get(session_id)
+                .map(|s| s.video_infos.clone())
+                .unwrap_or_default()
         })
     }
 

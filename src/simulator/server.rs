@@ -455,7 +455,7 @@ async fn dispatch(shared: &Shared, index: usize, route: Route, req: Request<Inco
     match route {
         Route::AnonymousToken => anonymous_token(&ctx),
         Route::CdnOutput(id) => cdn_output(&ctx, &id, parts.method == Method::HEAD),
-        Route::CdnUpload(hash) => cdn_upload(&hash, parts.method == Method::HEAD),
+        Route::CdnUpload(hash) => cdn_upload(&ctx, &hash, parts.method == Method::HEAD),
         route => {
             let user = match ctx.authenticate() {
                 Ok(user) => user,
@@ -493,14 +493,17 @@ fn anonymous_token(ctx: &Ctx<'_>) -> Resp {
     }
     let config = &ctx.shared.config;
     let issued = ctx.shared.with(|inner| {
-        let live = inner
-            .client_tokens
+        // The service's rule: one anonymous token per client id per 7 days, whether or not
+        // the last one is still valid.
+        let now = tokio::time::Instant::now();
+        if inner
+            .client_issued
             .get(client_id)
-            .and_then(|t| inner.tokens.get(t))
-            .is_some_and(Token::is_valid);
-        if live {
+            .is_some_and(|at| now.saturating_duration_since(*at) < config.token_quota_window)
+        {
             return None;
         }
+        inner.client_issued.insert(client_id.to_owned(), now);
         let user_id = inner
             .client_users
             .entry(client_id.to_owned())
@@ -754,6 +757,9 @@ async fn read_multipart(
                     error = Some(e);
                 }
             }
+        }
+        if let Some(pause) = ctx.shared.config.transfer_pace {
+            tokio::time::sleep(pause).await;
         }
     }
     ctx.set_body_len(seen);
@@ -1130,11 +1136,15 @@ fn render_cancel(ctx: &Ctx<'_>, user: &str, id: &str) -> Resp {
     }
 }
 
-fn mp4_response(id: &str, bytes: &'static [u8], head: bool) -> Resp {
-    let body = if head {
-        SimBody::full(Bytes::new())
-    } else {
-        SimBody::full(Bytes::from_static(bytes))
+fn mp4_response(ctx: &Ctx<'_>, id: &str, bytes: &'static [u8], head: bool) -> Resp {
+    let body = match (head, ctx.shared.config.transfer_pace) {
+        (true, _) => SimBody::full(Bytes::new()),
+        (false, None) => SimBody::full(Bytes::from_static(bytes)),
+        (false, Some(pause)) => SimBody::scheduled(
+            bytes
+                .chunks(1024)
+                .flat_map(|piece| [Step::Send(Bytes::from_static(piece)), Step::Wait(pause)]),
+        ),
     };
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
@@ -1151,7 +1161,7 @@ fn mp4_response(id: &str, bytes: &'static [u8], head: bool) -> Resp {
 fn render_download(ctx: &Ctx<'_>, user: &str, id: &str) -> Resp {
     match render_phase(ctx, user, id) {
         None => render_error(404, "render not found"),
-        Some(RenderPhase::Completed) => mp4_response(id, SAMPLE_OUTPUT_MP4, false),
+        Some(RenderPhase::Completed) => mp4_response(ctx, id, SAMPLE_OUTPUT_MP4, false),
         Some(phase) => render_error(
             409,
             &format!("render is not completed (status: {})", phase.name()),
@@ -1168,7 +1178,7 @@ fn cdn_output(ctx: &Ctx<'_>, id: &str, head: bool) -> Resp {
             .is_some_and(|r| r.phase(render_time) == RenderPhase::Completed)
     });
     if done {
-        mp4_response(id, SAMPLE_OUTPUT_MP4, head)
+        mp4_response(ctx, id, SAMPLE_OUTPUT_MP4, head)
     } else {
         cdn_not_found()
     }
@@ -1182,11 +1192,11 @@ fn cdn_not_found() -> Resp {
 
 /// Uploads are never stored; only the bundled sample clip can be served back, recognised by
 /// its hash, so the draft of the demo flow points at a URL that works.
-fn cdn_upload(hash: &str, head: bool) -> Resp {
+fn cdn_upload(ctx: &Ctx<'_>, hash: &str, head: bool) -> Resp {
     let mut sample = Fnv64::default();
     sample.update(SAMPLE_INPUT_MP4);
     if hash == sample.hex() {
-        mp4_response("sample_input", SAMPLE_INPUT_MP4, head)
+        mp4_response(ctx, "sample_input", SAMPLE_INPUT_MP4, head)
     } else {
         cdn_not_found()
     }

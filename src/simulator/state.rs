@@ -22,9 +22,11 @@ pub(crate) struct Config {
     pub(crate) initial_credits: u64,
     pub(crate) credits_per_edit: u64,
     pub(crate) token_lifetime: Duration,
+    pub(crate) token_quota_window: Duration,
     pub(crate) text_less_every: usize,
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
+    pub(crate) transfer_pace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -37,9 +39,11 @@ impl Default for Config {
             initial_credits: 100,
             credits_per_edit: 5,
             token_lifetime: Duration::from_secs(7 * 24 * 3600),
+            token_quota_window: Duration::from_secs(7 * 24 * 3600),
             text_less_every: 3,
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
+            transfer_pace: None,
         }
     }
 }
@@ -48,15 +52,23 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) base_url: String,
     pub(crate) cdn_base_url: String,
+    /// The stand-in for the web site (registration and claim pages).
+    pub(crate) web_url: String,
     inner: Mutex<Inner>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, base_url: String, cdn_base_url: String) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        base_url: String,
+        cdn_base_url: String,
+        web_url: String,
+    ) -> Self {
         Shared {
             config,
             base_url,
             cdn_base_url,
+            web_url,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -79,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) tokens: HashMap<String, Token>,
     /// client id → the token it was last issued.
     pub(crate) client_tokens: HashMap<String, String>,
+    /// client id → when it was last issued a token (one per client id per quota window).
+    pub(crate) client_issued: HashMap<String, Instant>,
     /// client id → its user, kept across token expiry so sessions and credits survive re-auth.
     pub(crate) client_users: HashMap<String, String>,
     pub(crate) users: HashMap<String, User>,
@@ -96,6 +110,7 @@ impl Inner {
             token.revoked = true;
         }
         self.client_tokens.clear();
+        self.client_issued.clear();
     }
 
     /// Takes one pending failure for `endpoint`, if any.

@@ -1,34 +1,48 @@
-//! Shared helpers for the integration tests: a client pointed at a wiremock server with a
-//! private config directory and fast retries, envelope builders, and request inspection.
+//! Every helper the integration tests share, in one place. A test file says `mod support;`
+//! and imports what it needs from the area it works in:
+//!
+//! - [`mock`]: clients against a wiremock `MockServer`, envelope builders, request inspection;
+//! - [`sim`]: clients against the built-in simulator and the first steps of the main flow;
+//! - [`logs`]: an in-memory `tracing` capture scoped to one test;
+//! - [`faults`]: a scripted DNS resolver and a fault-injecting TCP proxy (the fault matrix);
+//! - [`stream_server`]: a loopback server that streams `/run_sse` by script, plus ADK payloads;
+//! - [`raw_http`]: raw TCP servers for responses no mock can produce, and request-head reading;
+//! - [`multipart`]: a strict `multipart/form-data` parser;
+//! - [`probes`]: leak probes (threads, tasks, TCP connections, memory, temporary files);
+//! - [`net`]: connection faults on loopback (closed, silent, stuck ports), a tripwire port that
+//!   proves nothing was sent, and a count of the SDK's attempts;
+//! - [`examples`]: the example programs built once and run as a user runs them.
+//!
+//! This module holds what all of them build on: fast retries, the base client builder,
+//! private temporary directories, waiting on a condition, and the "no secret shows" asserts.
+//!
+//! Policy: nothing here races the clock. Helpers wait on observable conditions (with a
+//! generous limit that only ends a hung test), every server binds `127.0.0.1:0`, and every
+//! test writes into its own temporary directory.
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::time::Duration;
+pub mod examples;
+pub mod faults;
+pub mod logs;
+pub mod mock;
+pub mod multipart;
+pub mod net;
+pub mod probes;
+pub mod raw_http;
+pub mod sim;
+pub mod stream_server;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nemo_video::{NemoClient, NemoClientBuilder, RetryConfig};
-use serde_json::{json, Value};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-/// The fixed client id every test client sends (a UUID, as the service expects).
-pub const CLIENT_ID: &str = "0b7c6a52-3f0e-4d8e-9a51-6c2f1d9e8a01";
-/// The anonymous token the default token mock hands out.
-pub const ANON_TOKEN: &str = "nmv_usr_ANON_SECRET_4f9d2c";
-/// The anonymous user id that comes with it.
-pub const ANON_USER: &str = "anon_7f3e1a";
-/// A fixed token for clients built with `.token(...)`.
-pub const FIXED_TOKEN: &str = "nmv_usr_FIXED_SECRET_a81b";
-/// The web URL test clients use for browser links.
+/// The web URL test clients use for browser links (when a helper sets one).
 pub const WEB_URL: &str = "https://web.nemo.test";
-/// The platform attribution test clients send.
+/// The platform attribution test clients send (when a helper sets one).
 pub const PLATFORM: &str = "test-platform";
 
-pub const TOKEN_PATH: &str = "/api/auth/anonymous-token";
-pub const CREDITS_PATH: &str = "/api/credits/balance/simple";
-pub const SESSION_PATH: &str = "/api/tasks/me/with-session/nemo_agent";
-pub const CLAIM_PATH: &str = "/api/auth/claim-token";
-
-/// Retries as in production (2), but 10 ms doubling instead of 0.5 s, no jitter.
+/// Retries as in production (2), but 10 ms doubling to 40 ms, no jitter.
 pub fn fast_retry() -> RetryConfig {
     let mut retry = RetryConfig::default();
     retry.base_delay = Duration::from_millis(10);
@@ -37,30 +51,31 @@ pub fn fast_retry() -> RetryConfig {
     retry
 }
 
-/// A builder for a client that talks to `server`, persists into `dir`, and retries fast.
-pub fn builder(server: &MockServer, dir: &Path) -> NemoClientBuilder {
+/// [`fast_retry`] with `max_retries` retries.
+pub fn retries(max_retries: u32) -> RetryConfig {
+    let mut retry = fast_retry();
+    retry.max_retries = max_retries;
+    retry
+}
+
+/// The base every test client starts from: `base_url`, [`fast_retry`], and timeouts generous
+/// enough that a busy machine answering slowly never turns into a timeout (tests of timeouts
+/// set their own). Everything else is the SDK's default.
+pub fn client_builder(base_url: &str) -> NemoClientBuilder {
     NemoClient::builder()
-        .base_url(server.uri())
-        .web_url(WEB_URL)
-        .config_dir(dir)
-        .client_id(CLIENT_ID)
-        .skill_platform(PLATFORM)
-        .connect_timeout(Duration::from_secs(2))
-        .request_timeout(Duration::from_secs(5))
+        .base_url(base_url)
+        .connect_timeout(Duration::from_secs(5))
+        .request_timeout(Duration::from_secs(30))
         .retry(fast_retry())
 }
 
-/// An anonymous-token client (no fixed token).
-pub fn client(server: &MockServer, dir: &Path) -> NemoClient {
-    builder(server, dir).build().expect("test client builds")
-}
-
-/// A client with the fixed token [`FIXED_TOKEN`]: no anonymous-token call involved.
-pub fn fixed_client(server: &MockServer, dir: &Path) -> NemoClient {
-    builder(server, dir)
-        .token(FIXED_TOKEN)
-        .build()
-        .expect("test client builds")
+/// [`client_builder`] with the test web URL and platform, persisting nothing unless the
+/// caller sets a config directory.
+pub fn ephemeral_builder(base_url: &str) -> NemoClientBuilder {
+    client_builder(base_url)
+        .web_url(WEB_URL)
+        .skill_platform(PLATFORM)
+        .no_persistence()
 }
 
 /// A private temporary directory (removed when dropped).
@@ -68,82 +83,71 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-/// `{"code":0,"message":"success","data":<data>}` with HTTP 200.
-pub fn ok(data: Value) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({"code": 0, "message": "success", "data": data}))
+/// Writes the simulator's sample input clip into `dir` and returns its path.
+pub fn sample_clip(dir: &Path) -> PathBuf {
+    let path = dir.join("sample_input.mp4");
+    std::fs::write(&path, nemo_video::simulator::SAMPLE_INPUT_MP4).expect("write sample clip");
+    path
 }
 
-/// `{"code":<n>,"message":<msg>,"data":null}` with HTTP 200.
-pub fn code(n: i64, msg: &str) -> ResponseTemplate {
-    code_with_status(200, n, msg)
+/// Names of the entries in `dir` (not recursive), sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
-/// A body code with the given HTTP status.
-pub fn code_with_status(status: u16, n: i64, msg: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_json(json!({"code": n, "message": msg, "data": null}))
+/// Bytes that differ from position to position, so misplaced bytes are noticed.
+pub fn patterned_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
 }
 
-/// A raw JSON body (for numbers `serde_json::Value` cannot hold exactly).
-pub fn raw_json(status: u16, body: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
+/// Polls `condition` every 10 ms until it holds or `limit` passes; returns whether it held.
+/// `limit` only ends a test that would otherwise hang: make it generous.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-/// The anonymous-token response for `token`.
-pub fn token_response(token: &str) -> ResponseTemplate {
-    ok(json!({
-        "token": token,
-        "user_id": ANON_USER,
-        "expires_at": "2099-01-01T00:00:00Z",
-        "credits": 100
-    }))
+/// Asserts that no way of showing `value` contains any of `secrets`.
+pub fn assert_hidden<T: std::fmt::Debug + ?Sized>(what: &str, value: &T, secrets: &[&str]) {
+    for shown in [format!("{value:?}"), format!("{value:#?}")] {
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{what} leaked a token: {shown}");
+        }
+    }
 }
 
-pub fn credits_body() -> Value {
-    json!({"available": 87.5, "frozen": 12.5, "total": 100})
-}
-
-/// Mounts the anonymous-token endpoint handing out [`ANON_TOKEN`] forever.
-pub async fn mount_token(server: &MockServer) {
-    Mock::given(method("POST"))
-        .and(path(TOKEN_PATH))
-        .respond_with(token_response(ANON_TOKEN))
-        .mount(server)
-        .await;
-}
-
-/// Mounts `GET /api/credits/balance/simple` answering `template` forever.
-pub async fn mount_credits(server: &MockServer, template: ResponseTemplate) {
-    Mock::given(method("GET"))
-        .and(path(CREDITS_PATH))
-        .respond_with(template)
-        .mount(server)
-        .await;
-}
-
-/// Every request the server received for `path_`, in order.
-pub async fn requests_to(server: &MockServer, path_: &str) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .expect("request recording is on")
-        .into_iter()
-        .filter(|request| request.url.path() == path_)
-        .collect()
-}
-
-/// A header's value as text, if present.
-pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request
-        .headers
-        .get(name)
-        .map(|value| value.to_str().expect("ASCII header"))
-}
-
-/// Asserts that no form of `err` a person or a log could see contains a token.
-pub fn assert_no_token(err: &nemo_video::Error) {
-    for shown in [format!("{err}"), format!("{err:?}"), format!("{err:#?}")] {
-        for token in [ANON_TOKEN, FIXED_TOKEN, "nmv_usr_ANON_SECOND_77"] {
-            assert!(!shown.contains(token), "token leaked into {shown:?}");
+/// Asserts that an error's `Display`, `Debug` and `{:#?}` contain none of `secrets`, nor
+/// anything of its source chain.
+pub fn assert_error_hides(err: &nemo_video::Error, secrets: &[&str]) {
+    let mut shown = vec![err.to_string(), format!("{err:?}"), format!("{err:#?}")];
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        shown.push(inner.to_string());
+        shown.push(format!("{inner:?}"));
+        source = inner.source();
+    }
+    for text in shown {
+        for secret in secrets {
+            assert!(!text.contains(secret), "an error leaked a token: {text}");
         }
     }
 }

@@ -1,13 +1,12 @@
-//! Helpers for the end-to-end tests: a fast simulator, clients pointed at it with a private
-//! config directory and fast retries, and the first steps of the remove-object flow.
-#![allow(dead_code)]
+//! Clients pointed at the built-in simulator (short timings, a private config directory, fast
+//! retries) and the first steps of the remove-object flow.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nemo_video::render::WaitOptions;
 use nemo_video::simulator::Simulator;
-use nemo_video::{NemoClient, NemoClientBuilder, RetryConfig, Session};
+use nemo_video::{NemoClient, NemoClientBuilder, Session};
 
 /// The prompt of the main job.
 pub const REMOVE: &str = "remove the background person and replace it with a solid color";
@@ -30,23 +29,10 @@ pub async fn simulator() -> Simulator {
         .expect("simulator starts")
 }
 
-/// Retries as in production (2), but 10 ms doubling to 40 ms, no jitter.
-pub fn fast_retry() -> RetryConfig {
-    let mut retry = RetryConfig::default();
-    retry.base_delay = Duration::from_millis(10);
-    retry.max_delay = Duration::from_millis(40);
-    retry.jitter = false;
-    retry
-}
-
-/// A builder for an anonymous-token client of `sim` persisting into `dir`.
+/// A builder for an anonymous-token client of `sim` persisting into `dir` (SDK defaults for
+/// the web URL and attribution).
 pub fn builder(sim: &Simulator, dir: &Path) -> NemoClientBuilder {
-    NemoClient::builder()
-        .base_url(sim.base_url())
-        .config_dir(dir)
-        .connect_timeout(Duration::from_secs(2))
-        .request_timeout(Duration::from_secs(5))
-        .retry(fast_retry())
+    super::client_builder(sim.base_url()).config_dir(dir)
 }
 
 /// An anonymous-token client of `sim` persisting into `dir`.
@@ -54,11 +40,11 @@ pub fn new_client(sim: &Simulator, dir: &Path) -> NemoClient {
     builder(sim, dir).build().expect("client builds")
 }
 
-/// Polls renders every 50 ms, for at most 10 s.
+/// Polls renders every 50 ms, for at most 30 s (a limit for a hung test, not a deadline).
 pub fn fast_wait() -> WaitOptions {
     WaitOptions::default()
         .poll_interval(Duration::from_millis(50))
-        .max_wait(Duration::from_secs(10))
+        .max_wait(Duration::from_secs(30))
 }
 
 /// A new session with the sample clip uploaded.
@@ -70,9 +56,4 @@ pub async fn session_with_clip(client: &NemoClient) -> Session {
         .expect("upload");
     assert_eq!(uploaded.files.len(), 1, "{uploaded:?}");
     session
-}
-
-/// A private temporary directory (removed when dropped).
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
 }

@@ -5,7 +5,6 @@
 //!
 //! The proxy sees every request that reaches "the server", so its counts are the ones the
 //! matrix asserts ("was this POST sent twice?").
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

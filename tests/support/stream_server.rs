@@ -5,7 +5,6 @@
 //! stalls, abrupt closes, and to see when the client goes away. Every response carries
 //! `Connection: close` and the connection is closed after it, so each request is one
 //! connection and nothing is reused behind a test's back.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,298 @@
+//! Interrupting the examples, as a person does with Ctrl-C (or a supervisor with SIGTERM),
+//! then running the same command again: the example stops at once with status 130, leaves
+//! nothing in the output folder, says how to resume, and the rerun finishes the job paying
+//! for nothing twice (one session, one upload on it, one message, one render id).
+//!
+//! The simulator runs in this test process, slowed down, so it outlives the example process;
+//! the example reaches it through `NEMO_API_BASE` as it would the real service.
+#![cfg(unix)]
+
+mod support;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nemo_video::simulator::{Endpoint, Simulator, SAMPLE_OUTPUT_MP4};
+use support::examples::{example, names_in, run, texts};
+use support::{eventually, patterned_bytes, tempdir};
+
+/// Where a run is interrupted.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Upload,
+    AgentTurn,
+    RenderWait,
+    Download,
+}
+
+impl Phase {
+    /// The request that shows the example is in this phase (it is recorded when it arrives).
+    fn marker(self) -> Endpoint {
+        match self {
+            Phase::Upload => Endpoint::Upload,
+            Phase::AgentTurn => Endpoint::RunSse,
+            Phase::RenderWait => Endpoint::RenderStatus,
+            Phase::Download => Endpoint::CdnOutput,
+        }
+    }
+}
+
+/// A simulator whose every phase takes seconds: uploads and downloads are paced, the agent's
+/// tools work for 3 s, renders take 4 s.
+async fn slow_simulator() -> Simulator {
+    Simulator::builder()
+        .fast()
+        .transfer_pace(Duration::from_millis(400))
+        .work_duration(Duration::from_secs(3))
+        .render_time(Duration::from_secs(4))
+        .start()
+        .await
+        .expect("simulator starts")
+}
+
+/// A clip big enough that its paced upload takes a while (its bytes do not matter to the
+/// simulator, its name does).
+fn write_clip(dir: &Path) -> std::path::PathBuf {
+    let clip = dir.join("clip.mp4");
+    std::fs::write(&clip, patterned_bytes(2 * 1024 * 1024)).unwrap();
+    clip
+}
+
+/// `remove_object <clip> --output <out>/edited.mp4` against `sim`.
+fn remove_object(sim: &Simulator, work: &Path, clip: &Path, extra: &[&str]) -> Command {
+    let mut command = example("remove_object", &work.join("cwd"), &work.join("config"));
+    command
+        .env("NEMO_API_BASE", sim.base_url())
+        .arg(clip)
+        .arg("--output")
+        .arg(work.join("out").join("edited.mp4"))
+        .args(["--poll-interval", "0.1"])
+        .args(extra);
+    command
+}
+
+fn spawn(mut command: Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit (a hung child fails the test after a generous limit), and
+/// returns its status code, stdout and stderr, and how long it took after the signal.
+fn finish(mut child: Child, signalled: Instant) -> (Option<i32>, String, String, Duration) {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let took = signalled.elapsed();
+            let mut stdout = String::new();
+            let mut stderr = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return (status.code(), stdout, stderr, took);
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the example did not stop within 60 s of the signal");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn prepare() -> (tempfile::TempDir, std::path::PathBuf) {
+    let work = tempdir();
+    for dir in ["cwd", "config", "out", "in"] {
+        std::fs::create_dir(work.path().join(dir)).unwrap();
+    }
+    let clip = write_clip(&work.path().join("in"));
+    (work, clip)
+}
+
+async fn interrupt_then_resume(phase: Phase, signal_name: &str) {
+    let sim = slow_simulator().await;
+    let (work, clip) = prepare();
+    let out = work.path().join("out");
+
+    let child = spawn(remove_object(&sim, work.path(), &clip, &[]));
+    let handle = sim.handle();
+    assert!(
+        eventually(Duration::from_secs(120), || handle
+            .request_count(phase.marker())
+            >= 1)
+        .await,
+        "{phase:?}: the example never got there"
+    );
+    let signalled = Instant::now();
+    signal(&child, signal_name);
+    let (code, stdout, stderr, took) =
+        tokio::task::spawn_blocking(move || finish(child, signalled))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(130), "{phase:?}: {stdout}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "{phase:?}: stopped after {took:?}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{phase:?}: one line: {stderr}");
+    assert!(
+        lines[0].starts_with("interrupted: run the same command again to resume ("),
+        "{phase:?}: {stderr}"
+    );
+    assert!(names_in(&out).is_empty(), "{phase:?}: {:?}", names_in(&out));
+
+    // The same command again, left to finish.
+    let output = run(&mut remove_object(&sim, work.path(), &clip, &[]), "");
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{phase:?}: {stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("Resuming: "), "{phase:?}: {stdout}");
+    assert_eq!(
+        std::fs::read(out.join("edited.mp4")).unwrap(),
+        SAMPLE_OUTPUT_MP4,
+        "{phase:?}"
+    );
+    assert_eq!(names_in(&out), ["edited.mp4"], "{phase:?}");
+
+    // Over both runs: one session, one clip on it, one message, one render id.
+    let sessions = sim.session_ids();
+    assert_eq!(sessions.len(), 1, "{phase:?}: sessions");
+    assert_eq!(
+        sim.media(&sessions[0]).len(),
+        1,
+        "{phase:?}: uploads landed"
+    );
+    assert_eq!(sim.request_count(Endpoint::CreateSession), 1, "{phase:?}");
+    assert_eq!(
+        sim.request_count(Endpoint::RunSse),
+        1,
+        "{phase:?}: messages"
+    );
+    assert_eq!(sim.render_ids().len(), 1, "{phase:?}: render ids");
+    let uploads = sim.request_count(Endpoint::Upload);
+    match phase {
+        // The interrupted upload never completed, so it was sent again: one copy landed.
+        Phase::Upload => assert_eq!(uploads, 2, "{phase:?}"),
+        _ => assert_eq!(uploads, 1, "{phase:?}"),
+    }
+    // The journal is gone after success.
+    let jobs = work.path().join("config").join("jobs");
+    assert!(
+        !jobs.exists() || names_in(&jobs).is_empty(),
+        "{:?}",
+        names_in(&jobs)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_upload_then_the_same_command_resumes() {
+    interrupt_then_resume(Phase::Upload, "INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_agent_turn_then_the_same_command_resumes() {
+    interrupt_then_resume(Phase::AgentTurn, "INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_render_wait_then_the_same_command_resumes() {
+    interrupt_then_resume(Phase::RenderWait, "TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_download_then_the_same_command_resumes() {
+    interrupt_then_resume(Phase::Download, "INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_starts_over_after_an_interruption() {
+    let sim = slow_simulator().await;
+    let (work, clip) = prepare();
+    let child = spawn(remove_object(&sim, work.path(), &clip, &[]));
+    let handle = sim.handle();
+    assert!(
+        eventually(Duration::from_secs(120), || handle
+            .request_count(Endpoint::RunSse)
+            >= 1)
+        .await
+    );
+    let signalled = Instant::now();
+    signal(&child, "INT");
+    let (code, ..) = tokio::task::spawn_blocking(move || finish(child, signalled))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130));
+
+    let output = run(
+        &mut remove_object(&sim, work.path(), &clip, &["--fresh"]),
+        "",
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("Resuming"), "{stdout}");
+    assert_eq!(sim.session_ids().len(), 2, "a new session");
+    assert_eq!(
+        sim.request_count(Endpoint::RunSse),
+        2,
+        "the message sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_interrupted_during_a_download_leaves_no_partial_file() {
+    let sim = slow_simulator().await;
+    let (work, clip) = prepare();
+    let out = work.path().join("out");
+    let mut command = example(
+        "batch",
+        &work.path().join("cwd"),
+        &work.path().join("config"),
+    );
+    command
+        .env("NEMO_API_BASE", sim.base_url())
+        .arg(format!("{}=remove the background person", clip.display()))
+        .arg("--output-dir")
+        .arg(&out)
+        .args(["--poll-interval", "0.1"]);
+    let child = spawn(command);
+    let handle = sim.handle();
+    assert!(
+        eventually(Duration::from_secs(120), || handle
+            .request_count(Endpoint::CdnOutput)
+            >= 1)
+        .await
+    );
+    let signalled = Instant::now();
+    signal(&child, "TERM");
+    let (code, stdout, stderr, _) = tokio::task::spawn_blocking(move || finish(child, signalled))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("interrupted: "), "{stderr}");
+    assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
+}

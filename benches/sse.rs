@@ -7,6 +7,8 @@
 //! alike). `nemo_video_sse` passes each chunk to `SseParser::push(&chunk)`, which copies it;
 //! `nemo_video_sse_push_bytes` gives it to `SseParser::push_bytes(chunk)`, which parses it in
 //! place; `sse-stream` and `eventsource-stream` get the stream of `Bytes` itself.
+//! `sse_stream_0.3_borrowed_slices` feeds `sse-stream` borrowed slices instead, as this bench
+//! did before `push_bytes` existed, for reference.
 //!
 //! - `adk_50MB/16KiB` and `adk_50MB/random_1_4096`: 50 MB of ADK-like events (~1.1 KB of
 //!   JSON on one `data:` line each, some multi-line, with heartbeats mixed in: `: ping`,
@@ -251,6 +253,21 @@ fn run_sse_stream(chunks: &Chunks, mut seen: impl FnMut(&str)) {
     });
 }
 
+/// `sse-stream` fed borrowed slices of the chunks, as this bench did before `push_bytes`:
+/// no handle per chunk to make and drop, which no network stream offers. Shown for reference.
+fn run_sse_stream_slices(chunks: &Chunks, mut seen: impl FnMut(&str)) {
+    let input = stream::iter(chunks.0.iter().map(|chunk| Ok::<&[u8], Infallible>(chunk)));
+    let mut events = pin!(sse_stream::SseByteStream::new(input));
+    block_on(async {
+        while let Some(item) = events.next().await {
+            let sse = item.expect("the generated stream is valid");
+            if let Some(data) = &sse.data {
+                seen(data);
+            }
+        }
+    });
+}
+
 fn run_eventsource_stream(chunks: &Chunks, mut seen: impl FnMut(&str)) {
     let input = stream::iter(chunks.received().map(Ok::<Bytes, Infallible>));
     let mut events = pin!(input.eventsource());
@@ -318,10 +335,13 @@ fn adk_stream_of(c: &mut Criterion, len: usize, prefix: &str) {
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(4));
-        let runners: [(&str, Runner); 4] = [
+        let runners: [(&str, Runner); 5] = [
             ("nemo_video_sse", |c, f| run_ours(c, f)),
             ("nemo_video_sse_push_bytes", |c, f| run_ours_bytes(c, f)),
             ("sse_stream_0.3", |c, f| run_sse_stream(c, f)),
+            ("sse_stream_0.3_borrowed_slices", |c, f| {
+                run_sse_stream_slices(c, f)
+            }),
             ("eventsource_stream_0.2.3", |c, f| {
                 run_eventsource_stream(c, f)
             }),

@@ -35,9 +35,7 @@
 //! them on tokio's blocking pool (`spawn_blocking`) instead of the task's worker thread,
 //! where it would hold up every other task on that thread; smaller states are compared in
 //! place, which costs less than the hand-off. [`NemoClient::reconcile_turn`], which borrows
-//! the caller's state, compares big states in `block_in_place` on a multi-threaded runtime
-//! (the worker's other tasks move to another thread meanwhile), and in place on a
-//! current-thread one.
+//! the caller's state, compares in place.
 
 use std::fmt;
 use std::sync::Arc;
@@ -515,9 +513,9 @@ fn segment_count(state: &SessionState) -> usize {
 enum Before<'a> {
     /// Shared: a big comparison moves to tokio's blocking pool, on any runtime.
     Shared(&'a Arc<SessionState>),
-    /// The caller's (`reconcile_turn`): a big comparison runs in `block_in_place` on a
-    /// multi-threaded runtime, which hands this worker's other tasks to another thread; on a
-    /// current-thread runtime, where that is not possible, in place.
+    /// The caller's (`reconcile_turn`): compared in place, since moving the work to another
+    /// thread would need a copy of the state (`block_in_place` needs tokio's multi-threaded
+    /// runtime, which this crate does not require).
     Borrowed(&'a SessionState),
 }
 
@@ -551,12 +549,7 @@ where
     let before = match before {
         Before::Shared(before) => before,
         Before::Borrowed(before) => {
-            let changes = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(|| diff(before, &after))
-                }
-                _ => diff(before, &after),
-            };
+            let changes = diff(before, &after);
             return (changes, after);
         }
     };
@@ -638,25 +631,5 @@ mod tests {
         )
         .await;
         assert_eq!(changes.changes().len(), 2, "{changes}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_borrowed_big_state_frees_the_worker_while_compared() {
-        let before = state_with(600);
-        let after = state_with(601);
-        let expected = before.diff(&after);
-        // One worker: the sender task can run meanwhile only if the comparison handed the
-        // worker's tasks to another thread (`blocking_recv` panics on a runtime thread).
-        let (send, receive) = tokio::sync::oneshot::channel::<()>();
-        let sender = tokio::spawn(async move { send.send(()) });
-        let (changes, _) = compare_with(Before::Borrowed(&before), after, move |before, after| {
-            receive
-                .blocking_recv()
-                .expect("the other task ran meanwhile");
-            before.diff(after)
-        })
-        .await;
-        assert!(sender.await.expect("the sender task finished").is_ok());
-        assert_eq!(changes, expected);
     }
 }

@@ -325,15 +325,14 @@ impl NemoClient {
             Ok(stream) => stream,
             // The message may have reached the service: what the state shows is the answer.
             Err(err) if err.needs_reconcile() => {
-                return Ok(self
-                    .finish_turn(
-                        session,
-                        before,
-                        TurnCollector::default(),
-                        Some(err),
-                        options,
-                    )
-                    .await)
+                return Ok(Box::pin(self.finish_turn(
+                    session,
+                    before,
+                    TurnCollector::default(),
+                    Some(err),
+                    options,
+                ))
+                .await)
             }
             Err(err) => return Err(err),
         };
@@ -355,9 +354,9 @@ impl NemoClient {
             }
         }
         drop(stream);
-        Ok(self
-            .finish_turn(session, before, collector, cut_off, options)
-            .await)
+        // Boxed: inline, the ending (the turn, the state re-reads) made this future 4.6 KiB,
+        // held by every user for the whole stream; boxed, it is allocated once at the end.
+        Ok(Box::pin(self.finish_turn(session, before, collector, cut_off, options)).await)
     }
 
     /// Ends a turn whose message was sent: how it ended, and, when the words do not say what

@@ -137,6 +137,12 @@ fn usage_errors_say_error_and_exit_2() {
             "error: invalid value '0' for '--rounds <N>': expected a whole number of at least 1"
                 .to_string(),
         ),
+        (
+            "server_scale",
+            vec!["--users", "10,0"],
+            "error: invalid value '0' for '--users <N[,N...]>': expected a whole number of at least 1"
+                .to_string(),
+        ),
     ]);
     for (name, args, first_line) in cases {
         let output = run_example(name, cwd.path(), cwd.path(), &args);

@@ -1211,3 +1211,56 @@ async fn links_for_simulator_accounts_open_the_simulators_own_pages() {
         "fast() timing"
     );
 }
+
+/// Regression: the listeners had tokio's default backlog of 128, so a burst of connections
+/// (a load test of a server with thousands of users) overflowed it and the kernel dropped
+/// SYNs: those clients connected a second or more late, or timed out.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_burst_of_connections_waits_in_the_backlog_instead_of_being_dropped() {
+    const BURST: usize = 1200;
+    if !open_file_limit_at_least(BURST as u64 + 100) {
+        eprintln!("skipped: the hard open-file limit is below {}", BURST + 100);
+        return;
+    }
+    // A runtime that is not running while the burst arrives, so nothing is accepted and
+    // every connection has to wait in the backlog.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = runtime.block_on(Simulator::builder().start()).unwrap();
+    let addr: std::net::SocketAddr = sim
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut connections = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(stream) => connections.push(stream),
+            Err(err) => panic!("connection {i} of a burst of {BURST} failed: {err}"),
+        }
+    }
+    assert_eq!(connections.len(), BURST);
+}
+
+/// Raises the soft open-file limit to `needed` if the hard limit allows it.
+#[cfg(target_os = "linux")]
+fn open_file_limit_at_least(needed: u64) -> bool {
+    // SAFETY: `getrlimit`/`setrlimit` read or write only the struct they are given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return false;
+        }
+        if limit.rlim_cur as u64 >= needed {
+            return true;
+        }
+        if (limit.rlim_max as u64) < needed {
+            return false;
+        }
+        limit.rlim_cur = needed as libc::rlim_t;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    }
+}

@@ -856,3 +856,115 @@ async fn tls_failure_is_named_and_not_retried() {
     );
     assert_no_token(&err);
 }
+
+// ---------------------------------------------------------------------------------------
+// Memory per call in flight
+// ---------------------------------------------------------------------------------------
+
+/// A server holds one of these futures for each user with a call in flight, and `run_turn`'s
+/// for the whole stream, so they stay small: the retry loop is boxed. Inline, a state read's
+/// future was 2.2 KiB and a turn's 3.8 KiB (`examples/server_scale.rs` measures the effect).
+#[test]
+fn futures_of_calls_stay_small() {
+    let client = NemoClient::builder()
+        .base_url("http://127.0.0.1:9")
+        .no_persistence()
+        .build()
+        .unwrap();
+    let session = Session::from_id("1");
+    let sizes = [
+        (
+            "state",
+            std::mem::size_of_val(&client.state(&session)),
+            1024,
+        ),
+        ("credits", std::mem::size_of_val(&client.credits()), 1024),
+        (
+            "create_session",
+            std::mem::size_of_val(&client.create_session(None)),
+            1024,
+        ),
+        (
+            "send_message",
+            std::mem::size_of_val(&client.send_message(&session, "hi")),
+            1536,
+        ),
+        (
+            "run_turn",
+            std::mem::size_of_val(&client.run_turn(&session, "hi")),
+            3072,
+        ),
+    ];
+    for (call, size, limit) in sizes {
+        assert!(
+            size <= limit,
+            "{call}'s future is {size} bytes (limit {limit})"
+        );
+    }
+}
+
+/// A call reads its response to the end, so its connection goes back to the pool and the
+/// next call uses it instead of opening another.
+#[tokio::test]
+async fn calls_one_after_another_reuse_one_connection() {
+    let server = MockServer::start().await;
+    mount_credits(&server, ok(credits_body())).await;
+    let front = ConnectionCounter::start(&server.uri()).await;
+    let client = support::client_builder(&front.url)
+        .token(FIXED_TOKEN)
+        .no_persistence()
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        client.credits().await.unwrap();
+    }
+    assert_eq!(received(&server).await.len(), 5);
+    assert_eq!(
+        front.connections(),
+        1,
+        "five calls in a row opened more than one connection"
+    );
+}
+
+/// A TCP front on loopback that forwards every connection to `upstream` and counts them.
+struct ConnectionCounter {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionCounter {
+    async fn start(upstream: &str) -> ConnectionCounter {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        ConnectionCounter {
+            url,
+            accepted,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

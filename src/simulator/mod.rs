@@ -49,7 +49,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use state::Shared;
@@ -294,10 +294,9 @@ impl SimulatorBuilder {
     /// # }
     /// ```
     pub async fn start(self) -> io::Result<Simulator> {
-        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let api = TcpListener::bind(loopback).await?;
-        let cdn = TcpListener::bind(loopback).await?;
-        let web = TcpListener::bind(loopback).await?;
+        let api = listen_on_loopback()?;
+        let cdn = listen_on_loopback()?;
+        let web = listen_on_loopback()?;
         let base_url = format!("http://{}", api.local_addr()?);
         let cdn_base_url = format!("http://{}", cdn.local_addr()?);
         let web_url = format!("http://{}", web.local_addr()?);
@@ -313,6 +312,20 @@ impl SimulatorBuilder {
             tasks,
         })
     }
+}
+
+/// Connections the kernel queues for a listener before `accept` takes them. Tokio's
+/// `TcpListener::bind` asks for 128, like the standard library, and a burst of connections (a
+/// load test of a server with thousands of users) overflowed that: the kernel dropped SYNs and
+/// those clients connected a second or more late. The kernel caps the value at
+/// `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// A listener on `127.0.0.1`, on an ephemeral port, with a backlog for bursts.
+fn listen_on_loopback() -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A running fake NemoVideo service. Stops when dropped.

@@ -16,6 +16,7 @@ pub const EXAMPLES: &[&str] = &[
     "chat",
     "credits",
     "transfer_bench",
+    "server_scale",
 ];
 
 /// Builds `name` once per test process (`cargo build --example`, in the test binary's

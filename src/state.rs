@@ -387,7 +387,7 @@ impl MediaInfo {
             .and_then(|t| t.0)
             .unwrap_or_default();
         let mut info = MediaInfo::empty(raw);
-        let text = |t: Option<Text>| t.map(|t| t.0);
+        let text = |t: Option<Text>| t.map(|t| t.0.to_string());
         let number = |n: Option<Number>| n.map(|n| n.0);
         info.id = wire.id;
         info.name = text(wire.name);
@@ -1329,30 +1329,75 @@ where
     if prefix < old_end && prefix < new_end {
         let (old_ids, new_ids) = intern(&old_keys[prefix..old_end], &new_keys[prefix..new_end]);
         // The classic LCS table where it is cheap: it chooses among equally long alignments
-        // as this crate always has. Myers' algorithm, with its bounded search, above.
+        // as this crate always has. Myers' algorithm, with its bounded search, above, on the
+        // items whose key is on both sides only: the others can never match, and a timeline
+        // rewritten throughout (every key new) then costs no search at all.
         let cells = old_ids.len().saturating_mul(new_ids.len());
-        let algorithm = if cells <= LCS_TABLE_LIMIT {
+        let (old_at, new_at, old_ids, new_ids) = if cells <= LCS_TABLE_LIMIT {
+            (None, None, old_ids, new_ids)
+        } else {
+            let (old_at, old_common, new_at, new_common) = common_only(&old_ids, &new_ids);
+            (Some(old_at), Some(new_at), old_common, new_common)
+        };
+        let algorithm = if old_at.is_none() {
             Algorithm::Lcs
         } else {
             Algorithm::Myers
         };
-        for op in similar::capture_diff_slices(algorithm, &old_ids, &new_ids) {
+        let ops = if old_ids.is_empty() || new_ids.is_empty() {
+            Vec::new()
+        } else {
+            similar::capture_diff_slices(algorithm, &old_ids, &new_ids)
+        };
+        let position = |at: &Option<Vec<usize>>, k: usize| at.as_ref().map_or(k, |at| at[k]);
+        for op in ops {
             if let DiffOp::Equal {
                 old_index,
                 new_index,
                 len,
             } = op
             {
-                let (i, j) = (prefix + old_index, prefix + new_index);
-                pair_leftovers(classes, old_from..i, new_from..j, &mut pairs);
-                pairs.extend((0..len).map(|k| Pair::Both(i + k, j + k)));
-                (old_from, new_from) = (i + len, j + len);
+                for k in 0..len {
+                    let i = prefix + position(&old_at, old_index + k);
+                    let j = prefix + position(&new_at, new_index + k);
+                    pair_leftovers(classes, old_from..i, new_from..j, &mut pairs);
+                    pairs.push(Pair::Both(i, j));
+                    (old_from, new_from) = (i + 1, j + 1);
+                }
             }
         }
     }
     pair_leftovers(classes, old_from..old_end, new_from..new_end, &mut pairs);
     pairs.extend((0..suffix).map(|k| Pair::Both(old_end + k, new_end + k)));
     pairs
+}
+
+/// The ids that occur on both sides, each side's in order, with their positions:
+/// `(old positions, old ids, new positions, new ids)`.
+fn common_only(old: &[u32], new: &[u32]) -> (Vec<usize>, Vec<u32>, Vec<usize>, Vec<u32>) {
+    let distinct = old
+        .iter()
+        .chain(new)
+        .max()
+        .map_or(0, |max| *max as usize + 1);
+    // Ids are dense (0..distinct), so a table says where each occurs.
+    let mut sides = vec![0u8; distinct];
+    for id in old {
+        sides[*id as usize] |= 1;
+    }
+    for id in new {
+        sides[*id as usize] |= 2;
+    }
+    let keep = |ids: &[u32]| -> (Vec<usize>, Vec<u32>) {
+        ids.iter()
+            .enumerate()
+            .filter(|(_, id)| sides[**id as usize] == 3)
+            .map(|(at, id)| (at, *id))
+            .unzip()
+    };
+    let (old_at, old_common) = keep(old);
+    let (new_at, new_common) = keep(new);
+    (old_at, old_common, new_at, new_common)
 }
 
 /// Replaces keys by small integers, equal exactly when the keys are equal, so that the

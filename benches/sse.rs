@@ -2,6 +2,14 @@
 //!
 //! Run: `cargo bench --bench sse`
 //!
+//! Every parser gets its input as an HTTP client hands it out: one owned `Bytes` per chunk, a
+//! new handle on a shared buffer (made and dropped inside the timed loop, for every parser
+//! alike). `nemo_video_sse` passes each chunk to `SseParser::push(&chunk)`, which copies it;
+//! `nemo_video_sse_push_bytes` gives it to `SseParser::push_bytes(chunk)`, which parses it in
+//! place; `sse-stream` and `eventsource-stream` get the stream of `Bytes` itself.
+//! `sse_stream_0.3_borrowed_slices` feeds `sse-stream` borrowed slices instead, as this bench
+//! did before `push_bytes` existed, for reference.
+//!
 //! - `adk_50MB/16KiB` and `adk_50MB/random_1_4096`: 50 MB of ADK-like events (~1.1 KB of
 //!   JSON on one `data:` line each, some multi-line, with heartbeats mixed in: `: ping`,
 //!   empty `data:`, `data: heartbeat`), generated from a fixed seed, fed in 16 KiB chunks or
@@ -18,6 +26,7 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use eventsource_stream::Eventsource;
 use futures::executor::block_on;
@@ -181,16 +190,49 @@ impl Seen {
     }
 }
 
-fn run_ours(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
+/// The chunks of one stream, as slices of one shared buffer.
+struct Chunks(Vec<Bytes>);
+
+impl Chunks {
+    /// `slices` must lie inside `whole`'s bytes.
+    fn new(whole: &Bytes, slices: Vec<&[u8]>) -> Self {
+        Chunks(slices.iter().map(|slice| whole.slice_ref(slice)).collect())
+    }
+
+    /// The chunks as a network read hands them out: each a new owned handle.
+    fn received(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.0.iter().cloned()
+    }
+}
+
+fn run_ours(chunks: &Chunks, mut seen: impl FnMut(&str)) {
     let mut parser = SseParser::new();
-    for chunk in chunks {
-        parser.push(chunk);
-        while let Some(frame) = parser.next_frame() {
-            if let Ok(SseFrame::Event(event)) = frame {
-                seen(event.data());
-            }
+    for chunk in chunks.received() {
+        parser.push(&chunk);
+        drain(&mut parser, &mut seen);
+    }
+    finish(&mut parser, &mut seen);
+}
+
+fn run_ours_bytes(chunks: &Chunks, mut seen: impl FnMut(&str)) {
+    let mut parser = SseParser::new();
+    for chunk in chunks.received() {
+        parser.push_bytes(chunk);
+        drain(&mut parser, &mut seen);
+    }
+    finish(&mut parser, &mut seen);
+}
+
+#[inline]
+fn drain(parser: &mut SseParser, seen: &mut impl FnMut(&str)) {
+    while let Some(frame) = parser.next_frame() {
+        if let Ok(SseFrame::Event(event)) = frame {
+            seen(event.data());
         }
     }
+}
+
+fn finish(parser: &mut SseParser, seen: &mut impl FnMut(&str)) {
     while let Some(frame) = parser.finish() {
         if let Ok(SseFrame::Event(event)) = frame {
             seen(event.data());
@@ -198,8 +240,8 @@ fn run_ours(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
     }
 }
 
-fn run_sse_stream(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
-    let input = stream::iter(chunks.iter().map(|chunk| Ok::<&[u8], Infallible>(chunk)));
+fn run_sse_stream(chunks: &Chunks, mut seen: impl FnMut(&str)) {
+    let input = stream::iter(chunks.received().map(Ok::<Bytes, Infallible>));
     let mut events = pin!(sse_stream::SseByteStream::new(input));
     block_on(async {
         while let Some(item) = events.next().await {
@@ -211,8 +253,23 @@ fn run_sse_stream(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
     });
 }
 
-fn run_eventsource_stream(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
-    let input = stream::iter(chunks.iter().map(|chunk| Ok::<&[u8], Infallible>(chunk)));
+/// `sse-stream` fed borrowed slices of the chunks, as this bench did before `push_bytes`:
+/// no handle per chunk to make and drop, which no network stream offers. Shown for reference.
+fn run_sse_stream_slices(chunks: &Chunks, mut seen: impl FnMut(&str)) {
+    let input = stream::iter(chunks.0.iter().map(|chunk| Ok::<&[u8], Infallible>(chunk)));
+    let mut events = pin!(sse_stream::SseByteStream::new(input));
+    block_on(async {
+        while let Some(item) = events.next().await {
+            let sse = item.expect("the generated stream is valid");
+            if let Some(data) = &sse.data {
+                seen(data);
+            }
+        }
+    });
+}
+
+fn run_eventsource_stream(chunks: &Chunks, mut seen: impl FnMut(&str)) {
+    let input = stream::iter(chunks.received().map(Ok::<Bytes, Infallible>));
     let mut events = pin!(input.eventsource());
     block_on(async {
         while let Some(item) = events.next().await {
@@ -222,11 +279,14 @@ fn run_eventsource_stream(chunks: &[&[u8]], mut seen: impl FnMut(&str)) {
     });
 }
 
-type Runner = fn(&[&[u8]], &mut dyn FnMut(&str));
+type Runner = fn(&Chunks, &mut dyn FnMut(&str));
 
-fn check_agreement(chunks: &[&[u8]], with_eventsource: bool) -> Seen {
+fn check_agreement(chunks: &Chunks, with_eventsource: bool) -> Seen {
     let mut ours = Seen::default();
     run_ours(chunks, |d| ours.hash(d));
+    let mut ours_bytes = Seen::default();
+    run_ours_bytes(chunks, |d| ours_bytes.hash(d));
+    assert_eq!(ours, ours_bytes, "push and push_bytes disagree");
     let mut peer = Seen::default();
     run_sse_stream(chunks, |d| peer.hash(d));
     assert_eq!(ours, peer, "nemo_video::sse and sse-stream disagree");
@@ -250,10 +310,14 @@ fn adk_stream(c: &mut Criterion) {
 }
 
 fn adk_stream_of(c: &mut Criterion, len: usize, prefix: &str) {
-    let input = generate(SEED, len);
-    let chunkings: [(&str, Vec<&[u8]>); 2] = [
-        ("16KiB", fixed_chunks(&input, 16 * 1024)),
-        ("random_1_4096", random_chunks(&input, SEED ^ 0xC4A7, 4096)),
+    let whole = Bytes::from(generate(SEED, len));
+    let input: &[u8] = &whole;
+    let chunkings: [(&str, Chunks); 2] = [
+        ("16KiB", Chunks::new(&whole, fixed_chunks(input, 16 * 1024))),
+        (
+            "random_1_4096",
+            Chunks::new(&whole, random_chunks(input, SEED ^ 0xC4A7, 4096)),
+        ),
     ];
     let lf_lf = memchr::memmem::Finder::new(b"\n\n");
     for (name, chunks) in &chunkings {
@@ -261,7 +325,7 @@ fn adk_stream_of(c: &mut Criterion, len: usize, prefix: &str) {
         eprintln!(
             "{prefix}/{name}: {} bytes, {} chunks, {} events (all parsers agree)",
             input.len(),
-            chunks.len(),
+            chunks.0.len(),
             seen.events
         );
         let mut group = c.benchmark_group(format!("{prefix}/{name}"));
@@ -271,9 +335,13 @@ fn adk_stream_of(c: &mut Criterion, len: usize, prefix: &str) {
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(4));
-        let runners: [(&str, Runner); 3] = [
+        let runners: [(&str, Runner); 5] = [
             ("nemo_video_sse", |c, f| run_ours(c, f)),
+            ("nemo_video_sse_push_bytes", |c, f| run_ours_bytes(c, f)),
             ("sse_stream_0.3", |c, f| run_sse_stream(c, f)),
+            ("sse_stream_0.3_borrowed_slices", |c, f| {
+                run_sse_stream_slices(c, f)
+            }),
             ("eventsource_stream_0.2.3", |c, f| {
                 run_eventsource_stream(c, f)
             }),
@@ -288,7 +356,7 @@ fn adk_stream_of(c: &mut Criterion, len: usize, prefix: &str) {
             });
         }
         group.bench_function("memmem_lf_lf", |b| {
-            b.iter(|| lf_lf.find_iter(black_box(&input)).count())
+            b.iter(|| lf_lf.find_iter(black_box(input)).count())
         });
         group.finish();
     }
@@ -302,12 +370,13 @@ fn one_long_event(c: &mut Criterion) {
         input.push(b' ');
     }
     input.extend_from_slice(b"\n\n");
-    let chunks = fixed_chunks(&input, 1460);
+    let whole = Bytes::from(input);
+    let chunks = Chunks::new(&whole, fixed_chunks(&whole, 1460));
     let seen = check_agreement(&chunks, false);
     assert_eq!(seen.events, 1);
     let mut group = c.benchmark_group("one_2MB_event");
     group
-        .throughput(Throughput::Bytes(input.len() as u64))
+        .throughput(Throughput::Bytes(whole.len() as u64))
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
@@ -315,6 +384,13 @@ fn one_long_event(c: &mut Criterion) {
         b.iter(|| {
             let mut seen = Seen::default();
             run_ours(black_box(&chunks), |d| seen.count(d));
+            black_box(seen)
+        })
+    });
+    group.bench_function("1460B/nemo_video_sse_push_bytes", |b| {
+        b.iter(|| {
+            let mut seen = Seen::default();
+            run_ours_bytes(black_box(&chunks), |d| seen.count(d));
             black_box(seen)
         })
     });

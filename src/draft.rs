@@ -85,8 +85,10 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashSet, HashSetExt};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -194,7 +196,7 @@ impl Draft {
     /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn is_ready_for_export(&self) -> bool {
-        self.tracks.iter().any(|track| !track.segments.is_empty())
+        self.tracks.iter().any(|track| !track.segments().is_empty())
     }
 
     /// The one-line timeline summary (format in the [module docs](self)).
@@ -306,12 +308,12 @@ impl TrackKind {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Metadata {
-    name: Option<String>,
-    title: Option<String>,
-    text: Option<String>,
-    label: Option<String>,
-    file_name: Option<String>,
-    filename: Option<String>,
+    name: Option<Arc<str>>,
+    title: Option<Arc<str>>,
+    text: Option<Arc<str>>,
+    label: Option<Arc<str>>,
+    file_name: Option<Arc<str>>,
+    filename: Option<Arc<str>>,
     volume: Option<f64>,
 }
 
@@ -397,115 +399,158 @@ fn last_path_component(name: &str) -> &str {
 }
 
 /// One track of the view.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
-pub struct Track {
+pub struct Track(Arc<TrackData>);
+
+#[derive(Debug, PartialEq)]
+struct TrackData {
     kind: Option<TrackKind>,
-    id: Option<String>,
+    id: Option<Arc<str>>,
     duration_ms: Option<f64>,
     segments: Vec<Segment>,
     metadata: Metadata,
 }
 
+impl fmt::Debug for Track {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Track")
+            .field("kind", &self.0.kind)
+            .field("id", &self.0.id)
+            .field("duration_ms", &self.0.duration_ms)
+            .field("segments", &self.0.segments)
+            .field("metadata", &self.0.metadata)
+            .finish()
+    }
+}
+
 impl Track {
     /// The kind from `tt`; `None` when `tt` is missing or not an integer.
     pub fn kind(&self) -> Option<TrackKind> {
-        self.kind
+        self.0.kind
     }
 
     /// `id`, when present (a number is given as its decimal text).
     pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+        self.0.id.as_deref()
     }
 
     /// The track's `d` in milliseconds.
     pub fn duration_ms(&self) -> Option<f64> {
-        self.duration_ms
+        self.0.duration_ms
     }
 
     /// The track's `d` as a [`Duration`].
     pub fn duration(&self) -> Option<Duration> {
-        self.duration_ms.and_then(ms_to_duration)
+        self.0.duration_ms.and_then(ms_to_duration)
     }
 
     /// The segments (`sg`), non-object entries skipped.
     pub fn segments(&self) -> &[Segment] {
-        &self.segments
+        &self.0.segments
     }
 
     /// The track's metadata.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        &self.0.metadata
     }
 
     /// The summary label (`Video`, `BGM`, `Title`, `Track (type N)`, or `Track`).
     pub fn label(&self) -> String {
-        self.kind
+        self.0
+            .kind
             .map_or_else(|| "Track".to_owned(), TrackKind::label)
     }
 
     /// The time span in milliseconds (rules in the module docs).
     pub fn time_range_ms(&self) -> Option<(f64, f64)> {
         let placed = self
-            .segments
+            .segments()
             .iter()
             .filter_map(Segment::time_range_ms)
             .reduce(|(start, end), (s, e)| (start.min(s), end.max(e)));
-        placed.or_else(|| self.duration_ms.map(|d| (0.0, d)))
+        placed.or_else(|| self.0.duration_ms.map(|d| (0.0, d)))
     }
 
     /// The volume shown for the track: the first segment's, else the track's.
     pub fn volume_percent(&self) -> Option<u32> {
-        self.segments
+        self.0
+            .segments
             .iter()
-            .find_map(|segment| segment.metadata.volume_percent())
-            .or_else(|| self.metadata.volume_percent())
+            .find_map(|segment| segment.metadata().volume_percent())
+            .or_else(|| self.0.metadata.volume_percent())
     }
 
     fn is_text(&self) -> bool {
-        self.kind == Some(TrackKind::Text)
+        self.0.kind == Some(TrackKind::Text)
     }
 
     /// The display name as in the summary (names, `untitled` or `empty`).
     pub fn display_name(&self) -> String {
-        self.names(self.is_text()).unwrap_or_else(|| {
-            if self.segments.is_empty() {
-                "empty"
-            } else {
-                "untitled"
-            }
-            .to_owned()
-        })
+        let prefer_text = self.is_text();
+        let names = self
+            .segments()
+            .iter()
+            .map(|segment| segment.metadata().display_name(prefer_text));
+        self.display_name_from(names)
+    }
+
+    /// [`Track::display_name`] from the segments' display names, already read.
+    pub(crate) fn display_name_from<'a>(
+        &'a self,
+        segment_names: impl Iterator<Item = Option<&'a str>>,
+    ) -> String {
+        self.names_from(segment_names, self.is_text())
+            .unwrap_or_else(|| {
+                if self.0.segments.is_empty() {
+                    "empty"
+                } else {
+                    "untitled"
+                }
+                .to_owned()
+            })
     }
 
     /// The distinct names of the track (see the module docs), each quoted when `quote`;
     /// `None` when nothing is named.
     pub(crate) fn names(&self, quote: bool) -> Option<String> {
         let prefer_text = self.is_text();
-        let mut names: Vec<&str> = Vec::new();
-        for segment in &self.segments {
-            if let Some(name) = segment.metadata.display_name(prefer_text) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
+        let names = self
+            .segments()
+            .iter()
+            .map(|segment| segment.metadata().display_name(prefer_text));
+        self.names_from(names, quote)
+    }
+
+    /// [`Track::names`] from the segments' display names (`display_name` with `text` first
+    /// on text tracks), already read.
+    fn names_from<'a>(
+        &'a self,
+        segment_names: impl Iterator<Item = Option<&'a str>>,
+        quote: bool,
+    ) -> Option<String> {
+        const SHOWN: usize = 3;
+        // The first few distinct names, and how many there are: a set, so that a track with
+        // one distinct name per segment (subtitles) costs linear time, not quadratic.
+        let mut first: Vec<&str> = Vec::with_capacity(SHOWN);
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.0.segments.len());
+        for name in segment_names.flatten() {
+            if seen.insert(name) && first.len() < SHOWN {
+                first.push(name);
             }
         }
-        if names.is_empty() {
-            if let Some(name) = self.metadata.display_name(prefer_text) {
-                names.push(name);
-            }
+        let mut distinct = seen.len();
+        if distinct == 0 {
+            first.extend(self.0.metadata.display_name(self.is_text()));
+            distinct = first.len();
         }
-        if names.is_empty() {
+        if distinct == 0 {
             return None;
         }
-        let shown: Vec<String> = names
-            .iter()
-            .take(3)
-            .map(|name| quote_name(name, quote))
-            .collect();
+        let shown: Vec<String> = first.iter().map(|name| quote_name(name, quote)).collect();
         let mut out = shown.join(", ");
-        if names.len() > 3 {
-            out.push_str(&format!(" +{} more", names.len() - 3));
+        if distinct > SHOWN {
+            out.push_str(&format!(" +{} more", distinct - SHOWN));
         }
         Some(out)
     }
@@ -516,7 +561,7 @@ impl Track {
             Some((start, end)) => format!("{}-{}s", format_seconds(start), format_seconds(end)),
             None => "time unknown".to_owned(),
         };
-        let volume = match (self.kind, self.volume_percent()) {
+        let volume = match (self.0.kind, self.volume_percent()) {
             (Some(TrackKind::Audio), Some(percent)) => format!(", {percent}%"),
             _ => String::new(),
         };
@@ -528,11 +573,15 @@ impl Track {
     }
 }
 
-/// One segment of a track.
-#[derive(Debug, Clone, PartialEq)]
+/// One segment of a track. Cheap to clone (shared): a diff keeps the segments it reports
+/// without copying them, however many changed.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
-pub struct Segment {
-    id: Option<String>,
+pub struct Segment(Arc<SegmentData>);
+
+#[derive(Debug, PartialEq)]
+struct SegmentData {
+    id: Option<Arc<str>>,
     start_ms: Option<f64>,
     end_ms: Option<f64>,
     duration_ms: Option<f64>,
@@ -540,36 +589,49 @@ pub struct Segment {
     metadata: Metadata,
 }
 
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.0.id)
+            .field("start_ms", &self.0.start_ms)
+            .field("end_ms", &self.0.end_ms)
+            .field("duration_ms", &self.0.duration_ms)
+            .field("placed", &self.0.placed)
+            .field("metadata", &self.0.metadata)
+            .finish()
+    }
+}
+
 impl Segment {
     /// `id`, when present (a number is given as its decimal text).
     pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+        self.0.id.as_deref()
     }
 
     /// The start as sent (`st`, `start`, `s` or `b`), in milliseconds.
     pub fn start_ms(&self) -> Option<f64> {
-        self.start_ms
+        self.0.start_ms
     }
 
     /// The end as sent (`e`, `et` or `end`), in milliseconds.
     pub fn end_ms(&self) -> Option<f64> {
-        self.end_ms
+        self.0.end_ms
     }
 
     /// The segment's `d` in milliseconds.
     pub fn duration_ms(&self) -> Option<f64> {
-        self.duration_ms
+        self.0.duration_ms
     }
 
     /// Where the segment sits on the timeline, in milliseconds (placement rules in the
     /// module docs).
     pub fn time_range_ms(&self) -> Option<(f64, f64)> {
-        self.placed
+        self.0.placed
     }
 
     /// The segment's metadata.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        &self.0.metadata
     }
 }
 
@@ -728,30 +790,31 @@ impl<'de, K: FieldKey> Deserialize<'de> for Key<K> {
     }
 }
 
-/// A non-empty (after trimming) string.
-pub(crate) struct Text(pub(crate) String);
+/// A non-empty (after trimming) string. Shared (`Arc<str>`), so that copying a segment into
+/// a diff's change costs a reference count, not an allocation per name.
+pub(crate) struct Text(pub(crate) Arc<str>);
 
 impl Lenient for Text {
     fn from_str(value: &str) -> Option<Self> {
-        (!value.trim().is_empty()).then(|| Text(value.to_owned()))
+        (!value.trim().is_empty()).then(|| Text(Arc::from(value)))
     }
 }
 
-/// An identifier: a string, or a number's decimal text.
-pub(crate) struct Id(pub(crate) String);
+/// An identifier: a string, or a number's decimal text (shared, as [`Text`]).
+pub(crate) struct Id(pub(crate) Arc<str>);
 
 impl Lenient for Id {
     fn from_str(value: &str) -> Option<Self> {
-        Some(Id(value.to_owned()))
+        Some(Id(Arc::from(value)))
     }
     fn from_i64(value: i64) -> Option<Self> {
-        Some(Id(value.to_string()))
+        Some(Id(Arc::from(value.to_string())))
     }
     fn from_u64(value: u64) -> Option<Self> {
-        Some(Id(value.to_string()))
+        Some(Id(Arc::from(value.to_string())))
     }
     fn from_f64(value: f64) -> Option<Self> {
-        Some(Id(value.to_string()))
+        Some(Id(Arc::from(value.to_string())))
     }
 }
 
@@ -914,7 +977,7 @@ impl FieldKey for ObjectKey {
 }
 
 struct SegmentWire {
-    id: Option<String>,
+    id: Option<Arc<str>>,
     starts: [Option<f64>; 4],
     ends: [Option<f64>; 3],
     duration_ms: Option<f64>,
@@ -1005,13 +1068,13 @@ impl Lenient for TrackWire {
                 }
             }
         }
-        Ok(Some(TrackWire(Track {
+        Ok(Some(TrackWire(Track(Arc::new(TrackData {
             kind,
             id,
             duration_ms,
             segments: place_segments(wires),
             metadata: metadata.or_from(own),
-        })))
+        })))))
     }
 }
 
@@ -1029,14 +1092,14 @@ fn place_segments(wires: Vec<SegmentWire>) -> Vec<Segment> {
                     .filter(|end| *end >= start)
             });
             previous_end = end;
-            Segment {
+            Segment(Arc::new(SegmentData {
                 id: wire.id,
                 start_ms,
                 end_ms,
                 duration_ms: wire.duration_ms,
                 placed: start.zip(end),
                 metadata: wire.metadata,
-            }
+            }))
         })
         .collect()
 }

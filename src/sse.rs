@@ -6,8 +6,8 @@
 //!   event stream": `data`, `event`, `id` and `retry` fields; a line without a colon is a field
 //!   name with an empty value; one space after the colon is stripped (only one); several `data`
 //!   lines are joined with `\n`; a blank line dispatches the event; LF, CRLF and CR all end a
-//!   line (a CR at the end of one [`push`](SseParser::push) and an LF at the start of the next
-//!   are one line ending); one leading UTF-8 byte order mark is ignored at the start of the
+//!   line (a CR at the end of one push and an LF at the start of the next are one line
+//!   ending); one leading UTF-8 byte order mark is ignored at the start of the
 //!   stream; unknown fields are ignored; an `id` containing NUL is ignored; `retry` is used
 //!   only when it is all ASCII digits.
 //! - **No data, no event.** A block without any `data` line (for example only `event:` or
@@ -28,18 +28,26 @@
 //!   bounded the same way. Past the limit [`next_frame`](SseParser::next_frame) returns
 //!   [`SseError::EventTooLarge`] once, drops what it holds of that event, discards input up
 //!   to and including the next blank line, and then continues normally with the next event.
-//!   The parser buffers what you [`push`](SseParser::push) until you call `next_frame`, so
-//!   drain it (call `next_frame` until `None`) after each push; then it never holds more than
-//!   the limit plus one pushed chunk.
+//!   The parser buffers what you push until you call `next_frame`, so drain it (call
+//!   `next_frame` until `None`) after each push; then it never holds more than the limit
+//!   plus one pushed chunk, and once drained it holds no chunk given to
+//!   [`push_bytes`](SseParser::push_bytes).
 //! - **Ids.** [`SseEvent::id`] is the `id` set in that event's own block (`None` if the block
 //!   had no valid `id` line); [`SseParser::last_event_id`] is the spec's persistent "last
 //!   event ID", the value to send as `Last-Event-ID` when reconnecting.
+//! - **Two ways in, one result.** [`push`](SseParser::push) takes a borrowed `&[u8]` and
+//!   copies it into the parser's buffer; [`push_bytes`](SseParser::push_bytes) takes an owned
+//!   [`Bytes`] (what an HTTP client hands out) and parses it where it lies. Both give exactly
+//!   the same frames and errors for the same bytes, however they are chunked, and they can be
+//!   mixed.
 //! - **Cost.** Work is linear in the bytes pushed, whatever the chunking: the scan for a line
-//!   ending resumes where it stopped. Each input byte is copied once (into the parser's
-//!   buffer), and each event's data is validated as UTF-8 once, when the event is
-//!   dispatched (with [`simdutf8`], which uses SIMD where the CPU has it). An event with one
-//!   data line is handed out as a slice of that buffer without copying it (it keeps the
-//!   buffer's allocation alive while you hold it).
+//!   ending resumes where it stopped. Each event's data is validated as UTF-8 once, when the
+//!   event is dispatched (with [`simdutf8`], which uses SIMD where the CPU has it), and an
+//!   event with one data line is handed out as a slice of the input without copying it (it
+//!   keeps that allocation alive while you hold it). Copies: `push` copies every byte once;
+//!   `push_bytes` copies only a line cut by the end of a chunk (its two parts are joined),
+//!   the data of an event whose blank line is in a later chunk, and (both ways) data spread
+//!   over several `data` lines, comments, and the `event` and `id` values.
 //!
 //! # Example
 //!
@@ -69,6 +77,7 @@
 //! assert_eq!(frames.len(), 3);
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -258,25 +267,93 @@ impl fmt::Display for SseError {
 impl std::error::Error for SseError {}
 
 /// Where the data of the event being read lives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Data {
     /// No `data` line yet: at the blank line nothing is dispatched.
     None,
-    /// Exactly one `data` line, whose value is `buf[start..end]`.
+    /// Exactly one `data` line, whose value is `window[start..end]`.
     Line { start: usize, end: usize },
+    /// Exactly one `data` line, taken out of an earlier window without copying it (the
+    /// parser moved on to the next chunk before the event's blank line came). `before`
+    /// counts the bytes of this event that precede offset 0 of the window (the line, its
+    /// line ending and the lines since), for the size limit. `pinned`: `value` is a slice
+    /// of a chunk from `push_bytes` (not of the parser's own buffer).
+    Held {
+        value: Bytes,
+        before: usize,
+        pinned: bool,
+    },
     /// Several `data` lines, joined with `\n` in `joined`.
     Joined,
 }
 
+/// The input being parsed: either the parser's own buffer, which [`SseParser::push`] copies
+/// into, or a chunk handed over by [`SseParser::push_bytes`], parsed where it lies.
+enum Window {
+    Owned(BytesMut),
+    Shared(Bytes),
+}
+
+impl std::ops::Deref for Window {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Window::Owned(bytes) => bytes,
+            Window::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl Window {
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        match self {
+            Window::Owned(bytes) => bytes.advance(n),
+            Window::Shared(bytes) => bytes.advance(n),
+        }
+    }
+
+    /// Removes `self[..end]` and returns `self[start..end]` as shared bytes, without copying.
+    #[inline]
+    fn take_front(&mut self, start: usize, end: usize) -> Bytes {
+        if start == end {
+            self.advance(end);
+            return Bytes::new();
+        }
+        self.advance(start);
+        match self {
+            Window::Owned(bytes) => bytes.split_to(end - start).freeze(),
+            Window::Shared(bytes) => bytes.split_to(end - start),
+        }
+    }
+}
+
+/// What [`SseParser::pull`] did.
+enum Pulled {
+    /// No chunk was waiting.
+    Nothing,
+    /// The window moved on; parse on.
+    Input,
+    /// The line cut by the end of the last chunk was a whole `data` event, taken.
+    Event(SseEvent),
+}
+
 /// An incremental server-sent events parser. See the [module docs](self) for the policy.
 ///
-/// Feed bytes with [`push`](Self::push), take frames with [`next_frame`](Self::next_frame)
-/// until it returns `None`, and at end of stream call [`finish`](Self::finish) until it
-/// returns `None`.
+/// Feed bytes with [`push`](Self::push) or [`push_bytes`](Self::push_bytes), take frames
+/// with [`next_frame`](Self::next_frame) until it returns `None`, and at end of stream call
+/// [`finish`](Self::finish) until it returns `None`.
 pub struct SseParser {
-    /// Unconsumed input. Offset 0 is the first byte still needed: the start of the event's
-    /// single data line, or else the start of the current line.
-    buf: BytesMut,
+    /// The input being parsed. Offset 0 is the first byte still needed: the start of the
+    /// event's single data line, or else the start of the current line.
+    window: Window,
+    /// Chunks given to `push_bytes` that the window has not reached yet, in order.
+    queue: VecDeque<Bytes>,
+    /// An empty buffer kept for the next line cut by the end of a chunk, so that joining
+    /// such a line does not allocate each time.
+    spare: BytesMut,
     /// Start of the line being read.
     line_start: usize,
     /// Where the search for the current line's ending resumes; `line_start..scan_pos` holds
@@ -295,8 +372,8 @@ pub struct SseParser {
     last_event_id: String,
     reconnection_time: Option<Duration>,
     max_event_size: usize,
-    /// The last line ended with a CR that was the last byte pushed: an LF first in the next
-    /// push completes that CRLF and is not a line of its own.
+    /// The last line ended with a CR that was the last byte available: an LF first in the
+    /// next input completes that CRLF and is not a line of its own.
     skip_lf: bool,
     /// At the start of a stream: a BOM may still come.
     bom_pending: bool,
@@ -317,8 +394,9 @@ impl Default for SseParser {
 
 impl fmt::Debug for SseParser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queued: usize = self.queue.iter().map(Bytes::len).sum();
         f.debug_struct("SseParser")
-            .field("buffered_bytes", &self.buf.len())
+            .field("buffered_bytes", &(self.window.len() + queued))
             .field("max_event_size", &self.max_event_size)
             .field("last_event_id", &self.last_event_id)
             .field("reconnection_time", &self.reconnection_time)
@@ -340,7 +418,9 @@ impl SseParser {
     #[must_use]
     pub fn with_max_event_size(bytes: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
+            window: Window::Owned(BytesMut::new()),
+            queue: VecDeque::new(),
+            spare: BytesMut::new(),
             line_start: 0,
             scan_pos: 0,
             data: Data::None,
@@ -381,20 +461,63 @@ impl SseParser {
         self.reconnection_time
     }
 
-    /// Appends bytes received from the stream. Chunks may split lines, line endings and
-    /// UTF-8 sequences anywhere. Nothing is parsed until [`next_frame`](Self::next_frame),
-    /// so call it until `None` after each push to keep memory bounded.
+    /// Appends bytes received from the stream, copying them into the parser's buffer.
+    /// Chunks may split lines, line endings and UTF-8 sequences anywhere. Nothing is parsed
+    /// until [`next_frame`](Self::next_frame), so call it until `None` after each push to keep
+    /// memory bounded. When the bytes arrive as [`Bytes`], [`push_bytes`](Self::push_bytes)
+    /// avoids the copy.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.buf.capacity() - self.buf.len() < bytes.len() {
+        if bytes.is_empty() {
+            return;
+        }
+        let Window::Owned(buf) = &mut self.window else {
+            // The window is a chunk from `push_bytes`: these bytes come after it.
+            self.queue.push_back(Bytes::copy_from_slice(bytes));
+            return;
+        };
+        if !self.queue.is_empty() {
+            self.queue.push_back(Bytes::copy_from_slice(bytes));
+            return;
+        }
+        if buf.capacity() - buf.len() < bytes.len() {
             // Reserve generously: `BytesMut` then reclaims the consumed front of its buffer
             // (moving the few unconsumed bytes back) once per `MIN_RESERVE` bytes instead of
             // once per small push. Never more than twice the event limit, though: the buffer
             // never needs to hold more than one unfinished event plus the push, so memory
             // stays proportional to the limit even when it is tiny.
             let generous = MIN_RESERVE.min(self.max_event_size.saturating_mul(2));
-            self.buf.reserve(bytes.len().max(generous));
+            buf.reserve(bytes.len().max(generous));
         }
-        self.buf.extend_from_slice(bytes);
+        buf.extend_from_slice(bytes);
+    }
+
+    /// Appends a chunk received from the stream without copying it: the parser reads the
+    /// chunk where it lies, and an event whose data is one line inside the chunk is handed
+    /// out as a slice of it. Gives exactly the frames and errors that [`push`](Self::push)
+    /// of the same bytes gives, and the two can be mixed.
+    ///
+    /// Only a line cut by the end of a chunk is copied (its start is kept until the rest
+    /// arrives), as is data spread over several `data` lines. The parser lets go of the
+    /// chunk once [`next_frame`](Self::next_frame) has returned `None`; an event's data keeps
+    /// the chunk's allocation alive while you hold the event.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use nemo_video::sse::{SseFrame, SseParser};
+    ///
+    /// let mut parser = SseParser::new();
+    /// parser.push_bytes(Bytes::from_static(b"data: {\"text\":\"hi\"}\n\ndata: par"));
+    /// let Some(Ok(SseFrame::Event(event))) = parser.next_frame() else { panic!() };
+    /// assert_eq!(event.data(), r#"{"text":"hi"}"#);
+    /// assert!(parser.next_frame().is_none());
+    /// parser.push_bytes(Bytes::from_static(b"tial\n\n"));
+    /// let Some(Ok(SseFrame::Event(event))) = parser.next_frame() else { panic!() };
+    /// assert_eq!(event.data(), "partial");
+    /// ```
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queue.push_back(bytes);
+        }
     }
 
     /// Returns the next complete frame, or `None` when more input is needed.
@@ -406,27 +529,38 @@ impl SseParser {
             return None;
         }
         loop {
-            let len = self.buf.len();
+            let len = self.window.len();
             if self.skip_lf {
                 if self.line_start == len {
-                    return self.need_more();
+                    match self.pull() {
+                        Pulled::Nothing => return self.need_more(),
+                        Pulled::Input => continue,
+                        Pulled::Event(event) => return Some(Ok(SseFrame::Event(event))),
+                    }
                 }
                 self.skip_lf = false;
-                if self.buf[self.line_start] == b'\n' {
+                if self.window[self.line_start] == b'\n' {
                     self.line_start += 1;
                     self.scan_pos = self.line_start;
                 }
             }
-            let Some(offset) = find_line_end(&self.buf[self.scan_pos..]) else {
-                return self.need_more();
+            let Some(offset) = find_line_end(&self.window[self.scan_pos..]) else {
+                match self.pull() {
+                    Pulled::Nothing => return self.need_more(),
+                    Pulled::Input => continue,
+                    Pulled::Event(event) => return Some(Ok(SseFrame::Event(event))),
+                }
             };
             let start = self.line_start;
             let end = self.scan_pos + offset;
+            if let Some(event) = self.whole_data_event(start, end) {
+                return Some(Ok(SseFrame::Event(event)));
+            }
             let mut next = end + 1;
-            if self.buf[end] == b'\r' {
+            if self.window[end] == b'\r' {
                 if next == len {
                     self.skip_lf = true;
-                } else if self.buf[next] == b'\n' {
+                } else if self.window[next] == b'\n' {
                     next += 1;
                 }
             }
@@ -436,6 +570,35 @@ impl SseParser {
                 return Some(frame);
             }
         }
+    }
+
+    /// The common event, `data: ...` then a blank line, both ended by LF, with no other
+    /// `data` line before it, taken in one step. Gives exactly what the line-by-line path
+    /// gives (`line` for both lines); `None` when the line is anything else.
+    #[inline]
+    fn whole_data_event(&mut self, start: usize, end: usize) -> Option<SseEvent> {
+        let window = &self.window[..];
+        if window[end] != b'\n'
+            || window.get(end + 1) != Some(&b'\n')
+            || !window[start..end].starts_with(b"data:")
+            || !matches!(self.data, Data::None)
+            || self.skipping
+            || self.discarding_line
+            || end - start > self.max_event_size
+        {
+            return None;
+        }
+        let mut value_start = start + 5;
+        if value_start < end && window[value_start] == b' ' {
+            value_start += 1;
+        }
+        self.data = Data::Line {
+            start: value_start,
+            end,
+        };
+        self.line_start = end + 2;
+        self.scan_pos = end + 2;
+        self.dispatch()
     }
 
     /// Call at end of stream, until it returns `None`: returns the frames still complete in
@@ -450,7 +613,7 @@ impl SseParser {
         if let Some(frame) = self.next_frame() {
             return Some(frame);
         }
-        let (start, end) = (self.line_start, self.buf.len());
+        let (start, end) = (self.line_start, self.window.len());
         if start < end {
             self.line_start = end;
             self.scan_pos = end;
@@ -472,22 +635,163 @@ impl SseParser {
     /// Handles the optional BOM at the start of the stream. Returns false while the input
     /// could still be the start of one.
     fn strip_bom(&mut self) -> bool {
-        let head = &self.buf[self.line_start..];
-        if head.len() < BOM.len() && BOM.starts_with(head) && !self.at_eof {
-            return false;
+        loop {
+            let head = &self.window[self.line_start..];
+            if head.len() < BOM.len() && BOM.starts_with(head) {
+                // (No event can come out of `pull` before the BOM is settled.)
+                if !matches!(self.pull(), Pulled::Nothing) {
+                    continue;
+                }
+                if !self.at_eof {
+                    // Keep the two bytes or fewer, not the chunk they came in.
+                    self.own_window(0);
+                    return false;
+                }
+            }
+            if self.window[self.line_start..].starts_with(BOM) {
+                self.line_start += BOM.len();
+                self.scan_pos = self.line_start;
+            }
+            self.bom_pending = false;
+            return true;
         }
-        if head.starts_with(BOM) {
-            self.line_start += BOM.len();
-            self.scan_pos = self.line_start;
-        }
-        self.bom_pending = false;
-        true
     }
 
-    /// No line ending in the buffer: enforce the limit on the partial line, release the
+    /// Moves on to the next chunk from `push_bytes`, if any. The window has no line ending
+    /// after `scan_pos`; a line it has started is continued with the next chunk up to that
+    /// line's end, in an owned buffer (the only copy on this path), and the rest of the chunk
+    /// becomes the window after that.
+    #[inline]
+    fn pull(&mut self) -> Pulled {
+        let Some(mut next) = self.queue.pop_front() else {
+            return Pulled::Nothing;
+        };
+        self.detach_data();
+        let len = self.window.len();
+        if (self.skipping || self.discarding_line) && self.line_start < len {
+            // The line is being ignored: no need to keep its start.
+            self.discarding_line = true;
+            self.line_start = len;
+            self.scan_pos = len;
+        }
+        if self.line_start == len {
+            self.replace_window(next);
+            return Pulled::Input;
+        }
+        let line_end = find_line_end(&next);
+        let cut = match line_end {
+            // Take a blank line right after it too: the whole event is then in one place.
+            Some(offset) if next[offset] == b'\n' && next.get(offset + 1) == Some(&b'\n') => {
+                offset + 2
+            }
+            Some(offset) => offset + 1,
+            None => next.len(),
+        };
+        self.consume_front(self.line_start);
+        let carry = self.own_window(cut);
+        carry.extend_from_slice(&next[..cut]);
+        // Everything before the line ending just found was scanned already.
+        self.scan_pos = carry.len() - (cut - line_end.unwrap_or(cut));
+        if cut == next.len() {
+            return Pulled::Input;
+        }
+        next.advance(cut);
+        if let (Some(_), false) = (line_end, self.bom_pending) {
+            // The common case of a cut line: a whole `data` event. Take it from the joined
+            // line at once and go on with the rest of the chunk: saves a round through
+            // `next_frame`.
+            let end = self.scan_pos;
+            if let Some(event) = self.whole_data_event(self.line_start, end) {
+                self.replace_window(next);
+                return Pulled::Event(event);
+            }
+        }
+        self.queue.push_front(next);
+        Pulled::Input
+    }
+
+    /// Makes `next` the window, once everything in the window is consumed (`line_start` is
+    /// its end), and keeps the old window's buffer as the spare one.
+    #[inline]
+    fn replace_window(&mut self, next: Bytes) {
+        debug_assert!(
+            !matches!(self.data, Data::Line { .. }),
+            "detach the data first"
+        );
+        if let Data::Held { before, .. } = &mut self.data {
+            *before += self.line_start;
+        }
+        self.line_start = 0;
+        self.scan_pos = 0;
+        if let Window::Owned(mut owned) = std::mem::replace(&mut self.window, Window::Shared(next))
+        {
+            if owned.capacity() <= MAX_RETAINED_SCRATCH {
+                owned.clear();
+                self.spare = owned;
+            }
+        }
+    }
+
+    /// Makes the window an owned buffer (copying a shared window's bytes into the spare
+    /// buffer) with room for `additional` more bytes, and returns it.
+    #[inline]
+    fn own_window(&mut self, additional: usize) -> &mut BytesMut {
+        if let Window::Shared(shared) = &self.window {
+            let mut owned = std::mem::take(&mut self.spare);
+            owned.reserve(shared.len() + additional);
+            owned.extend_from_slice(shared);
+            self.window = Window::Owned(owned);
+        }
+        match &mut self.window {
+            Window::Owned(owned) => {
+                owned.reserve(additional);
+                owned
+            }
+            Window::Shared(_) => unreachable!("the window was just made owned"),
+        }
+    }
+
+    /// Takes a single data line out of the window, without copying it, so that the window
+    /// can move on to another chunk.
+    #[inline]
+    fn detach_data(&mut self) {
+        if let Data::Line { start, end } = self.data {
+            let pinned = matches!(self.window, Window::Shared(_));
+            let value = self.window.take_front(start, end);
+            self.line_start -= end;
+            self.scan_pos -= end;
+            self.data = Data::Held {
+                value,
+                before: end - start,
+                pinned,
+            };
+        }
+    }
+
+    /// Drops `window[..n]`, which holds nothing still needed.
+    #[inline]
+    fn consume_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.window.advance(n);
+        self.line_start -= n;
+        self.scan_pos -= n;
+        match &mut self.data {
+            Data::Line { start, end } => {
+                *start -= n;
+                *end -= n;
+            }
+            Data::Held { before, .. } => *before += n,
+            Data::None | Data::Joined => {}
+        }
+    }
+
+    /// No line ending in the input: enforce the limit on the partial line, release the
     /// bytes no longer needed, and ask for more input.
+    #[inline]
     fn need_more(&mut self) -> Option<Result<SseFrame, SseError>> {
-        let len = self.buf.len();
+        let len = self.window.len();
         self.scan_pos = len;
         if self.skipping || self.discarding_line {
             // Nothing here is needed: drop it, remembering a partial line is being dropped.
@@ -497,8 +801,7 @@ impl SseParser {
             self.clear_buffer();
             return None;
         }
-        let keep_from = self.keep_from(self.line_start);
-        if self.line_start < len && len - keep_from + self.joined_len() > self.max_event_size {
+        if self.line_start < len && self.held(self.line_start, len) > self.max_event_size {
             self.reset_event();
             self.skipping = true;
             self.discarding_line = true;
@@ -507,36 +810,52 @@ impl SseParser {
                 limit: self.max_event_size,
             }));
         }
-        if keep_from > 0 {
-            self.buf.advance(keep_from);
-            self.line_start -= keep_from;
-            self.scan_pos -= keep_from;
-            if let Data::Line { start, end } = &mut self.data {
-                *start -= keep_from;
-                *end -= keep_from;
+        if let Window::Shared(_) = self.window {
+            // Let go of the chunk while waiting for more input, so that the network layer
+            // can reuse its buffer: keep only the start of the unfinished line, copied, with
+            // room for about as much again (the rest of the line).
+            self.detach_data();
+            self.consume_front(self.line_start);
+            let partial = self.window.len();
+            self.own_window(partial);
+        } else {
+            let keep_from = self.keep_from(self.line_start);
+            self.consume_front(keep_from);
+        }
+        if let Data::Held { value, pinned, .. } = &mut self.data {
+            // An event whose blank line has not come yet: copy its data (once) rather than
+            // hold on to a chunk for as long as the server pauses.
+            if *pinned {
+                *value = Bytes::copy_from_slice(value);
+                *pinned = false;
             }
         }
         None
     }
 
-    /// The first buffer offset still needed when the current line starts at `line_start`.
+    /// The first window offset still needed when the current line starts at `line_start`.
     #[inline]
     fn keep_from(&self, line_start: usize) -> usize {
         match self.data {
             Data::Line { start, .. } => start,
-            Data::None | Data::Joined => line_start,
+            Data::None | Data::Held { .. } | Data::Joined => line_start,
         }
     }
 
+    /// The bytes counted against the limit for the current event when the line starting at
+    /// `line_start` reaches `end`: from its first data line (its first byte, or the current
+    /// line's when it has none yet) to `end`, with joined data counted by its length.
     #[inline]
-    fn joined_len(&self) -> usize {
-        match self.data {
-            Data::Joined => self.joined.len(),
-            Data::None | Data::Line { .. } => 0,
+    fn held(&self, line_start: usize, end: usize) -> usize {
+        match &self.data {
+            Data::None => end - line_start,
+            Data::Line { start, .. } => end - start,
+            Data::Held { before, .. } => before + end,
+            Data::Joined => end - line_start + self.joined.len(),
         }
     }
 
-    /// Interprets the complete line `buf[start..end]` (without its line ending).
+    /// Interprets the complete line `window[start..end]` (without its line ending).
     #[inline]
     fn line(&mut self, start: usize, end: usize) -> Option<Result<SseFrame, SseError>> {
         if self.discarding_line {
@@ -552,14 +871,14 @@ impl SseParser {
         if start == end {
             return self.dispatch().map(|event| Ok(SseFrame::Event(event)));
         }
-        if end - self.keep_from(start) + self.joined_len() > self.max_event_size {
+        if self.held(start, end) > self.max_event_size {
             self.reset_event();
             self.skipping = true;
             return Some(Err(SseError::EventTooLarge {
                 limit: self.max_event_size,
             }));
         }
-        let line = &self.buf[start..end];
+        let line = &self.window[start..end];
         let (name_end, mut value_start) = if line.starts_with(b"data:") {
             (start + 4, start + 5)
         } else if line[0] == b':' {
@@ -571,17 +890,17 @@ impl SseParser {
                 None => (end, end),
             }
         };
-        if value_start < end && self.buf[value_start] == b' ' {
+        if value_start < end && self.window[value_start] == b' ' {
             value_start += 1;
         }
-        match &self.buf[start..name_end] {
+        match &self.window[start..name_end] {
             b"data" => self.push_data(value_start, end),
             b"event" => {
-                let value = &self.buf[value_start..end];
+                let value = &self.window[value_start..end];
                 self.meta.event_type = (!value.is_empty()).then(|| lossy(value));
             }
             b"id" => {
-                let value = &self.buf[value_start..end];
+                let value = &self.window[value_start..end];
                 if memchr::memchr(0, value).is_none() {
                     let id = lossy(value);
                     self.last_event_id_buffer.clone_from(&id);
@@ -590,7 +909,7 @@ impl SseParser {
                 }
             }
             b"retry" => {
-                let value = &self.buf[value_start..end];
+                let value = &self.window[value_start..end];
                 if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
                     // Only digits, so parsing fails only on overflow: ignore such a value.
                     let millis = std::str::from_utf8(value)
@@ -610,7 +929,8 @@ impl SseParser {
 
     #[inline]
     fn push_data(&mut self, value_start: usize, value_end: usize) {
-        match self.data {
+        let value = &self.window[value_start..value_end];
+        match &self.data {
             Data::None => {
                 self.data = Data::Line {
                     start: value_start,
@@ -619,16 +939,21 @@ impl SseParser {
             }
             Data::Line { start, end } => {
                 self.joined.clear();
-                self.joined.extend_from_slice(&self.buf[start..end]);
+                self.joined.extend_from_slice(&self.window[*start..*end]);
                 self.joined.push(b'\n');
-                self.joined
-                    .extend_from_slice(&self.buf[value_start..value_end]);
+                self.joined.extend_from_slice(value);
+                self.data = Data::Joined;
+            }
+            Data::Held { value: first, .. } => {
+                self.joined.clear();
+                self.joined.extend_from_slice(first);
+                self.joined.push(b'\n');
+                self.joined.extend_from_slice(value);
                 self.data = Data::Joined;
             }
             Data::Joined => {
                 self.joined.push(b'\n');
-                self.joined
-                    .extend_from_slice(&self.buf[value_start..value_end]);
+                self.joined.extend_from_slice(value);
             }
         }
     }
@@ -649,15 +974,33 @@ impl SseParser {
             Data::None => return None,
             Data::Line { start, end } if start == end => Bytes::new(),
             Data::Line { start, end } => {
-                if is_utf8(&self.buf[start..end]) {
+                if is_utf8(&self.window[start..end]) {
                     // Hand out the line itself: no copy. Offsets are rebased past it.
-                    self.buf.advance(start);
-                    let data = self.buf.split_to(end - start).freeze();
-                    self.line_start -= end;
-                    self.scan_pos -= end;
-                    data
+                    let rest_needed = self.line_start < self.window.len();
+                    if let (Window::Shared(bytes), false) = (&mut self.window, rest_needed) {
+                        // The event ends its chunk: hand over the window's own handle on the
+                        // chunk (saves counting one more reference).
+                        let mut data = std::mem::take(bytes);
+                        data.advance(start);
+                        data.truncate(end - start);
+                        self.line_start = 0;
+                        self.scan_pos = 0;
+                        data
+                    } else {
+                        let data = self.window.take_front(start, end);
+                        self.line_start -= end;
+                        self.scan_pos -= end;
+                        data
+                    }
                 } else {
-                    Bytes::from(lossy(&self.buf[start..end]))
+                    Bytes::from(lossy(&self.window[start..end]))
+                }
+            }
+            Data::Held { value, .. } => {
+                if is_utf8(&value) {
+                    value
+                } else {
+                    Bytes::from(lossy(&value))
                 }
             }
             Data::Joined => {
@@ -679,7 +1022,10 @@ impl SseParser {
 
     /// Drops all buffered input.
     fn clear_buffer(&mut self) {
-        self.buf.clear();
+        match &mut self.window {
+            Window::Owned(buf) => buf.clear(),
+            Window::Shared(_) => self.window = Window::Owned(std::mem::take(&mut self.spare)),
+        }
         self.line_start = 0;
         self.scan_pos = 0;
     }
@@ -695,6 +1041,7 @@ impl SseParser {
     fn reset_stream(&mut self) {
         self.reset_event();
         self.clear_buffer();
+        self.queue.clear();
         self.skip_lf = false;
         self.bom_pending = true;
         self.at_eof = false;

@@ -295,7 +295,8 @@ fn event_stream(
                 chunk = response.chunk() => match chunk {
                     Ok(Some(bytes)) => {
                         last_bytes = Instant::now();
-                        parser.push(&bytes);
+                        // reqwest hands out owned chunks: parse them where they lie.
+                        parser.push_bytes(bytes);
                     }
                     Ok(None) => finished = true,
                     Err(err) => {

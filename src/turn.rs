@@ -29,6 +29,13 @@
 //! 2. after a restart, pass the saved state to [`NemoClient::reconcile_turn`]: it reads the
 //!    state again (a few times, as a turn does) and says what changed since, sending nothing.
 //!    [`TurnCheck::landed`] is true when the timeline changed.
+//!
+//! Comparing two big states takes a while (tens of milliseconds for hundreds of thousands of
+//! segments), so when the two reads hold more than 1,000 segments together a turn compares
+//! them on tokio's blocking pool (`spawn_blocking`) instead of the task's worker thread,
+//! where it would hold up every other task on that thread; smaller states are compared in
+//! place, which costs less than the hand-off. [`NemoClient::reconcile_turn`], which borrows
+//! the caller's state, compares in place.
 
 use std::fmt;
 use std::sync::Arc;
@@ -389,8 +396,14 @@ impl NemoClient {
             state_error: None,
         };
         if needs_state {
+            // Shared while the states are compared, so that a big comparison can move to the
+            // blocking pool; back in the turn afterwards.
+            let before = Arc::new(std::mem::take(&mut turn.state_before));
             // The message was consumed: a failed state read must not lose the turn.
-            match self.reconcile(session, &turn.state_before, options).await {
+            match self
+                .reconcile(session, Before::Shared(&before), options)
+                .await
+            {
                 Ok((diff, after)) => {
                     turn.changes = Some(diff);
                     turn.state_after = Some(after);
@@ -400,6 +413,8 @@ impl NemoClient {
                     turn.state_error = Some(err);
                 }
             }
+            // The comparisons are over: this is the only handle left.
+            turn.state_before = Arc::try_unwrap(before).unwrap_or_else(|shared| (*shared).clone());
         }
         turn
     }
@@ -447,7 +462,9 @@ impl NemoClient {
         before: &SessionState,
         options: &TurnOptions,
     ) -> Result<TurnCheck> {
-        let (changes, state_after) = self.reconcile(session, before, options).await?;
+        let (changes, state_after) = self
+            .reconcile(session, Before::Borrowed(before), options)
+            .await?;
         Ok(TurnCheck {
             changes,
             state_after,
@@ -458,14 +475,14 @@ impl NemoClient {
     async fn reconcile(
         &self,
         session: &Session,
-        before: &SessionState,
+        before: Before<'_>,
         options: &TurnOptions,
     ) -> Result<(StateDiff, SessionState)> {
         let mut delay = options.reconcile_delay;
         let mut attempt = 1;
         loop {
             let after = self.state(session).await?;
-            let diff = before.diff(&after);
+            let (diff, after) = compare(before, after).await;
             if !diff.is_empty() || attempt >= options.reconcile_attempts {
                 return Ok((diff, after));
             }
@@ -473,5 +490,145 @@ impl NemoClient {
             delay = delay.saturating_mul(2);
             attempt += 1;
         }
+    }
+}
+
+/// Above this many segments (both states together) two states are compared off the async
+/// runtime: about 60 ns per segment, so at most some 60 µs in place.
+const INLINE_DIFF_MAX_SEGMENTS: usize = 1_000;
+
+fn segment_count(state: &SessionState) -> usize {
+    state.draft().map_or(0, |draft| {
+        draft
+            .tracks()
+            .iter()
+            .map(|track| track.segments().len())
+            .sum()
+    })
+}
+
+/// The state a turn's comparisons start from.
+#[derive(Clone, Copy)]
+enum Before<'a> {
+    /// Shared: a big comparison moves to tokio's blocking pool, on any runtime.
+    Shared(&'a Arc<SessionState>),
+    /// The caller's (`reconcile_turn`): compared in place, since moving the work to another
+    /// thread would need a copy of the state (`block_in_place` needs tokio's multi-threaded
+    /// runtime, which this crate does not require).
+    Borrowed(&'a SessionState),
+}
+
+impl Before<'_> {
+    fn state(&self) -> &SessionState {
+        match self {
+            Before::Shared(state) => state,
+            Before::Borrowed(state) => state,
+        }
+    }
+}
+
+/// `before.diff(&after)`, off the runtime for big states (see the module docs).
+async fn compare(before: Before<'_>, after: SessionState) -> (StateDiff, SessionState) {
+    compare_with(before, after, |before, after| before.diff(after)).await
+}
+
+/// [`compare`] with the comparison given, so that tests can watch where it runs.
+async fn compare_with<F>(
+    before: Before<'_>,
+    after: SessionState,
+    diff: F,
+) -> (StateDiff, SessionState)
+where
+    F: FnOnce(&SessionState, &SessionState) -> StateDiff + Send + 'static,
+{
+    if segment_count(before.state()) + segment_count(&after) <= INLINE_DIFF_MAX_SEGMENTS {
+        let changes = diff(before.state(), &after);
+        return (changes, after);
+    }
+    let before = match before {
+        Before::Shared(before) => before,
+        Before::Borrowed(before) => {
+            let changes = diff(before, &after);
+            return (changes, after);
+        }
+    };
+    let after = Arc::new(after);
+    let (older, newer) = (Arc::clone(before), Arc::clone(&after));
+    let changes = match tokio::task::spawn_blocking(move || diff(&older, &newer)).await {
+        Ok(changes) => changes,
+        Err(error) => match error.try_into_panic() {
+            // A panic in the comparison is a bug: surface it as if it had run here.
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled before it started, which happens only while the runtime shuts down:
+            // compare here rather than lose the turn.
+            Err(_) => before.diff(&after),
+        },
+    };
+    // The blocking task is over, so `after` has one owner again.
+    let after = Arc::try_unwrap(after).unwrap_or_else(|shared| (*shared).clone());
+    (changes, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state with `segments` segments on one video track.
+    fn state_with(segments: usize) -> SessionState {
+        let list: Vec<String> = (0..segments)
+            .map(|i| {
+                format!(
+                    r#"{{"st":{},"d":1000,"m":{{"name":"clip {i}"}}}}"#,
+                    i * 1000
+                )
+            })
+            .collect();
+        let json = format!(
+            r#"{{"state":{{"draft":{{"t":[{{"tt":0,"sg":[{}]}}]}}}}}}"#,
+            list.join(",")
+        );
+        SessionState::from_json(&json).expect("a valid state")
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn big_states_are_compared_off_the_runtime_thread() {
+        let before = Arc::new(state_with(600));
+        let after = state_with(601);
+        let expected = before.diff(&after);
+        // The comparison waits for a message from a task on this same single-threaded
+        // runtime: it can only get it if the runtime thread is free while it runs.
+        // (`blocking_recv` panics outright when called on a runtime thread.)
+        let (send, receive) = tokio::sync::oneshot::channel::<()>();
+        let sender = tokio::spawn(async move { send.send(()) });
+        let runtime_thread = std::thread::current().id();
+        let (changes, returned) =
+            compare_with(Before::Shared(&before), after, move |before, after| {
+                assert_ne!(std::thread::current().id(), runtime_thread);
+                receive
+                    .blocking_recv()
+                    .expect("the other task ran meanwhile");
+                before.diff(after)
+            })
+            .await;
+        assert!(sender.await.expect("the sender task finished").is_ok());
+        assert_eq!(changes, expected);
+        assert_eq!(changes.changes().len(), 2, "{changes}");
+        assert_eq!(segment_count(&returned), 601);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn small_states_are_compared_in_place() {
+        let before = Arc::new(state_with(3));
+        let runtime_thread = std::thread::current().id();
+        let (changes, _) = compare_with(
+            Before::Shared(&before),
+            state_with(4),
+            move |before, after| {
+                assert_eq!(std::thread::current().id(), runtime_thread);
+                before.diff(after)
+            },
+        )
+        .await;
+        assert_eq!(changes.changes().len(), 2, "{changes}");
     }
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use nemo_video::__fuzz::decode_envelope;
 use nemo_video::draft::Draft;
 use nemo_video::events::decode_frame;
@@ -55,9 +56,22 @@ fn replay(target: &str, check: fn(&[u8])) {
 type Frame = Result<SseFrame, SseError>;
 
 fn sse_feed(parser: &mut SseParser, chunks: impl Iterator<Item = Vec<u8>>) -> Vec<Frame> {
+    sse_feed_by(parser, chunks, |_| false)
+}
+
+/// Feeds each chunk through `push_bytes` when `shared(index)`, else through `push`.
+fn sse_feed_by(
+    parser: &mut SseParser,
+    chunks: impl Iterator<Item = Vec<u8>>,
+    shared: impl Fn(usize) -> bool,
+) -> Vec<Frame> {
     let mut frames = Vec::new();
-    for chunk in chunks {
-        parser.push(&chunk);
+    for (index, chunk) in chunks.enumerate() {
+        if shared(index) {
+            parser.push_bytes(Bytes::from(chunk));
+        } else {
+            parser.push(&chunk);
+        }
         while let Some(frame) = parser.next_frame() {
             frames.push(frame);
         }
@@ -93,19 +107,27 @@ fn check_sse_parser(data: &[u8]) {
 
     let mut whole_parser = SseParser::with_max_event_size(limit);
     let whole = sse_feed(&mut whole_parser, std::iter::once(input.to_vec()));
-    let mut parser = SseParser::with_max_event_size(limit);
-    assert_eq!(sse_feed(&mut parser, chunks.into_iter()), whole);
-    assert_eq!(parser.last_event_id(), whole_parser.last_event_id());
-    assert_eq!(parser.reconnection_time(), whole_parser.reconnection_time());
     for frame in &whole {
         if let Ok(SseFrame::Event(event)) = frame {
             assert!(std::str::from_utf8(event.data_bytes()).is_ok());
         }
     }
-    assert_eq!(
-        sse_feed(&mut parser, std::iter::once(input.to_vec())),
-        whole
-    );
+    // Every chunk copied by `push`, every chunk through `push_bytes`, and the two alternating.
+    let ways: [fn(usize) -> bool; 3] = [|_| false, |_| true, |index| index % 2 == 1];
+    for shared in ways {
+        let mut parser = SseParser::with_max_event_size(limit);
+        assert_eq!(
+            sse_feed_by(&mut parser, chunks.iter().cloned(), shared),
+            whole
+        );
+        assert_eq!(parser.last_event_id(), whole_parser.last_event_id());
+        assert_eq!(parser.reconnection_time(), whole_parser.reconnection_time());
+        // Reused after `finish`, whole this time.
+        assert_eq!(
+            sse_feed_by(&mut parser, std::iter::once(input.to_vec()), shared),
+            whole
+        );
+    }
 }
 
 /// Layout: two status bytes (little endian, folded into 100..=999), body.

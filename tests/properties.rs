@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use nemo_video::__fuzz::decode_envelope;
 use nemo_video::draft::Draft;
 use nemo_video::events::decode_frame;
-use nemo_video::sse::{SseError, SseEvent, SseFrame, SseParser};
+use nemo_video::sse::{SseError, SseEvent, SseFrame, SseParser, DEFAULT_MAX_EVENT_SIZE};
 use nemo_video::state::{SessionState, StateDiff};
 use proptest::prelude::*;
 use serde_json::value::RawValue;
@@ -47,6 +48,24 @@ fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(token, 0..40).prop_map(|tokens| tokens.concat())
 }
 
+/// The two entry points, which must give the same frames and errors.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// `push(&[u8])`, which copies.
+    Copy,
+    /// `push_bytes(Bytes)`, which parses the chunk where it lies.
+    Shared,
+}
+
+const FEEDS: [Feed; 2] = [Feed::Copy, Feed::Shared];
+
+fn push(parser: &mut SseParser, feed: Feed, chunk: &[u8]) {
+    match feed {
+        Feed::Copy => parser.push(chunk),
+        Feed::Shared => parser.push_bytes(Bytes::copy_from_slice(chunk)),
+    }
+}
+
 fn feed_whole(parser: &mut SseParser, input: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     parser.push(input);
@@ -59,7 +78,7 @@ fn feed_whole(parser: &mut SseParser, input: &[u8]) -> Vec<Frame> {
     frames
 }
 
-fn feed_chunked(parser: &mut SseParser, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
+fn feed_chunked(parser: &mut SseParser, feed: Feed, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut rest = input;
     let mut sizes = sizes.iter().cycle();
@@ -67,9 +86,42 @@ fn feed_chunked(parser: &mut SseParser, input: &[u8], sizes: &[usize]) -> Vec<Fr
         let size = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        parser.push(chunk);
+        push(parser, feed, chunk);
         while let Some(frame) = parser.next_frame() {
             frames.push(frame);
+        }
+    }
+    while let Some(frame) = parser.finish() {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// One push of a feeding plan: its size, whether it goes through `push_bytes`, and whether
+/// the frames are drained after it.
+type Step = (usize, bool, bool);
+
+/// Feeds `input` by `plan` (cycled), each chunk a slice of one shared buffer as the network
+/// hands them out, draining only where the plan says.
+fn feed_planned(parser: &mut SseParser, input: &[u8], plan: &[Step]) -> Vec<Frame> {
+    let shared = Bytes::copy_from_slice(input);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    for &(size, zero_copy, drain) in plan.iter().cycle() {
+        if at == input.len() {
+            break;
+        }
+        let end = (at + size.max(1)).min(input.len());
+        if zero_copy {
+            parser.push_bytes(shared.slice(at..end));
+        } else {
+            parser.push(&input[at..end]);
+        }
+        at = end;
+        if drain {
+            while let Some(frame) = parser.next_frame() {
+                frames.push(frame);
+            }
         }
     }
     while let Some(frame) = parser.finish() {
@@ -192,8 +244,9 @@ fn assert_utf8(frames: &[Frame]) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// However the bytes are split, the frames (errors included) are those of the whole feed,
-    /// with a limit small enough that `EventTooLarge` is common.
+    /// However the bytes are split, and through either entry point, the frames (errors
+    /// included) are those of the whole feed, with a limit small enough that
+    /// `EventTooLarge` is common.
     #[test]
     fn sse_chunked_feed_equals_whole_feed(
         input in sse_bytes(),
@@ -201,33 +254,60 @@ proptest! {
         limit in 1usize..48,
     ) {
         let whole = feed_whole(&mut SseParser::with_max_event_size(limit), &input);
-        let mut parser = SseParser::with_max_event_size(limit);
-        let chunked = feed_chunked(&mut parser, &input, &sizes);
-        prop_assert_eq!(&chunked, &whole);
         assert_utf8(&whole);
-        // Ready for a new stream after `finish`: the same bytes give the same frames.
-        prop_assert_eq!(feed_whole(&mut parser, &input), whole);
+        for feed in FEEDS {
+            let mut parser = SseParser::with_max_event_size(limit);
+            let chunked = feed_chunked(&mut parser, feed, &input, &sizes);
+            prop_assert_eq!(&chunked, &whole, "{:?}", feed);
+            // Ready for a new stream after `finish`: the same bytes give the same frames.
+            prop_assert_eq!(&feed_whole(&mut parser, &input), &whole, "{:?}", feed);
+        }
+    }
+
+    /// Random chunkings through `push` and through `push_bytes`, the two mixed, and
+    /// draining after some pushes only, all give the frames, last event id and reconnection
+    /// time of `push` with the whole input.
+    #[test]
+    fn sse_push_bytes_equals_push_for_any_chunking(
+        input in sse_bytes(),
+        plan in proptest::collection::vec((1usize..24, any::<bool>(), any::<bool>()), 1..16),
+        limit in prop_oneof![Just(DEFAULT_MAX_EVENT_SIZE), 1usize..48],
+    ) {
+        let mut reference = SseParser::with_max_event_size(limit);
+        let whole = feed_whole(&mut reference, &input);
+        let all_shared: Vec<Step> = plan.iter().map(|&(size, _, drain)| (size, true, drain)).collect();
+        let all_copied: Vec<Step> = plan.iter().map(|&(size, _, drain)| (size, false, drain)).collect();
+        for plan in [&plan, &all_shared, &all_copied] {
+            let mut parser = SseParser::with_max_event_size(limit);
+            prop_assert_eq!(&feed_planned(&mut parser, &input, plan), &whole, "plan {:?}", plan);
+            prop_assert_eq!(parser.last_event_id(), reference.last_event_id());
+            prop_assert_eq!(parser.reconnection_time(), reference.reconnection_time());
+        }
     }
 
     /// Without hitting the limit, the parser agrees with a plain reading of the spec, for
-    /// any chunking.
+    /// any chunking, through either entry point.
     #[test]
     fn sse_matches_the_reference_reading_of_the_spec(
         input in sse_bytes(),
         sizes in proptest::collection::vec(1usize..24, 1..16),
     ) {
         let expected = reference_frames(&input);
-        let mut parser = SseParser::new();
-        prop_assert_eq!(feed_chunked(&mut parser, &input, &sizes), expected);
+        for feed in FEEDS {
+            let mut parser = SseParser::new();
+            prop_assert_eq!(&feed_chunked(&mut parser, feed, &input, &sizes), &expected, "{:?}", feed);
+        }
     }
 
     /// Arbitrary bytes, one at a time or whole, never panic and give valid UTF-8 data.
     #[test]
     fn sse_arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..256)) {
         let whole = feed_whole(&mut SseParser::with_max_event_size(16), &input);
-        let bytewise = feed_chunked(&mut SseParser::with_max_event_size(16), &input, &[1]);
-        prop_assert_eq!(&bytewise, &whole);
         assert_utf8(&whole);
+        for feed in FEEDS {
+            let bytewise = feed_chunked(&mut SseParser::with_max_event_size(16), feed, &input, &[1]);
+            prop_assert_eq!(&bytewise, &whole, "{:?}", feed);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use nemo_video::sse::{SseError, SseEvent, SseFrame, SseParser};
 use proptest::prelude::*;
 
@@ -47,8 +48,65 @@ fn to_f(frame: Result<SseFrame, SseError>) -> F {
     }
 }
 
+/// How bytes reach the parser. Every entry point must give the same frames and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// `push(&[u8])`: copied into the parser's buffer.
+    Copy,
+    /// `push_bytes(Bytes)`: parsed where it lies.
+    Shared,
+    /// Alternating between the two, push by push.
+    Mixed,
+}
+
+const FEEDS: [Feed; 3] = [Feed::Copy, Feed::Shared, Feed::Mixed];
+
+/// A parser and the entry point it is fed through; derefs to the parser for everything else.
+struct Fed {
+    parser: SseParser,
+    feed: Feed,
+    pushes: usize,
+}
+
+impl Fed {
+    fn new(feed: Feed, parser: SseParser) -> Fed {
+        Fed {
+            parser,
+            feed,
+            pushes: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.pushes += 1;
+        let shared = match self.feed {
+            Feed::Copy => false,
+            Feed::Shared => true,
+            Feed::Mixed => self.pushes % 2 == 0,
+        };
+        if shared {
+            self.parser.push_bytes(Bytes::copy_from_slice(chunk));
+        } else {
+            self.parser.push(chunk);
+        }
+    }
+}
+
+impl std::ops::Deref for Fed {
+    type Target = SseParser;
+    fn deref(&self) -> &SseParser {
+        &self.parser
+    }
+}
+
+impl std::ops::DerefMut for Fed {
+    fn deref_mut(&mut self) -> &mut SseParser {
+        &mut self.parser
+    }
+}
+
 /// Feeds `chunks` in order, draining after each, then finishes.
-fn parse_chunks(parser: &mut SseParser, chunks: &[&[u8]]) -> Vec<F> {
+fn feed_chunks(parser: &mut Fed, chunks: &[&[u8]]) -> Vec<F> {
     let mut frames = Vec::new();
     for chunk in chunks {
         parser.push(chunk);
@@ -62,13 +120,27 @@ fn parse_chunks(parser: &mut SseParser, chunks: &[&[u8]]) -> Vec<F> {
     frames
 }
 
+/// [`feed_chunks`] through every entry point, each with a parser from `parser`; checks that
+/// they agree and returns their frames.
+fn parse_chunks(parser: impl Fn() -> SseParser, chunks: &[&[u8]]) -> Vec<F> {
+    let frames = feed_chunks(&mut Fed::new(Feed::Copy, parser()), chunks);
+    for feed in [Feed::Shared, Feed::Mixed] {
+        assert_eq!(
+            feed_chunks(&mut Fed::new(feed, parser()), chunks),
+            frames,
+            "fed through {feed:?}, chunks {chunks:?}"
+        );
+    }
+    frames
+}
+
 fn parse(input: &[u8]) -> Vec<F> {
-    parse_chunks(&mut SseParser::new(), &[input])
+    parse_chunks(SseParser::new, &[input])
 }
 
 fn parse_bytewise(input: &[u8]) -> Vec<F> {
     let chunks: Vec<&[u8]> = input.chunks(1).collect();
-    parse_chunks(&mut SseParser::new(), &chunks)
+    parse_chunks(SseParser::new, &chunks)
 }
 
 #[test]
@@ -372,26 +444,27 @@ fn conformance_table() {
 
 #[test]
 fn cr_at_end_of_push_and_lf_in_next_push_are_one_line_ending() {
-    let mut parser = SseParser::new();
-    parser.push(b"data: a\r");
-    assert_eq!(parser.next_frame(), None);
-    // If the LF were a line of its own, it would dispatch "a" here.
-    parser.push(b"\ndata: b\r");
-    assert_eq!(parser.next_frame(), None);
-    parser.push(b"\n\r");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("a\nb")));
-    // The blank line was a lone CR; an LF arriving now completes that CRLF, nothing else.
-    parser.push(b"\n");
-    assert_eq!(parser.next_frame(), None);
-    parser.push(b"data: c\n\n");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("c")));
-    assert_eq!(parser.next_frame(), None);
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::new());
+        parser.push(b"data: a\r");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        // If the LF were a line of its own, it would dispatch "a" here.
+        parser.push(b"\ndata: b\r");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        parser.push(b"\n\r");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("a\nb")), "{feed:?}");
+        // The blank line was a lone CR; an LF arriving now completes that CRLF, nothing else.
+        parser.push(b"\n");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        parser.push(b"data: c\n\n");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("c")), "{feed:?}");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+    }
 }
 
 #[test]
 fn bom_split_across_pushes_is_stripped() {
-    let mut parser = SseParser::new();
-    let frames = parse_chunks(&mut parser, &[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]);
+    let frames = parse_chunks(SseParser::new, &[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]);
     assert_eq!(frames, vec![ev("x")]);
 }
 
@@ -402,99 +475,111 @@ fn partial_bom_at_end_of_stream_is_not_swallowed() {
     // A BOM prefix followed by something else is not stripped: it makes the first line's
     // field name unknown, so this event is ignored (stripping it would yield "x").
     assert_eq!(parse(b"\xEFdata: x\n\n"), vec![]);
-    let frames = parse_chunks(&mut SseParser::new(), &[b"\xEF", b"data: x\n\n"]);
+    let frames = parse_chunks(SseParser::new, &[b"\xEF", b"data: x\n\n"]);
     assert_eq!(frames, vec![]);
 }
 
 #[test]
 fn last_event_id_persists_across_events_and_blocks() {
-    let mut parser = SseParser::new();
-    assert_eq!(parser.last_event_id(), "");
-    parser.push(b"id: 1\ndata: a\n\n");
-    assert!(parser.next_frame().is_some());
-    assert_eq!(parser.last_event_id(), "1");
-    parser.push(b"data: b\n\n");
-    let frame = parser.next_frame().map(to_f);
-    assert_eq!(frame, Some(ev("b")), "the event's own id is None");
-    assert_eq!(parser.last_event_id(), "1", "the last event id persists");
-    // An id-only block dispatches nothing but still sets the last event id at its blank line.
-    parser.push(b"id: 2\n");
-    assert_eq!(parser.next_frame(), None);
-    assert_eq!(parser.last_event_id(), "1", "not before the blank line");
-    parser.push(b"\n");
-    assert_eq!(parser.next_frame(), None);
-    assert_eq!(parser.last_event_id(), "2");
-    // An empty id resets it.
-    parser.push(b"id\ndata: c\n\n");
-    assert_eq!(
-        parser.next_frame().map(to_f),
-        Some(ev_full("c", None, Some(""), None))
-    );
-    assert_eq!(parser.last_event_id(), "");
-    // A NUL id changes nothing.
-    parser.push(b"id: 9\n\nid: x\0\ndata: d\n\n");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("d")));
-    assert_eq!(parser.last_event_id(), "9");
-    // It survives the end of a stream, for the reconnection.
-    while parser.finish().is_some() {}
-    assert_eq!(parser.last_event_id(), "9");
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::new());
+        assert_eq!(parser.last_event_id(), "", "{feed:?}");
+        parser.push(b"id: 1\ndata: a\n\n");
+        assert!(parser.next_frame().is_some());
+        assert_eq!(parser.last_event_id(), "1", "{feed:?}");
+        parser.push(b"data: b\n\n");
+        let frame = parser.next_frame().map(to_f);
+        assert_eq!(frame, Some(ev("b")), "the event's own id is None");
+        assert_eq!(parser.last_event_id(), "1", "the last event id persists");
+        // An id-only block dispatches nothing but still sets the last event id at its blank line.
+        parser.push(b"id: 2\n");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        assert_eq!(parser.last_event_id(), "1", "not before the blank line");
+        parser.push(b"\n");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        assert_eq!(parser.last_event_id(), "2", "{feed:?}");
+        // An empty id resets it.
+        parser.push(b"id\ndata: c\n\n");
+        assert_eq!(
+            parser.next_frame().map(to_f),
+            Some(ev_full("c", None, Some(""), None))
+        );
+        assert_eq!(parser.last_event_id(), "", "{feed:?}");
+        // A NUL id changes nothing.
+        parser.push(b"id: 9\n\nid: x\0\ndata: d\n\n");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("d")), "{feed:?}");
+        assert_eq!(parser.last_event_id(), "9", "{feed:?}");
+        // It survives the end of a stream, for the reconnection.
+        while parser.finish().is_some() {}
+        assert_eq!(parser.last_event_id(), "9", "{feed:?}");
+    }
 }
 
 #[test]
 fn reconnection_time_persists_even_without_an_event() {
-    let mut parser = SseParser::new();
-    assert_eq!(parser.reconnection_time(), None);
-    parser.push(b"retry: 2500\n\n");
-    assert_eq!(parser.next_frame(), None);
-    assert_eq!(
-        parser.reconnection_time(),
-        Some(Duration::from_millis(2500))
-    );
-    parser.push(b"retry: soon\ndata: x\n\n");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("x")));
-    assert_eq!(
-        parser.reconnection_time(),
-        Some(Duration::from_millis(2500))
-    );
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::new());
+        assert_eq!(parser.reconnection_time(), None, "{feed:?}");
+        parser.push(b"retry: 2500\n\n");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        assert_eq!(
+            parser.reconnection_time(),
+            Some(Duration::from_millis(2500))
+        );
+        parser.push(b"retry: soon\ndata: x\n\n");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("x")), "{feed:?}");
+        assert_eq!(
+            parser.reconnection_time(),
+            Some(Duration::from_millis(2500))
+        );
+    }
 }
 
 #[test]
 fn finish_resets_for_a_new_stream() {
-    let mut parser = SseParser::new();
-    let first = parse_chunks(&mut parser, &[b"\xEF\xBB\xBFdata: a\n\ndata: tail"]);
-    assert_eq!(first, vec![ev("a"), ev("tail")]);
-    // A new connection: its BOM is stripped again and nothing of the old stream remains.
-    let second = parse_chunks(&mut parser, &[b"\xEF\xBB\xBFdata: b\n\n"]);
-    assert_eq!(second, vec![ev("b")]);
-    assert_eq!(parser.finish(), None);
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::new());
+        let first = feed_chunks(&mut parser, &[b"\xEF\xBB\xBFdata: a\n\ndata: tail"]);
+        assert_eq!(first, vec![ev("a"), ev("tail")], "{feed:?}");
+        // A new connection: its BOM is stripped again and nothing of the old stream remains.
+        let second = feed_chunks(&mut parser, &[b"\xEF\xBB\xBFdata: b\n\n"]);
+        assert_eq!(second, vec![ev("b")], "{feed:?}");
+        assert_eq!(parser.finish(), None, "{feed:?}");
+    }
 }
 
 #[test]
 fn frames_come_out_exactly_when_the_blank_line_arrives() {
-    let input = b"event: e\nid: 7\ndata: {\"a\":1}\ndata: more\n\n";
-    let mut parser = SseParser::new();
-    // Everything but the final newline: nothing yet, however often we ask.
-    parser.push(&input[..input.len() - 1]);
-    assert_eq!(parser.next_frame(), None);
-    assert_eq!(parser.next_frame(), None);
-    parser.push(b"\n");
-    assert_eq!(
-        parser.next_frame().map(to_f),
-        Some(ev_full("{\"a\":1}\nmore", Some("e"), Some("7"), None))
-    );
-    assert_eq!(parser.next_frame(), None);
+    for feed in FEEDS {
+        let input = b"event: e\nid: 7\ndata: {\"a\":1}\ndata: more\n\n";
+        let mut parser = Fed::new(feed, SseParser::new());
+        // Everything but the final newline: nothing yet, however often we ask.
+        parser.push(&input[..input.len() - 1]);
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        parser.push(b"\n");
+        assert_eq!(
+            parser.next_frame().map(to_f),
+            Some(ev_full("{\"a\":1}\nmore", Some("e"), Some("7"), None))
+        );
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
 
-    // Same with CR endings: the lone CR completes the blank line immediately.
-    parser.push(b"data: x\r");
-    assert_eq!(parser.next_frame(), None);
-    parser.push(b"\r");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("x")));
+        // Same with CR endings: the lone CR completes the blank line immediately.
+        parser.push(b"data: x\r");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        parser.push(b"\r");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("x")), "{feed:?}");
 
-    // A comment comes out when its own line ends, not at the blank line.
-    parser.push(b": ping");
-    assert_eq!(parser.next_frame(), None);
-    parser.push(b"\n");
-    assert_eq!(parser.next_frame().map(to_f), Some(comment("ping")));
+        // A comment comes out when its own line ends, not at the blank line.
+        parser.push(b": ping");
+        assert_eq!(parser.next_frame(), None, "{feed:?}");
+        parser.push(b"\n");
+        assert_eq!(
+            parser.next_frame().map(to_f),
+            Some(comment("ping")),
+            "{feed:?}"
+        );
+    }
 }
 
 #[test]
@@ -505,7 +590,7 @@ fn event_too_large_is_reported_and_the_parser_recovers() {
     // One huge data line, terminated, in one push.
     let input = format!("data: {big}\ndata: more\n\ndata: next\n\n");
     let frames = parse_chunks(
-        &mut SseParser::with_max_event_size(limit),
+        || SseParser::with_max_event_size(limit),
         &[input.as_bytes()],
     );
     assert_eq!(frames, vec![F::TooLarge(limit), ev("next")]);
@@ -513,14 +598,14 @@ fn event_too_large_is_reported_and_the_parser_recovers() {
     // The same, byte by byte: the error comes before the line ends, and the rest of that
     // line and event are skipped.
     let chunks: Vec<&[u8]> = input.as_bytes().chunks(1).collect();
-    let frames = parse_chunks(&mut SseParser::with_max_event_size(limit), &chunks);
+    let frames = parse_chunks(|| SseParser::with_max_event_size(limit), &chunks);
     assert_eq!(frames, vec![F::TooLarge(limit), ev("next")]);
 
     // Many small data lines adding up past the limit.
     let many = "data: 0123456789\n".repeat(10);
     let input = format!("{many}\ndata: ok\n\n");
     let frames = parse_chunks(
-        &mut SseParser::with_max_event_size(limit),
+        || SseParser::with_max_event_size(limit),
         &[input.as_bytes()],
     );
     assert_eq!(frames, vec![F::TooLarge(limit), ev("ok")]);
@@ -528,35 +613,37 @@ fn event_too_large_is_reported_and_the_parser_recovers() {
     // A huge comment.
     let input = format!(":{big}\n\ndata: ok\n\n");
     let frames = parse_chunks(
-        &mut SseParser::with_max_event_size(limit),
+        || SseParser::with_max_event_size(limit),
         &[input.as_bytes()],
     );
     assert_eq!(frames, vec![F::TooLarge(limit), ev("ok")]);
 
     // A huge line that never ends: memory stays bounded while it streams in.
-    let mut parser = SseParser::with_max_event_size(limit);
-    let mut errors = 0;
-    for _ in 0..1000 {
-        parser.push(&[b'y'; 1000]);
-        while let Some(frame) = parser.next_frame() {
-            assert_eq!(to_f(frame), F::TooLarge(limit));
-            errors += 1;
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::with_max_event_size(limit));
+        let mut errors = 0;
+        for _ in 0..1000 {
+            parser.push(&[b'y'; 1000]);
+            while let Some(frame) = parser.next_frame() {
+                assert_eq!(to_f(frame), F::TooLarge(limit), "{feed:?}");
+                errors += 1;
+            }
+            let debug = format!("{:?}", *parser);
+            assert!(
+                debug.contains("buffered_bytes: 0"),
+                "the oversized line must not be buffered ({feed:?}): {debug}"
+            );
         }
-        let debug = format!("{parser:?}");
-        assert!(
-            debug.contains("buffered_bytes: 0"),
-            "the oversized line must not be buffered: {debug}"
-        );
+        assert_eq!(errors, 1, "one error per oversized event ({feed:?})");
+        parser.push(b"\n\ndata: after\n\n");
+        assert_eq!(parser.next_frame().map(to_f), Some(ev("after")), "{feed:?}");
+        assert_eq!(parser.finish(), None, "{feed:?}");
     }
-    assert_eq!(errors, 1, "one error per oversized event");
-    parser.push(b"\n\ndata: after\n\n");
-    assert_eq!(parser.next_frame().map(to_f), Some(ev("after")));
-    assert_eq!(parser.finish(), None);
 
     // Events at the limit's scale that fit are untouched.
     let small = format!("data: {}\n\n", "z".repeat(40));
     let frames = parse_chunks(
-        &mut SseParser::with_max_event_size(limit),
+        || SseParser::with_max_event_size(limit),
         &[small.as_bytes()],
     );
     assert_eq!(frames, vec![ev(&"z".repeat(40))]);
@@ -583,7 +670,7 @@ fn a_large_event_within_the_default_limit_arrives_whole() {
     let text = "点击 export café ✓ ".repeat(100_000);
     let input = format!("data: {text}\n\n");
     let chunks: Vec<&[u8]> = input.as_bytes().chunks(1460).collect();
-    let frames = parse_chunks(&mut SseParser::new(), &chunks);
+    let frames = parse_chunks(SseParser::new, &chunks);
     assert_eq!(frames, vec![ev(&text)]);
 }
 
@@ -600,12 +687,15 @@ fn event_accessors_and_constructors() {
     assert_eq!(&event.data_bytes()[..], b"d");
     assert_eq!(SseEvent::new("d").with_event_type(""), SseEvent::new("d"));
 
-    let mut parser = SseParser::new();
-    parser.push(b"event: t\nid: i\nretry: 1000\ndata: d\n\n");
-    assert_eq!(
-        parser.next_frame(),
-        Some(Ok(SseFrame::Event(event.clone())))
-    );
+    for feed in FEEDS {
+        let mut parser = Fed::new(feed, SseParser::new());
+        parser.push(b"event: t\nid: i\nretry: 1000\ndata: d\n\n");
+        assert_eq!(
+            parser.next_frame(),
+            Some(Ok(SseFrame::Event(event.clone()))),
+            "{feed:?}"
+        );
+    }
     assert_eq!(event.into_data_bytes(), "d".as_bytes());
 }
 
@@ -622,7 +712,7 @@ fn truncated_sequence_at_every_alignment_is_decoded_lossily() {
             let expected = vec![ev(&format!("{}\u{FFFD}", "a".repeat(len)))];
             assert_eq!(parse(&input), expected, "{len} bytes then {lead:02X}");
             let (head, tail) = input.split_at(input.len() - 2);
-            let frames = parse_chunks(&mut SseParser::new(), &[head, tail]);
+            let frames = parse_chunks(SseParser::new, &[head, tail]);
             assert_eq!(frames, expected, "{len} bytes then {lead:02X}, split");
         }
     }
@@ -641,7 +731,7 @@ fn validation_restarts_cleanly_after_dropped_input() {
     let mut second = b":".to_vec();
     second.extend(std::iter::repeat_n(b'y', 40));
     second.extend_from_slice(b"\n\n");
-    let frames = parse_chunks(&mut SseParser::new(), &[&first, &second]);
+    let frames = parse_chunks(SseParser::new, &[&first, &second]);
     let expected = vec![
         comment(&format!("{}\u{FFFD}", "x".repeat(30))),
         comment(&"y".repeat(40)),
@@ -709,13 +799,13 @@ fn sample_stream_split_at_every_boundary() {
     let expected = sample_expected();
     for cut in 0..=input.len() {
         let (head, tail) = input.split_at(cut);
-        let frames = parse_chunks(&mut SseParser::new(), &[head, tail]);
+        let frames = parse_chunks(SseParser::new, &[head, tail]);
         assert_eq!(frames, expected, "split at byte {cut}");
     }
     for first in (0..=input.len()).step_by(7) {
         for second in (first..=input.len()).step_by(13) {
             let chunks = [&input[..first], &input[first..second], &input[second..]];
-            let frames = parse_chunks(&mut SseParser::new(), &chunks);
+            let frames = parse_chunks(SseParser::new, &chunks);
             assert_eq!(frames, expected, "split at bytes {first} and {second}");
         }
     }
@@ -728,32 +818,34 @@ fn sample_stream_byte_by_byte() {
 
 #[test]
 fn sample_stream_frames_come_out_at_the_byte_that_completes_them() {
-    // Byte by byte, note after which byte each frame comes out. Then for every prefix fed
-    // whole, `next_frame` must give exactly the frames completed within that prefix: none
-    // early, none late.
-    let input = sample_stream();
-    let mut parser = SseParser::new();
-    let mut completed_after = Vec::new();
-    for (at, byte) in input.iter().enumerate() {
-        parser.push(std::slice::from_ref(byte));
-        while let Some(frame) = parser.next_frame() {
-            completed_after.push((at + 1, to_f(frame)));
+    for feed in FEEDS {
+        // Byte by byte, note after which byte each frame comes out. Then for every prefix fed
+        // whole, `next_frame` must give exactly the frames completed within that prefix: none
+        // early, none late.
+        let input = sample_stream();
+        let mut parser = Fed::new(feed, SseParser::new());
+        let mut completed_after = Vec::new();
+        for (at, byte) in input.iter().enumerate() {
+            parser.push(std::slice::from_ref(byte));
+            while let Some(frame) = parser.next_frame() {
+                completed_after.push((at + 1, to_f(frame)));
+            }
         }
-    }
-    assert!(completed_after.len() >= 7, "{completed_after:?}");
-    for len in 0..=input.len() {
-        let mut whole = SseParser::new();
-        whole.push(&input[..len]);
-        let mut frames = Vec::new();
-        while let Some(frame) = whole.next_frame() {
-            frames.push(to_f(frame));
+        assert!(completed_after.len() >= 7, "{completed_after:?}");
+        for len in 0..=input.len() {
+            let mut whole = Fed::new(feed, SseParser::new());
+            whole.push(&input[..len]);
+            let mut frames = Vec::new();
+            while let Some(frame) = whole.next_frame() {
+                frames.push(to_f(frame));
+            }
+            let expected: Vec<F> = completed_after
+                .iter()
+                .filter(|(after, _)| *after <= len)
+                .map(|(_, frame)| frame.clone())
+                .collect();
+            assert_eq!(frames, expected, "prefix of {len} bytes");
         }
-        let expected: Vec<F> = completed_after
-            .iter()
-            .filter(|(after, _)| *after <= len)
-            .map(|(_, frame)| frame.clone())
-            .collect();
-        assert_eq!(frames, expected, "prefix of {len} bytes");
     }
 }
 
@@ -819,7 +911,7 @@ proptest! {
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
         limit in prop_oneof![Just(16 * 1024 * 1024), 8usize..64],
     ) {
-        let whole = parse_chunks(&mut SseParser::with_max_event_size(limit), &[&stream]);
+        let whole = parse_chunks(|| SseParser::with_max_event_size(limit), &[&stream]);
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
         points.sort_unstable();
         let mut chunks = Vec::new();
@@ -829,7 +921,7 @@ proptest! {
             start = point;
         }
         chunks.push(&stream[start..]);
-        let chunked = parse_chunks(&mut SseParser::with_max_event_size(limit), &chunks);
+        let chunked = parse_chunks(|| SseParser::with_max_event_size(limit), &chunks);
         prop_assert_eq!(&chunked, &whole);
         // Without an oversized event, byte-by-byte feeding agrees too.
         if limit > 1024 {
@@ -895,7 +987,7 @@ proptest! {
             start = point;
         }
         chunks.push(&stream[start..]);
-        let frames = parse_chunks(&mut SseParser::new(), &chunks);
+        let frames = parse_chunks(SseParser::new, &chunks);
         for (frame, expected) in frames.iter().zip(&expected) {
             if let F::Ev(data, ..) = frame {
                 prop_assert!(std::str::from_utf8(data.as_bytes()).is_ok());
@@ -946,14 +1038,14 @@ fn assert_same_at_every_split(input: &[u8], expected: &[F]) {
     for i in 0..=input.len() {
         let (a, rest) = input.split_at(i);
         assert_eq!(
-            parse_chunks(&mut SseParser::new(), &[a, rest]),
+            parse_chunks(SseParser::new, &[a, rest]),
             expected,
             "split at {i}"
         );
         for j in 0..=rest.len() {
             let (b, c) = rest.split_at(j);
             assert_eq!(
-                parse_chunks(&mut SseParser::new(), &[a, b, c]),
+                parse_chunks(SseParser::new, &[a, b, c]),
                 expected,
                 "split at {i} and {}",
                 i + j
@@ -1016,5 +1108,105 @@ fn invalid_sequences_split_across_pushes_decode_like_from_utf8_lossy() {
         input.extend_from_slice(b"\n\ndata: \xE7\x82\xB9\n\ndata: ");
         input.extend_from_slice(payload);
         assert_same_at_every_split(&input, &[ev(&text), ev("点"), ev(&text)]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `push_bytes`: the zero-copy entry point (it gives the same frames as `push` in every test
+// above, through `parse_chunks` and `Fed`)
+// ---------------------------------------------------------------------------------------
+
+/// Whether `inner` lies inside `outer`'s bytes.
+fn points_into(inner: &[u8], outer: &Bytes) -> bool {
+    let range = outer.as_ptr_range();
+    let inner = inner.as_ptr_range();
+    range.start <= inner.start && inner.end <= range.end
+}
+
+#[test]
+fn push_bytes_hands_out_one_line_data_as_a_slice_of_the_chunk() {
+    let chunk = Bytes::from(
+        b"data: {\"text\":\"first\"}\n\nevent: e\ndata: second\n\ndata: a\ndata: b\n\ndata: cut"
+            .to_vec(),
+    );
+    let mut parser = SseParser::new();
+    parser.push_bytes(chunk.clone());
+    let mut events = Vec::new();
+    while let Some(frame) = parser.next_frame() {
+        let Ok(SseFrame::Event(event)) = frame else {
+            panic!("unexpected {frame:?}")
+        };
+        events.push(event);
+    }
+    let data: Vec<&str> = events.iter().map(SseEvent::data).collect();
+    assert_eq!(data, [r#"{"text":"first"}"#, "second", "a\nb"]);
+    assert!(points_into(events[0].data_bytes(), &chunk), "not copied");
+    assert!(points_into(events[1].data_bytes(), &chunk), "not copied");
+    // Joined lines are a new string, necessarily.
+    assert!(!points_into(events[2].data_bytes(), &chunk));
+
+    // A line cut by the end of the chunk is completed from the next one.
+    let next = Bytes::from(b" here\n\ndata: whole\n\n".to_vec());
+    parser.push_bytes(next.clone());
+    let frames: Vec<_> = std::iter::from_fn(|| parser.next_frame()).collect();
+    let [Ok(SseFrame::Event(cut)), Ok(SseFrame::Event(whole))] = &frames[..] else {
+        panic!("unexpected {frames:?}")
+    };
+    assert_eq!((cut.data(), whole.data()), ("cut here", "whole"));
+    assert!(points_into(whole.data_bytes(), &next), "not copied");
+}
+
+#[test]
+fn push_bytes_lets_go_of_every_chunk_once_drained() {
+    // Whatever the chunk ends with (a partial line, half a CRLF, a data line whose blank line
+    // has not come, part of a BOM), once `next_frame` has returned `None` the parser holds no
+    // reference to the chunk, so the network layer can reuse its buffer while the stream is
+    // idle.
+    let input = sample_stream();
+    let expected = sample_expected();
+    for cut in 0..=input.len() {
+        for second_cut in [cut, (cut + 5).min(input.len()), input.len()] {
+            let pieces = [&input[..cut], &input[cut..second_cut], &input[second_cut..]];
+            let mut parser = SseParser::new();
+            let mut frames = Vec::new();
+            for (index, piece) in pieces.into_iter().enumerate() {
+                let chunk = Bytes::from(piece.to_vec());
+                parser.push_bytes(chunk.clone());
+                while let Some(frame) = parser.next_frame() {
+                    frames.push(to_f(frame));
+                }
+                assert!(
+                    // (An empty `Bytes` is static, never "unique"; the parser ignores it.)
+                    chunk.is_empty() || chunk.is_unique(),
+                    "the parser still holds chunk {index} (cuts at {cut} and {second_cut})"
+                );
+            }
+            while let Some(frame) = parser.finish() {
+                frames.push(to_f(frame));
+            }
+            assert_eq!(frames, expected, "cuts {cut}, {second_cut}");
+        }
+    }
+}
+
+#[test]
+fn push_bytes_without_draining_in_between_gives_the_same_frames() {
+    // Several chunks queued before the first `next_frame`, and `push` mixed in.
+    let input = sample_stream();
+    let expected = sample_expected();
+    for size in [1, 2, 3, 7, 64, input.len()] {
+        let mut parser = SseParser::new();
+        for (index, chunk) in input.chunks(size).enumerate() {
+            if index % 3 == 2 {
+                parser.push(chunk);
+            } else {
+                parser.push_bytes(Bytes::copy_from_slice(chunk));
+            }
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = parser.finish() {
+            frames.push(to_f(frame));
+        }
+        assert_eq!(frames, expected, "chunks of {size}");
     }
 }

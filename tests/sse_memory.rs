@@ -6,6 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use bytes::Bytes;
 use nemo_video::sse::{SseFrame, SseParser};
 
 struct Counting;
@@ -32,14 +33,39 @@ static ALLOCATOR: Counting = Counting;
 
 #[test]
 fn a_small_event_limit_keeps_the_parser_small() {
+    // Through `push` (copied) and `push_bytes` (parsed in place, with only cut lines copied).
+    for shared in [false, true] {
+        let (peak, errors, data) = feed_small_limit(shared);
+        assert_eq!(errors, 1, "the long line is refused (push_bytes: {shared})");
+        assert_eq!(
+            data.len(),
+            2,
+            "the parser recovers for the later events (push_bytes: {shared}): {data:?}"
+        );
+        // The frames above allocate a little too, and so do the chunks given to
+        // `push_bytes`; 4 KiB is far below the old 32 KiB floor.
+        assert!(
+            peak < 4096,
+            "the parser held {peak} bytes with a 16-byte limit (push_bytes: {shared})"
+        );
+    }
+}
+
+/// Feeds a stream in 3-byte chunks to a parser with a 16-byte limit; returns the peak heap
+/// above the start, the error count and the data lengths of the events.
+fn feed_small_limit(shared: bool) -> (usize, usize, Vec<usize>) {
     let stream = b"data: this line is far too long for the limit\n\ndata: ok\n\n: ping\n\ndata: a\ndata: b\n\n";
     let baseline = CURRENT.load(Relaxed);
     PEAK.store(baseline, Relaxed);
     let mut parser = SseParser::with_max_event_size(16);
-    let mut data = Vec::new();
+    let mut data = Vec::with_capacity(8);
     let mut errors = 0;
     for chunk in stream.chunks(3) {
-        parser.push(chunk);
+        if shared {
+            parser.push_bytes(Bytes::copy_from_slice(chunk));
+        } else {
+            parser.push(chunk);
+        }
         while let Some(frame) = parser.next_frame() {
             match frame {
                 Ok(SseFrame::Event(event)) => data.push(event.data().len()),
@@ -55,15 +81,5 @@ fn a_small_event_limit_keeps_the_parser_small() {
     }
     let peak = PEAK.load(Relaxed) - baseline;
     drop(parser);
-    assert_eq!(errors, 1, "the long line is refused");
-    assert_eq!(
-        data.len(),
-        2,
-        "the parser recovers for the later events: {data:?}"
-    );
-    // The frames above allocate a little too; 4 KiB is far below the old 32 KiB floor.
-    assert!(
-        peak < 4096,
-        "the parser held {peak} bytes with a 16-byte limit"
-    );
+    (peak, errors, data)
 }

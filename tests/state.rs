@@ -350,6 +350,86 @@ fn diff_of_long_tracks_stays_local() {
     );
 }
 
+/// A one-track draft with a segment per name, each placed explicitly one second apart.
+fn named_segments_draft(names: &[String]) -> String {
+    let segments: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!(r#"{{"st":{},"d":1000,"m":{{"name":"{n}"}}}}"#, i * 1000))
+        .collect();
+    format!(r#"{{"t":[{{"tt":0,"sg":[{}]}}]}}"#, segments.join(","))
+}
+
+#[test]
+fn diff_of_a_long_track_edited_at_both_ends_stays_local() {
+    // Edits near both ends leave 5,000 × 5,000 segments between them: past the old limit of
+    // the hand-written alignment, which then paired the segments in order, so everything
+    // after the insertion read as renamed.
+    let names: Vec<String> = (0..5_000).map(|i| format!("c{i}")).collect();
+    let mut edited = names.clone();
+    edited.insert(2, "inserted".to_owned());
+    edited[4_990] = "replaced".to_owned();
+    let before = named_segments_draft(&names);
+    // The inserted clip sits in a gap of its own; the rest keep their places.
+    let after = named_segments_draft(&edited).replacen(
+        r#"{"st":2000,"d":1000,"m":{"name":"inserted"}}"#,
+        r#"{"st":1500,"d":0,"m":{"name":"inserted"}}"#,
+        1,
+    );
+    let after = shift_back(&after, 3, edited.len());
+    let diff = with_draft(&before, "[]").diff(&with_draft(&after, "[]"));
+    assert_eq!(
+        diff.to_string(),
+        r#"Added clip "inserted" (1.5-1.5s) to video track 1; changed clip "c4989" on video track 1: renamed "c4989" → "replaced"."#
+    );
+}
+
+/// Puts the segments from index `from` back one second, undoing the shift an insertion at
+/// `from - 1` made in [`named_segments_draft`].
+fn shift_back(draft: &str, from: usize, len: usize) -> String {
+    let mut out = draft.to_owned();
+    for i in from..len {
+        out = out.replacen(
+            &format!(r#"{{"st":{},"#, i * 1000),
+            &format!(r#"{{"st":{},"#, (i - 1) * 1000),
+            1,
+        );
+    }
+    out
+}
+
+#[test]
+fn the_text_of_a_huge_diff_is_bounded_and_changes_keeps_every_change() {
+    let names: Vec<String> = (0..2_000).map(|i| format!("c{i}")).collect();
+    let renamed: Vec<String> = names.iter().map(|n| format!("{n} (new)")).collect();
+    let mut longer = renamed.clone();
+    longer.push("extra".to_owned());
+    let before = with_draft(&named_segments_draft(&names), "[]");
+    let after = with_draft(&named_segments_draft(&longer), r#"[{"url":"a"}]"#);
+    let diff = before.diff(&after);
+    // 2,000 renames and an added clip, then the duration and the media.
+    assert_eq!(diff.changes().len(), 2_003);
+    let text = diff.to_string();
+    assert!(
+        text.starts_with(r#"Changed clip "c0" on video track 1: renamed "c0" → "c0 (new)"; "#),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "; and 1981 more changes to tracks and clips; duration 2000s → 2001s; 1 new generated media."
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("changed clip").count(), 19, "{text}");
+    // The alternate form lists them all.
+    let full = format!("{diff:#}");
+    assert_eq!(full.matches("; ").count(), 2_002);
+    assert!(full.contains(r#"added clip "extra" (2000-2001s) to video track 1"#));
+    // A small diff reads the same either way.
+    let small = with_draft(BASE, "[]").diff(&with_draft(&BASE.replace("0.35", "0.5"), "[]"));
+    assert_eq!(small.to_string(), format!("{small:#}"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Property: the draft's bytes survive inside any state document
 // ---------------------------------------------------------------------------------------

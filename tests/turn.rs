@@ -9,10 +9,11 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nemo_video::draft::Draft;
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::TurnOptions;
-use nemo_video::{Error, TurnEnd};
+use nemo_video::{Error, StateDiff, TurnEnd};
 use serde_json::json;
 use support::stream_server::*;
 use tokio::time::Instant;
@@ -310,4 +311,57 @@ async fn no_credits_before_the_stream_is_an_error_and_the_message_is_not_resent(
         1,
         "no reconcile after a refused message"
     );
+}
+
+/// A draft with one subtitle track of `cues` cues, each its own text; `edited` renames
+/// every tenth cue.
+fn subtitle_draft(cues: usize, edited: bool) -> serde_json::Value {
+    let segments: Vec<serde_json::Value> = (0..cues)
+        .map(|i| {
+            let text = if edited && i % 10 == 0 {
+                format!("cue {i} (fixed)")
+            } else {
+                format!("cue {i}")
+            };
+            json!({"st": i * 1000, "d": 1000, "m": {"text": text}})
+        })
+        .collect();
+    json!({"t": [{"tt": 7, "sg": segments}]})
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_big_timeline_is_compared_like_a_small_one_and_its_answer_stays_short() {
+    // 2 × 3,000 segments: compared off the runtime (see `turn::compare`); the result must be
+    // what `SessionState::diff` gives, every change kept, the answer a few lines.
+    let steps = vec![
+        event(&adk_call("c1", "fix_subtitles", json!({}))),
+        event(&adk_response("c1", "fix_subtitles", json!({"ok": true}))),
+        Step::End,
+    ];
+    let server = StreamServer::streaming(steps).await.with_drafts(vec![
+        subtitle_draft(3_000, false),
+        subtitle_draft(3_000, true),
+    ]);
+    let client = server.client();
+    let turn = client
+        .run_turn_with(&server.session(), "fix the subtitles", &fast_options())
+        .await
+        .expect("turn runs");
+
+    let changes = turn.changes.as_ref().expect("the state was compared");
+    let after = turn.state_after.as_ref().expect("the state after");
+    let before = Draft::from_json(&subtitle_draft(3_000, false).to_string()).expect("a draft");
+    let expected = StateDiff::between_drafts(Some(&before), after.draft());
+    // (Not `assert_eq!`: the Debug form of 300 changes is long.)
+    assert!(
+        changes == &expected,
+        "the turn's diff differs from between_drafts"
+    );
+    assert_eq!(changes.changes().len(), 300, "every tenth cue was renamed");
+    let answer = turn.answer();
+    assert!(
+        answer.ends_with("; and 280 more changes to tracks and clips."),
+        "{answer}"
+    );
+    assert!(answer.len() < 4_000, "{} bytes", answer.len());
 }

@@ -7,16 +7,18 @@
 //! - byte 2: seed of the generator that picks each chunk's length in `1..=largest`.
 //!
 //! Checked: no panic; the chunked feed gives exactly the frames of the whole feed (same
-//! order, same errors) and the same `last_event_id` / `reconnection_time`; event data is
-//! valid UTF-8 (it is read through `from_utf8_unchecked`); a parser reused after `finish`
-//! gives the same frames again; and while fed in chunks and drained after each push, the
-//! parser never holds more than a small multiple of (limit + chunk) bytes of heap.
+//! order, same errors) and the same `last_event_id` / `reconnection_time`, whether the chunks
+//! go through `push` (copied), `push_bytes` (parsed in place) or alternate between the two;
+//! event data is valid UTF-8 (it is read through `from_utf8_unchecked`); a parser reused
+//! after `finish` gives the same frames again; and while fed in chunks and drained after each
+//! push, the parser never holds more than a small multiple of (limit + chunk) bytes of heap.
 #![no_main]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use nemo_video::sse::{SseError, SseFrame, SseParser, DEFAULT_MAX_EVENT_SIZE};
 
@@ -159,8 +161,38 @@ fuzz_target!(|data: &[u8]| {
         check_frame(frame);
     }
 
-    // Chunked, comparing each frame as it comes and dropping it, so that the heap in use is
-    // the parser's own.
+    for way in [Way::Copy, Way::Shared, Way::Alternate] {
+        let mut parser = chunked(&expected, input, seed, largest_chunk, max_event_size, way);
+        // After `finish` the parser is ready for a new stream: the same bytes give the same
+        // frames.
+        let again = whole(&mut parser, input);
+        assert_eq!(
+            again, expected.frames,
+            "a parser reused after finish differs ({way:?})"
+        );
+    }
+});
+
+/// Which entry point each chunk goes through.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Copy,
+    Shared,
+    Alternate,
+}
+
+/// Feeds `input` in chunks, draining after each, comparing each frame with `expected` as it
+/// comes and dropping it, so that the heap in use is the parser's own (plus, through
+/// `push_bytes`, the one chunk being parsed); checks the heap bound. Returns the parser,
+/// finished.
+fn chunked(
+    expected: &Outcome,
+    input: &[u8],
+    seed: u32,
+    largest_chunk: usize,
+    max_event_size: usize,
+    way: Way,
+) -> SseParser {
     let baseline = LIVE.load(Relaxed);
     PEAK.store(baseline, Relaxed);
     let mut parser = SseParser::with_max_event_size(max_event_size);
@@ -174,7 +206,7 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(
             frame, expected.frames[seen],
-            "frame {seen} differs between chunked and whole feeds"
+            "frame {seen} differs between chunked ({way:?}) and whole feeds"
         );
         seen += 1;
     };
@@ -183,10 +215,24 @@ fuzz_target!(|data: &[u8]| {
         state: seed,
         largest: largest_chunk,
     };
-    for chunk in chunks {
-        parser.push(chunk);
+    for (index, chunk) in chunks.enumerate() {
+        let shared = match way {
+            Way::Copy => false,
+            Way::Shared => true,
+            Way::Alternate => index % 2 == 1,
+        };
+        let held = shared.then(|| Bytes::copy_from_slice(chunk));
+        match &held {
+            Some(bytes) => parser.push_bytes(bytes.clone()),
+            None => parser.push(chunk),
+        }
         while let Some(frame) = parser.next_frame() {
             compare(frame);
+        }
+        // Drained, the parser keeps no reference to a chunk from `push_bytes` (what it still
+        // needs of it, it copied).
+        if let Some(bytes) = held {
+            assert!(bytes.is_unique(), "the parser still holds chunk {index} ({way:?})");
         }
     }
     while let Some(frame) = parser.finish() {
@@ -205,15 +251,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         peak <= bound,
         "the parser held {peak} heap bytes with a {max_event_size}-byte limit and chunks of \
-         at most {largest_chunk} bytes (bound {bound})"
+         at most {largest_chunk} bytes (bound {bound}, {way:?})"
     );
     assert_eq!(parser.last_event_id(), expected.last_event_id);
     assert_eq!(parser.reconnection_time(), expected.reconnection_time);
 
-    // After `finish` the parser is ready for a new stream: the same bytes give the same frames.
-    let again = whole(&mut parser, input);
-    assert_eq!(
-        again, expected.frames,
-        "a parser reused after finish differs"
-    );
-});
+    parser
+}

@@ -39,14 +39,16 @@ impl Phase {
     }
 }
 
-/// A simulator whose every phase takes seconds: uploads and downloads are paced, the agent's
-/// tools work for 3 s, renders take 4 s.
+/// A simulator whose every phase lasts long enough to be interrupted on a busy machine (the
+/// test signals as soon as the phase's request arrives): uploads and downloads are paced
+/// (a 256 KiB upload and the 8 KiB output take one to a few seconds), the agent's tools work
+/// for 1.5 s, renders take 2 s.
 async fn slow_simulator() -> Simulator {
     Simulator::builder()
         .fast()
-        .transfer_pace(Duration::from_millis(400))
-        .work_duration(Duration::from_secs(3))
-        .render_time(Duration::from_secs(4))
+        .transfer_pace(Duration::from_millis(200))
+        .work_duration(Duration::from_millis(1500))
+        .render_time(Duration::from_secs(2))
         .start()
         .await
         .expect("simulator starts")
@@ -56,7 +58,7 @@ async fn slow_simulator() -> Simulator {
 /// simulator, its name does).
 fn write_clip(dir: &Path) -> std::path::PathBuf {
     let clip = dir.join("clip.mp4");
-    std::fs::write(&clip, patterned_bytes(2 * 1024 * 1024)).unwrap();
+    std::fs::write(&clip, patterned_bytes(256 * 1024)).unwrap();
     clip
 }
 

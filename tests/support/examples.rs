@@ -131,18 +131,7 @@ pub fn texts(output: &Output) -> (String, String) {
     )
 }
 
-/// The names in `dir`, sorted.
+/// The names in `dir`, sorted (see [`super::file_names`]).
 pub fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
+    super::file_names(dir)
 }

@@ -61,15 +61,11 @@ fn parse_pair(text: &str) -> Result<(PathBuf, String), String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
-    // temporary file with it, so nothing half-written is left in the output folder.
-    tokio::select! {
-        result = run(args) => support::exit(result),
-        () = support::interrupted() => support::exit_interrupted(
-            "nothing was kept; run the same command again to start over (the saved videos are whole; a video being written was not kept)",
-        ),
-    }
+    support::exit_or_interrupted(
+        run(Args::parse()),
+        "nothing was kept; run the same command again to start over (the saved videos are whole; a video being written was not kept)",
+    )
+    .await
 }
 
 /// One clip's job, checked.

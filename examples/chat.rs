@@ -49,15 +49,11 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    // Ctrl-C or SIGTERM drops the work where it stands; a download in progress takes its
-    // temporary file with it, so nothing half-written is left in the output folder.
-    tokio::select! {
-        result = run(args) => support::exit(result),
-        () = support::interrupted() => support::exit_interrupted(
-            "run the example again to start a new conversation (a video being written was not kept)",
-        ),
-    }
+    support::exit_or_interrupted(
+        run(Args::parse()),
+        "run the example again to start a new conversation (a video being written was not kept)",
+    )
+    .await
 }
 
 struct Bot {

@@ -275,6 +275,19 @@ pub async fn interrupted() {
     }
 }
 
+/// Runs `work` to its exit status, unless Ctrl-C or SIGTERM comes first: then the work is
+/// dropped where it stands (a download in progress takes its temporary file with it, so
+/// nothing half-written is left in the output folder) and the run ends with `next` and 130.
+pub async fn exit_or_interrupted(
+    work: impl std::future::Future<Output = Result<(), String>>,
+    next: &str,
+) -> ExitCode {
+    tokio::select! {
+        result = work => exit(result),
+        () = interrupted() => exit_interrupted(next),
+    }
+}
+
 /// Ends a run stopped by a signal: one line on stderr saying what to do next, status 130.
 pub fn exit_interrupted(next: &str) -> ExitCode {
     eprintln!("interrupted: {next}");

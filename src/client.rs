@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{
-    AnonymousCredentials, CredentialStore, FileStore, Identity, IdentityOptions, MemoryStore,
-    SecretToken,
+    AnonymousCredentials, CredentialStore, FileStore, Identity, IdentityEvent, IdentityEventFn,
+    IdentityOptions, MemoryStore, SecretToken,
 };
 use crate::config::{
     detect_platform, parse_base, Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES,
@@ -90,7 +90,7 @@ impl NemoClient {
             None,
             Some(client_id),
             Arc::clone(identity.store()),
-            identity_options(&self.inner.config),
+            identity.options().clone(),
         );
         Ok(NemoClient {
             inner: Arc::new(Inner {
@@ -149,14 +149,57 @@ impl NemoClient {
         self.transport().registration_url()
     }
 
+    /// True while a token request or a save of this client's identity is in flight (it runs
+    /// on even if the call that started it was cancelled).
+    ///
+    /// ```no_run
+    /// # fn run(client: nemo_video::NemoClient) {
+    /// if client.identity_busy() {
+    ///     eprintln!("saving the token the service just issued...");
+    /// }
+    /// # }
+    /// ```
+    pub fn identity_busy(&self) -> bool {
+        self.transport().identity().busy()
+    }
+
+    /// Waits, for at most `limit`, until no token request or save of this client's identity
+    /// is in flight; `true` when none is left. A token request runs in a task of its own, so
+    /// that a cancelled call (a timeout, Ctrl-C) never loses a token the service issued; a
+    /// program about to exit after an interruption calls this first, because the task ends
+    /// with the runtime. Immediate when nothing is in flight.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient) {
+    /// use std::time::Duration;
+    /// if !client.settle_identity(Duration::from_secs(5)).await {
+    ///     eprintln!("the token being issued may not have been saved");
+    /// }
+    /// # }
+    /// ```
+    pub async fn settle_identity(&self, limit: Duration) -> bool {
+        self.transport().identity().settle(limit).await
+    }
+
     pub(crate) fn transport(&self) -> &Transport {
         &self.inner.transport
     }
 }
 
-fn identity_options(config: &Config) -> IdentityOptions {
+fn identity_options(config: &Config, on_event: Option<IdentityEventFn>) -> IdentityOptions {
     IdentityOptions {
+        origin: config.base_url.origin().ascii_serialization(),
         max_server_wait: config.retry.max_server_wait,
+        store_timeout: config.store_timeout,
+        lease_ttl: config.lease_ttl,
+        // One token request's answer, its connection attempts and its saves fit inside.
+        lease_hold: crate::auth::MAX_LEASE_HOLD.max(
+            config
+                .request_timeout
+                .saturating_mul(crate::auth::TOKEN_ANSWER_FACTOR)
+                .saturating_add(Duration::from_secs(120)),
+        ),
+        on_event,
     }
 }
 
@@ -179,6 +222,9 @@ pub struct NemoClientBuilder {
     max_upload_bytes: Option<u64>,
     http_client: Option<reqwest::Client>,
     credential_store: Option<Arc<dyn CredentialStore>>,
+    store_timeout: Option<Duration>,
+    lease_ttl: Option<Duration>,
+    on_identity_event: Option<IdentityEventFn>,
 }
 
 impl fmt::Debug for NemoClientBuilder {
@@ -305,6 +351,48 @@ impl NemoClientBuilder {
         self
     }
 
+    /// Limit on every call to the credential store (load, save, lease); a call that runs out
+    /// fails the SDK call with [`Error::StoreTimeout`]. Default 10 s.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
+        self
+    }
+
+    /// Time to live of the lease this client takes on an identity in the credential store
+    /// while it asks the service for a token (renewed every third of it, released when
+    /// done). A holder that dies keeps others waiting at most this long. Default 30 s
+    /// ([`auth::DEFAULT_LEASE_TTL`](crate::auth::DEFAULT_LEASE_TTL)).
+    pub fn identity_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// Calls `callback` for what happens to identities: a token issued, a save that failed
+    /// (and is being retried), a save that recovered, a refused token request. Use it to alert
+    /// when the credential store fails: a token that is never saved is lost when the process
+    /// ends. Default: none (the same events are logged through `tracing`). Clients made with
+    /// [`NemoClient::for_identity`] share it.
+    ///
+    /// ```
+    /// use nemo_video::auth::IdentityEvent;
+    /// let client = nemo_video::NemoClient::builder()
+    ///     .on_identity_event(|event| {
+    ///         if let IdentityEvent::SaveFailed { key, error, .. } = event {
+    ///             eprintln!("ALERT: the token of {key} is not saved: {error}");
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), nemo_video::Error>(())
+    /// ```
+    pub fn on_identity_event(
+        mut self,
+        callback: impl Fn(&IdentityEvent<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_identity_event = Some(Arc::new(callback));
+        self
+    }
+
     /// `X-Skill-Source` attribution header. Default `video-object-ops`.
     pub fn skill_source(mut self, value: impl Into<String>) -> Self {
         self.skill_source = Some(value.into());
@@ -408,6 +496,11 @@ impl NemoClientBuilder {
                 .max_response_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             max_upload_bytes: self.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            store_timeout: self.store_timeout.unwrap_or(Duration::from_secs(10)),
+            lease_ttl: self
+                .lease_ttl
+                .unwrap_or(crate::auth::DEFAULT_LEASE_TTL)
+                .max(Duration::from_millis(30)),
         };
         for (name, value) in [
             ("X-Skill-Source", &config.skill_source),
@@ -440,7 +533,12 @@ impl NemoClientBuilder {
             (None, Some(dir)) => Arc::new(FileStore::new(dir.clone())),
             (None, None) => Arc::new(MemoryStore::new()),
         };
-        let identity = Identity::new(self.token, self.client_id, store, identity_options(&config));
+        let identity = Identity::new(
+            self.token,
+            self.client_id,
+            store,
+            identity_options(&config, self.on_identity_event),
+        );
         let transport = Transport::new(http, &config, identity, known_connect_timeout)?;
         Ok(NemoClient {
             inner: Arc::new(Inner {

@@ -123,6 +123,10 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// Largest file [`NemoClient::upload_files`](crate::NemoClient) accepts, in bytes.
     pub max_upload_bytes: u64,
+    /// Limit on every call to the credential store.
+    pub store_timeout: Duration,
+    /// Time to live of the identity leases this client takes in the credential store.
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -140,6 +144,8 @@ impl fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("store_timeout", &self.store_timeout)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }

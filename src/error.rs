@@ -394,6 +394,26 @@ pub enum Error {
         /// What went wrong.
         cause: Box<Error>,
     },
+    /// A call to a credential or job store (a file, a database, Redis) failed. Nothing was
+    /// sent to the service because of it, and nothing stored was dropped.
+    #[error("could not {operation}: {}; check that the store is reachable and writable, then try again", root_cause(source.as_ref()))]
+    Store {
+        /// What the SDK was doing, e.g. "save the identity to the credential store".
+        operation: &'static str,
+        /// The store's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A call to a credential or job store did not finish within the SDK's time limit for
+    /// store calls, or a lease another holder keeps did not come free within the longest
+    /// time a holder may keep it.
+    #[error("could not {operation} within {} (the store time limit); check that the store (a database, Redis) is reachable and not stuck, then try again", seconds(*after))]
+    StoreTimeout {
+        /// What the SDK was waiting for, e.g. "load the identity from the credential store".
+        operation: &'static str,
+        /// The limit that ran out.
+        after: Duration,
+    },
     /// The message stream ended before the agent finished.
     #[error("the agent's stream was cut off after {events_seen} event{}{}: {detail}; the message was not sent again (that could charge credits twice): read the session state to see what was done", if *events_seen == 1 { "" } else { "s" }, last_event_id.as_deref().map(|id| format!(" (last event id {id})")).unwrap_or_default())]
     StreamDisconnected {
@@ -634,9 +654,11 @@ impl Error {
                 failure: ConnectFailure::Tls,
                 ..
             } => RetryPolicy::Never,
-            Error::Connect { .. } | Error::Timeout { .. } | Error::Network { .. } => {
-                RetryPolicy::Backoff
-            }
+            Error::Connect { .. }
+            | Error::Timeout { .. }
+            | Error::Network { .. }
+            | Error::Store { .. }
+            | Error::StoreTimeout { .. } => RetryPolicy::Backoff,
             Error::Unconfirmed { .. } | Error::StreamDisconnected { .. } => RetryPolicy::Reconcile,
             _ => RetryPolicy::Never,
         }
@@ -852,6 +874,14 @@ impl Error {
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
+            Error::Store { operation, source } => Error::Store {
+                operation,
+                source: Box::new(described(source.as_ref())),
+            },
+            Error::StoreTimeout { operation, after } => Error::StoreTimeout {
+                operation,
+                after: *after,
+            },
             Error::Unconfirmed { request, cause } => Error::Unconfirmed {
                 request: request.clone(),
                 cause: Box::new(cause.duplicate()),
@@ -885,6 +915,17 @@ impl Error {
                 last_status: last_status.clone(),
                 waited: *waited,
             },
+        }
+    }
+
+    /// A store's own error, as [`Error::Store`].
+    pub(crate) fn store(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Store {
+            operation,
+            source: source.into(),
         }
     }
 

@@ -74,6 +74,9 @@ pub mod error;
 pub mod events;
 pub mod intent;
 pub mod job;
+pub mod lease;
+#[cfg(feature = "redis")]
+mod redis_kv;
 pub mod render;
 mod session;
 #[cfg(feature = "simulator")]

@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 use url::Url;
 
-use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
+use crate::auth::{Chosen, Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
 use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
@@ -91,6 +91,9 @@ pub(crate) struct Request {
     /// Whether a 429 is waited out and replayed here. Off for the anonymous-token call, whose
     /// one wait belongs to the identity layer (which also re-reads the credential store).
     rate_limit_replay: bool,
+    /// Whether an attempt that got no answer in time is retried. Off for the anonymous-token
+    /// call: its answer may still be on the way, and a second request would be refused.
+    retry_silence: bool,
     expected: &'static str,
     session_id: Option<String>,
 }
@@ -114,6 +117,7 @@ impl Request {
             use_default_timeout: true,
             head_timeout: None,
             rate_limit_replay: true,
+            retry_silence: true,
             expected: "a response",
             session_id: None,
         }
@@ -238,6 +242,10 @@ pub(crate) struct RawResponse {
 pub(crate) struct Transport {
     settings: Arc<Settings>,
     identity: Identity,
+    /// Makes the anonymous-token requests: a transport of its own (with an identity that is
+    /// never asked for a token), shared, so the identity layer can run a token request in a
+    /// task that outlives the call that needed it. `None` in that transport itself.
+    token_endpoint: Option<Arc<dyn TokenEndpoint>>,
 }
 
 /// What every identity's transport shares: the connection pool and the settings. A server
@@ -331,18 +339,25 @@ impl Transport {
         if let Some(token) = identity.static_token() {
             bearer_header(token)?;
         }
+        let settings = Arc::new(Settings {
+            http,
+            base_url: config.base_url.clone(),
+            web_url: config.web_url.clone(),
+            static_headers,
+            retry: config.retry.clone(),
+            request_timeout: config.request_timeout,
+            connect_timeout,
+            max_response_bytes: config.max_response_bytes,
+        });
+        let token_endpoint: Arc<dyn TokenEndpoint> = Arc::new(Transport {
+            settings: Arc::clone(&settings),
+            identity: Identity::detached(),
+            token_endpoint: None,
+        });
         Ok(Transport {
-            settings: Arc::new(Settings {
-                http,
-                base_url: config.base_url.clone(),
-                web_url: config.web_url.clone(),
-                static_headers,
-                retry: config.retry.clone(),
-                request_timeout: config.request_timeout,
-                connect_timeout,
-                max_response_bytes: config.max_response_bytes,
-            }),
+            settings,
             identity,
+            token_endpoint: Some(token_endpoint),
         })
     }
 
@@ -351,6 +366,7 @@ impl Transport {
         Transport {
             settings: Arc::clone(&self.settings),
             identity,
+            token_endpoint: self.token_endpoint.clone(),
         }
     }
 
@@ -526,14 +542,24 @@ impl Transport {
                 attempt,
                 status = tracing::field::Empty,
             );
-            let mut token_used: Option<SecretToken> = None;
+            let mut chosen: Option<Chosen> = None;
             let outcome = async {
                 let token = if authenticated {
                     // A token that cannot be had ends the call here: the identity layer has
                     // already applied its own policy (one shared fetch, one 429 wait), and
                     // retrying around it would multiply its requests.
-                    let token = self.identity.token(self).await.map_err(Attempt::NoToken)?;
-                    token_used = Some(token.clone());
+                    let endpoint = self.token_endpoint.as_ref().ok_or_else(|| {
+                        Attempt::NoToken(Error::config(
+                            "internal: this transport cannot request tokens",
+                        ))
+                    })?;
+                    let choice = self
+                        .identity
+                        .token(endpoint)
+                        .await
+                        .map_err(Attempt::NoToken)?;
+                    let token = choice.token.clone();
+                    chosen = Some(choice);
                     Some(token)
                 } else {
                     None
@@ -548,19 +574,34 @@ impl Transport {
             .instrument(span)
             .await;
             let err = match outcome {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    if let Some(chosen) = chosen.filter(|c| c.after_refusal.is_some()) {
+                        // Used again after the service refused a new one, and accepted.
+                        self.identity.accepted(&chosen.token);
+                    }
+                    return Ok(value);
+                }
                 Err(Attempt::NoToken(err)) => return Err(err),
                 Err(Attempt::Failed(err)) => err,
             };
             let replayable = request.replay == Replay::Safe
                 || err.never_reached_server()
                 || err.rejected_before_processing();
+            let token_used = chosen.as_ref().map(|c| c.token.clone());
             match err.retry_policy() {
-                RetryPolicy::RefreshToken if !refreshed && authenticated => {
-                    let Some(token) = token_used else {
+                RetryPolicy::RefreshToken if authenticated => {
+                    if let Some(refusal) = chosen.and_then(|c| c.after_refusal) {
+                        // The service refused a new token and now rejects this one too:
+                        // nothing it accepts is left for this client id.
+                        return Err(Error::TokenQuotaExceeded {
+                            client_id: self.identity.known_client_id().unwrap_or_default(),
+                            info: refusal,
+                        });
+                    }
+                    let Some(token) = token_used.filter(|_| !refreshed) else {
                         return Err(err);
                     };
-                    match self.identity.invalidate(&token).await {
+                    match self.identity.invalidate(&token) {
                         Invalidated::Refreshable => {
                             tracing::info!(
                                 path = url.path(),
@@ -585,7 +626,11 @@ impl Transport {
                     waited = true;
                     tokio::time::sleep(wait).await;
                 }
-                RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
+                RetryPolicy::Backoff
+                    if backoff_retries < self.retry.max_retries
+                        && replayable
+                        && (request.retry_silence || !matches!(err, Error::Timeout { .. })) =>
+                {
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
@@ -803,10 +848,13 @@ enum Attempt {
 }
 
 impl TokenEndpoint for Transport {
-    /// `POST /api/auth/anonymous-token` with `X-Client-Id`, no token, no body. Transient
-    /// failures are retried with backoff like a read; a 429 is
-    /// returned as it is (the identity layer waits once, re-reads the store, replays once);
-    /// HTTP 400 is [`Error::MissingClientId`].
+    /// `POST /api/auth/anonymous-token` with `X-Client-Id`, no token, no body. Failures that
+    /// prove no token was issued (no connection, an error answer) are retried with backoff
+    /// like a read; no answer within twice the request timeout
+    /// ([`TOKEN_ANSWER_FACTOR`](crate::auth::TOKEN_ANSWER_FACTOR)) is not (the answer might still come, and a second request would be refused). A 429
+    /// is returned as it is (the identity layer waits once, re-reads the store, replays
+    /// once); a 400 is [`Error::MissingClientId`] only when its text names the client id
+    /// (a proxy's plain "Bad Request" is not about it).
     fn request_token<'a>(
         &'a self,
         client_id: &'a str,
@@ -818,15 +866,20 @@ impl TokenEndpoint for Transport {
             let mut request = Request::post(&["api", "auth", "anonymous-token"])
                 .unauthenticated()
                 .header(HeaderName::from_static("x-client-id"), value)
+                .timeout(None)
+                .head_timeout(
+                    self.request_timeout
+                        .saturating_mul(crate::auth::TOKEN_ANSWER_FACTOR),
+                    TimeoutKind::Request,
+                )
                 .expect("an anonymous token");
             request.rate_limit_replay = false;
-            // Asking again cannot charge anything: at worst the service answers 429 because
-            // the first request did issue a token, which the identity layer reports.
+            request.retry_silence = false;
+            // Asking again after an answer or a lost connection cannot charge anything: at
+            // worst the service answers 429 because the first request did issue a token,
+            // which the identity layer handles.
             request.replay = Replay::Safe;
-            self.call(request).await.map_err(|err| match err {
-                Error::Http { status: 400, info } => Error::MissingClientId { info },
-                other => other,
-            })
+            self.call(request).await
         })
     }
 }

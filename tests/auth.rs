@@ -9,7 +9,7 @@ use nemo_video::auth::CREDENTIALS_FILE;
 use nemo_video::{Error, RetryPolicy};
 use serde_json::{json, Value};
 use support::mock::*;
-use support::{fast_retry, tempdir};
+use support::{fast_retry, stored_credentials, tempdir};
 use wiremock::matchers::{header as header_is, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -128,7 +128,7 @@ async fn code_1001_fetches_one_new_token_and_replays_once() {
     );
     // The new token replaced the rejected one on disk too.
     assert_eq!(
-        read_store(dir.path())["identities"][CLIENT_ID]["token"],
+        stored_credentials(dir.path(), &server.uri(), CLIENT_ID)["token"],
         SECOND_TOKEN
     );
 }
@@ -268,7 +268,10 @@ async fn missing_client_id_400_regenerates_the_default_id_and_retries_once() {
     );
     let stored = read_store(dir.path());
     assert_eq!(stored["default_client_id"], fresh);
-    assert_eq!(stored["identities"][fresh]["token"], ANON_TOKEN);
+    assert_eq!(
+        stored_credentials(dir.path(), &server.uri(), fresh)["token"],
+        ANON_TOKEN
+    );
 }
 
 #[tokio::test]
@@ -393,9 +396,17 @@ async fn expired_persisted_token_is_replaced_using_the_persisted_client_id() {
         Some(format!("Bearer {ANON_TOKEN}").as_str()),
         "the expired token was never sent"
     );
-    // The file was rewritten in the current form, keeping the identity.
+    // The file was rewritten in the current form, keeping the old identity (it belongs to
+    // the production service, the only one earlier versions knew) beside the new one.
     let stored = read_store(dir.path());
-    assert_eq!(stored["identities"][persisted_id]["token"], ANON_TOKEN);
+    assert_eq!(
+        stored_credentials(dir.path(), &server.uri(), persisted_id)["token"],
+        ANON_TOKEN
+    );
+    assert_eq!(
+        stored_credentials(dir.path(), nemo_video::DEFAULT_BASE_URL, persisted_id)["token"],
+        "nmv_usr_OLD_EXPIRED"
+    );
     assert_eq!(stored["default_client_id"], persisted_id);
     assert!(stored.get("anonymous").is_none(), "{stored}");
 }
@@ -407,13 +418,19 @@ async fn valid_persisted_token_is_used_without_a_token_request() {
     write_store(
         dir.path(),
         &json!({
-            "client_id": CLIENT_ID,
-            "anonymous": {
-                "client_id": CLIENT_ID,
-                "token": "nmv_usr_FROM_DISK",
-                "user_id": "anon_disk",
-                "expires_at": "2099-01-01T00:00:00Z",
-                "obtained_at": 1_700_000_000u64
+            "services": {
+                server.uri(): {
+                    CLIENT_ID: {
+                        "version": 1,
+                        "credentials": {
+                            "client_id": CLIENT_ID,
+                            "token": "nmv_usr_FROM_DISK",
+                            "user_id": "anon_disk",
+                            "expires_at": "2099-01-01T00:00:00Z",
+                            "obtained_at": 1_700_000_000u64
+                        }
+                    }
+                }
             }
         })
         .to_string(),
@@ -427,6 +444,50 @@ async fn valid_persisted_token_is_used_without_a_token_request() {
         header(&calls[0], "authorization"),
         Some("Bearer nmv_usr_FROM_DISK")
     );
+}
+
+#[tokio::test]
+async fn a_file_of_an_earlier_version_belongs_to_production_and_its_token_goes_nowhere_else() {
+    // Earlier versions knew one service; their identities are production's. A client of
+    // another service (here a local one) must neither send that token nor lose it.
+    let server = MockServer::start().await;
+    let dir = tempdir();
+    write_store(
+        dir.path(),
+        &json!({
+            "default_client_id": CLIENT_ID,
+            "identities": {
+                CLIENT_ID: {
+                    "client_id": CLIENT_ID,
+                    "token": "nmv_usr_PRODUCTION",
+                    "user_id": "anon_prod",
+                    "expires_at": "2099-01-01T00:00:00Z",
+                    "obtained_at": 1_700_000_000u64
+                }
+            }
+        })
+        .to_string(),
+    );
+    mount_token(&server).await;
+    mount_credits(&server, ok(credits_body())).await;
+    client(&server, dir.path()).credits().await.unwrap();
+    let calls = requests_to(&server, CREDITS_PATH).await;
+    assert_eq!(
+        header(&calls[0], "authorization"),
+        Some(format!("Bearer {ANON_TOKEN}").as_str()),
+        "this service's own token, never production's"
+    );
+    assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 1);
+    assert_eq!(
+        stored_credentials(dir.path(), nemo_video::DEFAULT_BASE_URL, CLIENT_ID)["token"],
+        "nmv_usr_PRODUCTION",
+        "the production identity is kept, migrated"
+    );
+    assert_eq!(
+        stored_credentials(dir.path(), &server.uri(), CLIENT_ID)["token"],
+        ANON_TOKEN
+    );
+    assert!(read_store(dir.path()).get("identities").is_none());
 }
 
 #[cfg(unix)]
@@ -446,7 +507,8 @@ async fn credentials_file_is_private() {
     assert_eq!(file_mode & 0o777, 0o600, "file mode {file_mode:o}");
     let dir_mode = std::fs::metadata(&config_dir).unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o077, 0, "directory mode {dir_mode:o}");
-    // Atomic writes leave no temporary files behind: only the file and its locks.
+    // Atomic writes leave no temporary files behind, and the identity's lock file goes
+    // with its lease: only the file, its lock, and the (empty, private) folder of leases.
     let mut names: Vec<_> = std::fs::read_dir(&config_dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
@@ -454,23 +516,42 @@ async fn credentials_file_is_private() {
     names.sort();
     assert_eq!(names, [CREDENTIALS_FILE, "credentials.lock", "locks"]);
     let lock_dir = config_dir.join("locks");
-    let lock_mode = std::fs::metadata(lock_dir.join(format!("{CLIENT_ID}.lock")))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(lock_mode & 0o077, 0, "lock file mode {lock_mode:o}");
+    assert_eq!(std::fs::read_dir(&lock_dir).unwrap().count(), 0);
+    let lock_mode = std::fs::metadata(&lock_dir).unwrap().permissions().mode();
+    assert_eq!(lock_mode & 0o077, 0, "lock folder mode {lock_mode:o}");
 }
 
 #[tokio::test]
-async fn corrupted_credentials_file_is_replaced_without_error() {
+async fn a_corrupted_credentials_file_is_moved_aside_reported_once_then_replaced() {
     let server = MockServer::start().await;
     let dir = tempdir();
     write_store(dir.path(), "{ this is not json");
     mount_token(&server).await;
     mount_credits(&server, ok(credits_body())).await;
-    let credits = client(&server, dir.path()).credits().await.unwrap();
+    let client = client(&server, dir.path());
+    let err = client.credits().await.unwrap_err();
+    assert!(
+        err.to_string().contains("moved aside") && err.to_string().contains(".corrupt-"),
+        "says what happened and where the old file is: {err}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("credentials.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&aside[0])).unwrap(),
+        "{ this is not json",
+        "nothing of it is lost"
+    );
+    assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 0);
+    // The next call starts a new file.
+    let credits = client.credits().await.unwrap();
     assert_eq!(credits.available, 87.5);
     assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 1);
-    let stored = read_store(dir.path());
-    assert_eq!(stored["identities"][CLIENT_ID]["token"], ANON_TOKEN);
+    assert_eq!(
+        stored_credentials(dir.path(), &server.uri(), CLIENT_ID)["token"],
+        ANON_TOKEN
+    );
 }

@@ -324,13 +324,16 @@ fn rows() -> Vec<Row> {
     // The token is fetched on behalf of a call (here a read, `credits`). The token POST does
     // no billable work; its own loop replays it only when it never arrived or was refused up
     // front (429), and otherwise its failure is the read's failure, which the read's backoff
-    // retries (fetching the token again). A POST that does work would not retry it.
+    // retries (fetching the token again). A POST that does work would not retry it. A token
+    // request that gets no answer is not sent again: the answer may still be on its way,
+    // and the service issues one token per client id per week (it waits twice the request
+    // timeout for it).
     add(
         Ep::AnonymousToken,
         vec![
             (Refused, reconnected()),
             (Reset, retried(2)),
-            (Stall, retried(2)),
+            (Stall, err("Timeout(Request)")),
             (Status500, retried(2)),
             (PlainText502, retried(2)),
             (RetryAfter503, waited()),

@@ -2,19 +2,28 @@
 //! every process that uses the directory.
 //!
 //! Layout of the directory (0700):
-//! - `credentials.json` (0600): `{"default_client_id": "<uuid>", "identities": {"<client id>":
-//!   {credentials}}}`, always replaced atomically (a temporary file, synced, renamed), so a
-//!   reader never sees half a file. The single-identity file of earlier versions
-//!   (`{"client_id", "anonymous"}`) is read and rewritten in the new form.
+//! - `credentials.json` (0600): `{"default_client_id": "<uuid>", "services": {"<API origin>":
+//!   {"<client id>": {"version": N, credentials...}}}}`, always replaced atomically (a
+//!   temporary file, synced, renamed, then the directory synced), so a reader never sees half
+//!   a file and a crash never loses a saved one. Earlier files (identities keyed by client
+//!   id only, or the single identity of the first versions) are read as identities of the
+//!   production service and rewritten in this form on the next save.
 //! - `credentials.lock`: held (advisory lock) for each read-modify-write of the file, so two
 //!   writers never drop each other's entries.
-//! - `locks/<client id>.lock`: held by whoever is fetching a token for that identity, from
-//!   re-reading the file to saving the new token, so N processes make one token request.
+//! - `locks/<origin hash>-<client id>.lock`: exists only while some process holds that
+//!   identity's lease (while it asks the service for a token and saves it).
+//!
+//! What it never does: drop what it cannot read. Each identity is decoded on its own; an
+//! entry this version does not understand (another tool's, a newer version's) is kept byte
+//! for byte, and so is every top-level field it does not know. A file that cannot be read
+//! (permissions, an I/O error) fails the call instead of being replaced. A file that is not
+//! JSON at all is moved aside (`credentials.json.corrupt-<time>`), reported in the error of
+//! the call that found it, and a new file starts.
 //!
 //! Locks are the operating system's advisory file locks (`flock` on Unix, `LockFileEx` on
-//! Windows, through the `fs4` crate): they are released when the holder exits,
-//! however it exits. Waiting for one is bounded (2 minutes by default) and polls, so no
-//! thread is blocked. A corrupted file is reported with a `tracing` warning and replaced.
+//! Windows, through the `fs4` crate): released when the holder exits, however it exits, so a
+//! lease of this store never outlives its process, whatever its time to live. All file work
+//! runs on Tokio's blocking threads, never on the async runtime.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,19 +33,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
+use crate::lease::Lease;
 
-use super::store::{CredentialStore, IdentityLock, StoreFuture};
-use super::{new_client_id, validate_client_id, AnonymousCredentials, SecretToken};
+use super::store::{CredentialStore, IdentityKey, SaveOutcome, StoreFuture, StoredCredentials};
+use super::{new_client_id, validate_client_id, AnonymousCredentials};
 
 /// Name of the credentials file inside the config directory.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
 const FILE_LOCK: &str = "credentials.lock";
 const IDENTITY_LOCKS: &str = "locks";
-/// Longest wait for a lock another process holds: a token fetch with its one 429 wait fits
-/// well inside it.
-const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for the file lock, which another process holds only for one read-modify-write
+/// of the file (milliseconds), so a long wait means a stuck process.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Identities in `<dir>/credentials.json`, safe to share between processes. The default
 /// store of a client (`~/.config/nemovideo/`, or `NEMO_CONFIG_DIR`).
@@ -62,18 +73,154 @@ pub struct FileStore {
     unsaved_default: Arc<OnceLock<String>>,
 }
 
-/// The file's contents. Identities are kept in a sorted map so the file diffs cleanly.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StoredFile {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+/// The file as read: every top-level field verbatim, plus the parts this version reads.
+#[derive(Default)]
+struct Contents {
+    /// Every top-level field as it was read; written back verbatim unless changed.
+    top: BTreeMap<String, Box<RawValue>>,
     default_client_id: Option<String>,
-    #[serde(default)]
-    identities: BTreeMap<String, AnonymousCredentials>,
-    /// Earlier versions' single identity: read, then written back in the new form.
-    #[serde(default, rename = "client_id", skip_serializing)]
-    legacy_client_id: Option<String>,
-    #[serde(default, rename = "anonymous", skip_serializing)]
-    legacy_anonymous: Option<AnonymousCredentials>,
+    /// Origin → client id → the entry, verbatim.
+    services: BTreeMap<String, BTreeMap<String, Box<RawValue>>>,
+    /// Top-level fields of an earlier layout whose contents were merged into this one (and
+    /// so are not written back). Earlier fields that could not be read are kept.
+    migrated: Vec<&'static str>,
+}
+
+/// An entry as written: the record's version and the credentials. (Earlier files held the
+/// credentials alone, read as version 0.)
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    version: u64,
+    credentials: AnonymousCredentials,
+}
+
+impl Contents {
+    fn parse(bytes: &[u8]) -> std::result::Result<Contents, String> {
+        let top: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+        let mut contents = Contents {
+            top,
+            ..Contents::default()
+        };
+        let string_field = |name: &str| {
+            contents
+                .top
+                .get(name)
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+                .filter(|id| validate_client_id(id).is_ok())
+        };
+        contents.default_client_id = string_field("default_client_id");
+        // The first versions kept their one identity's id as `client_id`.
+        if let Some(id) = string_field("client_id") {
+            contents.default_client_id.get_or_insert(id);
+            contents.migrated.push("client_id");
+        }
+        if let Some(raw) = contents.top.get("services") {
+            contents.services = serde_json::from_str(raw.get())
+                .map_err(|err| format!("its \"services\" field is not a map of maps ({err})"))?;
+        }
+        let mut legacy: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+        if let Some(raw) = contents.top.get("identities") {
+            legacy = serde_json::from_str(raw.get())
+                .map_err(|err| format!("its \"identities\" field is not a map ({err})"))?;
+            contents.migrated.push("identities");
+        }
+        if let Some(raw) = contents.top.get("anonymous") {
+            if let Some(id) = serde_json::from_str::<serde_json::Value>(raw.get())
+                .ok()
+                .and_then(|v| v.get("client_id")?.as_str().map(str::to_string))
+                .filter(|id| validate_client_id(id).is_ok())
+            {
+                legacy.entry(id).or_insert_with(|| raw.clone());
+                contents.migrated.push("anonymous");
+            }
+        }
+        let service = contents
+            .services
+            .entry(super::default_origin())
+            .or_default();
+        for (id, raw) in legacy {
+            // In this version's form when it can be read; kept as it is when it cannot.
+            let raw = serde_json::from_str::<AnonymousCredentials>(raw.get())
+                .ok()
+                .and_then(|credentials| {
+                    to_raw(&Entry {
+                        version: 0,
+                        credentials,
+                    })
+                    .ok()
+                })
+                .unwrap_or(raw);
+            service.entry(id).or_insert(raw);
+        }
+        contents
+            .services
+            .retain(|_, identities| !identities.is_empty());
+        Ok(contents)
+    }
+
+    fn entry(&self, key: &IdentityKey) -> Option<&RawValue> {
+        self.services
+            .get(key.origin())?
+            .get(key.client_id())
+            .map(|raw| &**raw)
+    }
+
+    /// The bytes to write: unknown top-level fields verbatim, the rest as this version
+    /// writes it (earlier layouts folded into `services`).
+    fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut top = self.top.clone();
+        for old in &self.migrated {
+            top.remove(*old);
+        }
+        match &self.default_client_id {
+            Some(id) => {
+                top.insert("default_client_id".to_string(), to_raw(id)?);
+            }
+            None => {
+                top.remove("default_client_id");
+            }
+        }
+        if self.services.is_empty() {
+            top.remove("services");
+        } else {
+            top.insert("services".to_string(), to_raw(&self.services)?);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&top).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+fn to_raw<T: Serialize + ?Sized>(value: &T) -> std::io::Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(std::io::Error::other)
+}
+
+fn decode_entry(key: &IdentityKey, raw: &RawValue, path: &Path) -> Result<StoredCredentials> {
+    let entry = serde_json::from_str::<Entry>(raw.get()).or_else(|err| {
+        // The credentials alone: an earlier version's entry. A versioned entry that does not
+        // decode keeps its own error.
+        if raw.get().contains("\"credentials\"") {
+            return Err(err);
+        }
+        serde_json::from_str::<AnonymousCredentials>(raw.get()).map(|credentials| Entry {
+            version: 0,
+            credentials,
+        })
+    });
+    let entry = entry.map_err(|err| {
+        Error::io(
+            "could not read an identity in",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the entry for {key} is not in a form this version understands ({err}); it is kept as it is: fix it, or give this client another client id"
+                ),
+            ),
+        )
+    })?;
+    Ok(StoredCredentials::new(entry.credentials, entry.version))
 }
 
 impl FileStore {
@@ -86,7 +233,8 @@ impl FileStore {
         }
     }
 
-    /// How long to wait for a lock held by another process before failing. Default 2 minutes.
+    /// How long to wait for the file lock another process holds while it rewrites the file
+    /// (a few milliseconds normally) before failing. Default 30 s.
     pub fn lock_timeout(mut self, timeout: Duration) -> FileStore {
         self.lock_timeout = timeout;
         self
@@ -102,128 +250,198 @@ impl FileStore {
         self.dir.join(CREDENTIALS_FILE)
     }
 
-    /// Reads the file; a missing file is empty, a corrupted one is reported and treated as
-    /// empty (the next write replaces it).
-    fn read(&self) -> StoredFile {
+    /// Runs blocking file work on Tokio's blocking threads.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&FileStore) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|err| Error::store("run a credentials file operation", err.to_string()))?
+    }
+
+    /// Reads the file. Missing: empty. Unreadable: an error (the file is kept). Not JSON: moved
+    /// aside, and an error that says where to.
+    fn read(&self) -> Result<Contents> {
         let path = self.path();
-        let mut stored = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<StoredFile>(&bytes) {
-                Ok(stored) => stored,
-                Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %err, "the NemoVideo credentials file is corrupted; it will be replaced");
-                    return StoredFile::default();
-                }
-            },
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return StoredFile::default(),
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            // No file, or no directory to hold one: nothing to read, nothing to lose.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(Contents::default())
+            }
             Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "could not read the NemoVideo credentials file; it will be replaced");
-                return StoredFile::default();
+                return Err(Error::io(
+                    "could not read the NemoVideo credentials (the file is kept as it is; fix its permissions or the disk and try again)",
+                    path,
+                    err,
+                ))
             }
         };
-        if let Some(legacy) = stored.legacy_anonymous.take() {
-            stored
-                .identities
-                .entry(legacy.client_id.clone())
-                .or_insert(legacy);
+        match Contents::parse(&bytes) {
+            Ok(contents) => Ok(contents),
+            Err(problem) => Err(self.move_aside(&path, &problem)),
         }
-        if let Some(legacy) = stored.legacy_client_id.take() {
-            stored.default_client_id.get_or_insert(legacy);
-        }
-        if stored
-            .default_client_id
-            .as_deref()
-            .is_some_and(|id| validate_client_id(id).is_err())
-        {
-            tracing::warn!(path = %path.display(), "the saved default NemoVideo client id is invalid; it will be replaced");
-            stored.default_client_id = None;
-        }
-        stored.identities.retain(|id, creds| {
-            let keep = validate_client_id(id).is_ok() && creds.client_id == *id;
-            if !keep {
-                tracing::warn!(path = %path.display(), "an invalid entry in the NemoVideo credentials file was dropped");
+    }
+
+    /// Moves a corrupt file aside, so nothing in it is lost and the next call starts a new
+    /// one; the error says where it went.
+    fn move_aside(&self, path: &Path, problem: &str) -> Error {
+        let aside = self.dir.join(format!(
+            "{CREDENTIALS_FILE}.corrupt-{}-{}",
+            super::unix_now(),
+            fastrand::u32(..)
+        ));
+        match std::fs::rename(path, &aside) {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), "the NemoVideo credentials file was not valid JSON; it was moved aside");
+                Error::io(
+                    "the NemoVideo credentials file was not valid JSON and was moved aside to",
+                    aside,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{problem}; a new file starts with the next call: if the identities in the old one matter, repair it and move it back"),
+                    ),
+                )
             }
-            keep
-        });
-        stored
+            Err(err) => Error::io(
+                "the NemoVideo credentials file is not valid JSON and could not be moved aside",
+                path,
+                std::io::Error::new(
+                    err.kind(),
+                    format!("{problem}; {err}: repair or remove the file"),
+                ),
+            ),
+        }
     }
 
     /// Runs `change` on the file's contents under the file lock and writes the result back
-    /// atomically. Entries `change` does not touch are written back as they were read.
-    async fn update<R>(&self, change: impl FnOnce(&mut StoredFile) -> R) -> Result<R> {
-        // Without a lock file (an unwritable directory) the write below fails and says why.
-        let _lock = lock_file(&self.dir.join(FILE_LOCK), self.lock_timeout).await?;
-        let mut stored = self.read();
-        let result = change(&mut stored);
-        write_atomically(&self.path(), &stored).map_err(|err| {
-            Error::io(
-                "could not save the NemoVideo credentials to",
-                self.path(),
-                err,
-            )
-        })?;
+    /// atomically, if `change` says so. Everything `change` does not touch is written back
+    /// as it was read.
+    fn update<R>(&self, change: impl FnOnce(&mut Contents) -> (R, bool)) -> Result<R> {
+        let _lock = lock_file_blocking(&self.dir.join(FILE_LOCK), self.lock_timeout)?;
+        let mut contents = self.read()?;
+        let (result, changed) = change(&mut contents);
+        if changed || !contents.migrated.is_empty() {
+            let bytes = contents.to_bytes().map_err(|err| {
+                Error::io(
+                    "could not encode the NemoVideo credentials for",
+                    self.path(),
+                    err,
+                )
+            })?;
+            write_atomically(&self.path(), &bytes).map_err(|err| {
+                Error::io(
+                    "could not save the NemoVideo credentials to",
+                    self.path(),
+                    err,
+                )
+            })?;
+        }
         Ok(result)
+    }
+
+    fn lease_path(&self, key: &IdentityKey) -> PathBuf {
+        self.dir.join(IDENTITY_LOCKS).join(format!(
+            "{:016x}-{}.lock",
+            fnv1a64(key.origin().as_bytes()),
+            key.client_id()
+        ))
     }
 }
 
 impl CredentialStore for FileStore {
-    fn load<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, Option<AnonymousCredentials>> {
-        // No lock needed: the file is only ever replaced whole.
-        Box::pin(async move { Ok(self.read().identities.remove(client_id)) })
+    fn load<'a>(&'a self, key: &'a IdentityKey) -> StoreFuture<'a, Option<StoredCredentials>> {
+        let key = key.clone();
+        Box::pin(self.blocking(move |store| {
+            // No lock needed: the file is only ever replaced whole.
+            let contents = store.read()?;
+            contents
+                .entry(&key)
+                .map(|raw| decode_entry(&key, raw, &store.path()))
+                .transpose()
+        }))
     }
 
-    fn save<'a>(&'a self, credentials: &'a AnonymousCredentials) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            validate_client_id(&credentials.client_id)?;
-            self.update(|stored| {
-                stored
-                    .identities
-                    .insert(credentials.client_id.clone(), credentials.clone());
-            })
-            .await
-        })
-    }
-
-    fn remove<'a>(&'a self, client_id: &'a str, token: &'a SecretToken) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            if !self
-                .read()
-                .identities
-                .get(client_id)
-                .is_some_and(|creds| &creds.token == token)
-            {
-                return Ok(());
-            }
-            self.update(|stored| {
-                if stored
-                    .identities
-                    .get(client_id)
-                    .is_some_and(|creds| &creds.token == token)
-                {
-                    stored.identities.remove(client_id);
+    fn save<'a>(
+        &'a self,
+        key: &'a IdentityKey,
+        credentials: &'a AnonymousCredentials,
+        expected_version: Option<u64>,
+    ) -> StoreFuture<'a, SaveOutcome> {
+        let key = key.clone();
+        let credentials = credentials.clone();
+        Box::pin(self.blocking(move |store| {
+            validate_client_id(key.client_id())?;
+            let path = store.path();
+            store.update(|contents| {
+                let current = match contents.entry(&key) {
+                    Some(raw) => match decode_entry(&key, raw, &path) {
+                        Ok(current) => Some(current),
+                        // Never overwrite what cannot be read.
+                        Err(err) => return (Err(err), false),
+                    },
+                    None => None,
+                };
+                if current.as_ref().map(|c| c.version) != expected_version {
+                    return (Ok(SaveOutcome::Conflict { current }), false);
                 }
-            })
-            .await
-        })
+                let version = expected_version.unwrap_or(0) + 1;
+                let raw = match to_raw(&Entry {
+                    version,
+                    credentials,
+                }) {
+                    Ok(raw) => raw,
+                    Err(err) => {
+                        return (
+                            Err(Error::io(
+                                "could not encode the NemoVideo credentials for",
+                                &path,
+                                err,
+                            )),
+                            false,
+                        )
+                    }
+                };
+                contents
+                    .services
+                    .entry(key.origin().to_string())
+                    .or_default()
+                    .insert(key.client_id().to_string(), raw);
+                (Ok(SaveOutcome::Saved { version }), true)
+            })?
+        }))
     }
 
     fn default_client_id(&self) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
-            if let Some(id) = self.read().default_client_id {
-                return Ok(Some(id));
-            }
-            // First use: whoever takes the file lock first creates it; the others read theirs.
             let created = self
-                .update(|stored| {
-                    stored
-                        .default_client_id
-                        .get_or_insert_with(new_client_id)
-                        .clone()
+                .blocking(|store| {
+                    if let Some(id) = store.read()?.default_client_id {
+                        return Ok(id);
+                    }
+                    // First use: whoever takes the file lock first creates it; the others
+                    // read theirs.
+                    store.update(|contents| match &contents.default_client_id {
+                        Some(id) => (id.clone(), false),
+                        None => {
+                            let id = new_client_id();
+                            contents.default_client_id = Some(id.clone());
+                            (id, true)
+                        }
+                    })
                 })
                 .await;
             match created {
                 Ok(id) => Ok(Some(id)),
-                Err(err @ Error::Io { .. }) if !is_lock_timeout(&err) => {
-                    tracing::warn!(error = %err, "could not save the NemoVideo client id; this process uses one of its own, which will not be reused after a restart");
+                Err(Error::Io { action, .. }) if action.starts_with("could not save") => {
+                    tracing::warn!("could not save the NemoVideo client id (the config directory is not writable); this process uses one of its own, which a restart will not find: set NEMO_CONFIG_DIR to a writable directory");
                     Ok(Some(
                         self.unsaved_default.get_or_init(new_client_id).clone(),
                     ))
@@ -237,42 +455,73 @@ impl CredentialStore for FileStore {
         &'a self,
         refused: &'a str,
     ) -> StoreFuture<'a, Option<String>> {
-        Box::pin(async move {
-            self.update(|stored| {
-                if stored.default_client_id.as_deref() == Some(refused) {
-                    stored.default_client_id = Some(new_client_id());
+        let refused = refused.to_string();
+        Box::pin(self.blocking(move |store| {
+            store.update(|contents| {
+                if contents.default_client_id.as_deref() == Some(refused.as_str()) {
+                    contents.default_client_id = Some(new_client_id());
+                    (contents.default_client_id.clone(), true)
+                } else {
+                    (contents.default_client_id.clone(), false)
                 }
-                stored.default_client_id.clone()
             })
-            .await
-        })
+        }))
     }
 
-    fn lock<'a>(&'a self, client_id: &'a str) -> StoreFuture<'a, IdentityLock> {
-        Box::pin(async move {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a IdentityKey,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<Lease>> {
+        let key = key.clone();
+        Box::pin(self.blocking(move |store| {
             // The id becomes a file name: it must be the safe kind.
-            validate_client_id(client_id)?;
-            let path = self
-                .dir
-                .join(IDENTITY_LOCKS)
-                .join(format!("{client_id}.lock"));
-            match lock_file(&path, self.lock_timeout).await {
-                Ok(Some(file)) => Ok(IdentityLock::new(file)),
-                Ok(None) => Ok(IdentityLock::none()),
-                Err(err) => Err(err),
-            }
-        })
+            validate_client_id(key.client_id())?;
+            let path = store.lease_path(&key);
+            Ok(match try_lock_removable(&path)? {
+                LockAttempt::Held(lock) => Some(Lease::new(key.to_string(), ttl).with_guard(lock)),
+                LockAttempt::Busy => None,
+                LockAttempt::Unsupported => Some(Lease::new(key.to_string(), ttl)),
+            })
+        }))
+    }
+
+    fn release_lease(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        // Dropping the guard removes the lock file, then unlocks it (see `RemovableLock`); it
+        // is a quick unlink, but still file work: off the runtime.
+        Box::pin(self.blocking(move |_| {
+            drop(lease);
+            Ok(())
+        }))
     }
 }
 
-/// Opens (creating it and its folders, privately) and exclusively locks `path`, polling
-/// with short sleeps until `timeout`. The lock lasts as long as the returned file.
-///
-/// A lock file that cannot be created at all (a read-only or blocked directory) is reported
-/// with a warning and gives `None`: nothing can be shared through such a directory anyway,
-/// and the client keeps working in memory. Only a lock someone else holds too long fails.
-async fn lock_file(path: &Path, timeout: Duration) -> Result<Option<File>> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+/// A held lock on a file that is removed when the lock ends, so lock files do not pile up.
+/// Removing a lock file is safe only because every acquirer checks, after locking, that the
+/// path still names the file it locked (see [`try_lock_removable`]).
+struct RemovableLock {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Drop for RemovableLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock: anyone who opened the old file and waits for
+        // it finds, once it gets the lock, that the path no longer names it, and retries.
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+enum LockAttempt {
+    Held(RemovableLock),
+    Busy,
+    /// The directory cannot hold lock files (read-only): no coordination is possible, and
+    /// the client works on its own.
+    Unsupported,
+}
+
+fn lock_options() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -280,55 +529,98 @@ async fn lock_file(path: &Path, timeout: Duration) -> Result<Option<File>> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let file = match create_private_dir(dir).and_then(|()| options.open(path)) {
-        Ok(file) => file,
-        Err(err) => {
-            tracing::warn!(path = %path.display(), error = %err, "could not create the NemoVideo credentials lock file; processes sharing this directory are not coordinated");
-            return Ok(None);
-        }
-    };
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    loop {
+    options
+}
+
+/// One non-blocking attempt at the lock file `path`.
+fn try_lock_removable(path: &Path) -> Result<LockAttempt> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    for _ in 0..16 {
+        let file = match create_private_dir(dir).and_then(|()| lock_options().open(path)) {
+            Ok(file) => file,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "could not create a NemoVideo identity lock file; processes sharing this directory are not coordinated");
+                return Ok(LockAttempt::Unsupported);
+            }
+        };
         // Called through the trait: on newer Rust, `File` has an inherent method of the same
         // name, which would raise the minimum supported version.
         match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => return Ok(LockAttempt::Busy),
+            Err(fs4::TryLockError::Error(err)) => {
+                tracing::warn!(path = %path.display(), error = %err, "could not lock a NemoVideo identity lock file; processes sharing this directory are not coordinated");
+                return Ok(LockAttempt::Unsupported);
+            }
+        }
+        if same_file(&file, path) {
+            return Ok(LockAttempt::Held(RemovableLock {
+                path: path.to_path_buf(),
+                file: Some(file),
+            }));
+        }
+        // The holder removed the file after this process opened it: lock the new one.
+    }
+    Ok(LockAttempt::Busy)
+}
+
+/// True while `path` still names the open `file`.
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Windows cannot remove a file another process has open, so the path always names it.
+#[cfg(not(unix))]
+fn same_file(_file: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Opens (creating it and its folders, privately) and exclusively locks `path`, polling
+/// with short sleeps until `timeout`; on a blocking thread. The lock lasts as long as the
+/// returned file. A lock file that cannot be created at all (a read-only directory) gives
+/// `None`: the write that follows fails and says why.
+fn lock_file_blocking(path: &Path, timeout: Duration) -> Result<Option<File>> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let file = match create_private_dir(dir).and_then(|()| lock_options().open(path)) {
+        Ok(file) => file,
+        Err(_) => return Ok(None),
+    };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match fs4::FileExt::try_lock(&file) {
             Ok(()) => return Ok(Some(file)),
             Err(fs4::TryLockError::WouldBlock) => {}
-            Err(fs4::TryLockError::Error(err)) => {
-                tracing::warn!(path = %path.display(), error = %err, "could not lock the NemoVideo credentials; processes sharing this directory are not coordinated");
-                return Ok(None);
-            }
+            Err(fs4::TryLockError::Error(_)) => return Ok(None),
         }
         if started.elapsed() >= timeout {
             return Err(Error::io(
-                LOCK_TIMEOUT_ACTION,
+                "timed out waiting for the lock on",
                 path,
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "another process held it for more than {} s; if no other NemoVideo client is running, try again",
+                        "another process held it for more than {} s while rewriting the credentials; if no other NemoVideo client is stuck, try again",
                         timeout.as_secs_f64().round()
                     ),
                 ),
             ));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
-const LOCK_TIMEOUT_ACTION: &str = "timed out waiting for the lock on";
-
-fn is_lock_timeout(err: &Error) -> bool {
-    matches!(err, Error::Io { action, .. } if *action == LOCK_TIMEOUT_ACTION)
-}
-
-/// Writes atomically: a temporary file in the same directory, mode 0600, synced, renamed.
-fn write_atomically(path: &Path, stored: &StoredFile) -> std::io::Result<()> {
+/// Writes atomically: a temporary file in the same directory, mode 0600, synced, renamed,
+/// and the directory synced so the rename itself survives a crash.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     create_private_dir(dir)?;
-    let json = serde_json::to_vec_pretty(stored).map_err(std::io::Error::other)?;
     let mut file = tempfile::Builder::new()
         .prefix(".credentials")
         .suffix(".tmp")
@@ -339,9 +631,19 @@ fn write_atomically(path: &Path, stored: &StoredFile) -> std::io::Result<()> {
         file.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
-    file.write_all(&json)?;
+    file.write_all(bytes)?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|err| err.error)?;
+    sync_dir(dir)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -357,4 +659,11 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(dir)
+}
+
+/// FNV-1a, 64 bits: a stable short name for an origin in a file name.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

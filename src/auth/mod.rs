@@ -3,24 +3,35 @@
 //! A client uses either a fixed token (`NEMO_TOKEN`), or an anonymous identity: a client id
 //! (a UUID) and the anonymous token the service issued to it. The service issues **one
 //! anonymous token per client id per 7 days**, so an identity's token is precious: it is
-//! stored, shared by every client and process that uses the identity, and never thrown away
-//! while it is still valid.
+//! stored, shared by every client, process and machine that uses the identity, and never
+//! thrown away before a new one replaces it.
 //!
 //! Policy and defaults:
-//! - Identities live in a [`CredentialStore`], keyed by client id, so one store holds many
-//!   end users. [`FileStore`] (the default: `<config dir>/credentials.json`, mode 0600 in a
-//!   0700 directory, replaced atomically) is safe across processes: "read, fetch if still
-//!   missing or expired, write" runs under an advisory lock per identity, and every write
-//!   changes only its own identity's entry. [`MemoryStore`] keeps identities in memory; apps
-//!   implement [`CredentialStore`] over their own database.
-//! - Within a client (and its clones) one fetch runs at a time per identity, and callers that
-//!   waited for it share its outcome, success or failure.
-//! - A token is refreshed 10 minutes before it expires. If that early refresh fails for any
-//!   reason, the current token is used until it really expires; only a 1001/HTTP 401 answer
-//!   invalidates a token.
-//! - HTTP 429 on the token call: one wait (`retry-after-ms`, `Retry-After`, else 30 s) and one
-//!   replay for the whole call, after re-reading the store (another process may have saved a
-//!   token meanwhile). A second 429 is [`Error::TokenQuotaExceeded`], which is never retried.
+//! - Identities are scoped to the service: an [`IdentityKey`] is the API origin and the
+//!   client id, so production, a staging URL and a local simulator keep their own identities
+//!   in one store, and a token issued by one host is never sent to another.
+//! - Identities live in a [`CredentialStore`]: [`FileStore`] (the default:
+//!   `<config dir>/credentials.json`, safe across processes), [`MemoryStore`], `RedisStore`
+//!   (feature `redis`, for workers on many machines), or the app's own. The store's contract
+//!   (versioned compare-and-set saves, leases with a time to live, time limits) is written on
+//!   [`CredentialStore`].
+//! - In a process, all clients of one identity share it: a token one of them learned is used
+//!   by the others, and one token request runs at a time for it, in a task of its own that
+//!   a cancelled caller does not stop (so an issued token is always saved).
+//! - A token is used until the service rejects it or this machine's clock says it expired.
+//!   No new token is asked for while the service must refuse one (less than 7 days after the
+//!   current one was issued) or has just refused one (remembered for at least 10 minutes,
+//!   here and in the store).
+//! - A 1001/HTTP 401 makes the token suspect: a new one is asked for; if the service refuses
+//!   (429), the suspect token is tried again (a gateway's stray 401 is not the service's
+//!   word) and stays stored. Only when nothing the service accepts is left is the error
+//!   [`Error::TokenQuotaExceeded`]. With no token at all, a 429 is waited out once (the
+//!   server's wait, else 30 s) and the request made once more.
+//! - A save that fails is retried, reported through
+//!   [`NemoClientBuilder::on_identity_event`](crate::NemoClientBuilder::on_identity_event),
+//!   and retried in the background until it works; meanwhile every client of the identity in
+//!   the process uses the token.
+//! - Every store call is limited (default 10 s); a lease is held at most [`MAX_LEASE_HOLD`].
 //! - The token response is read tolerantly: only `data.token` is required; `expires_at` may be
 //!   RFC 3339 or a number of seconds or milliseconds, or `expires_in` seconds may be given;
 //!   `credits` may be a number or a string; unknown fields are ignored. No error quotes a token.
@@ -29,6 +40,8 @@
 
 mod file;
 mod identity;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 use std::fmt;
@@ -40,15 +53,79 @@ use serde_json::Value;
 
 use crate::error::{ApiInfo, Error, Result};
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
 pub use file::{FileStore, CREDENTIALS_FILE};
-pub(crate) use identity::{Identity, IdentityOptions, Invalidated, TokenEndpoint};
-pub use store::{CredentialStore, IdentityLock, MemoryStore, StoreFuture};
+pub(crate) use identity::{
+    Chosen, Identity, IdentityEventFn, IdentityOptions, Invalidated, TokenEndpoint,
+};
+pub use store::{
+    CredentialStore, IdentityKey, MemoryStore, SaveOutcome, StoreFuture, StoredCredentials,
+};
 
 /// Lifetime assumed for an anonymous token whose expiry the service did not send: 7 days.
 pub const ASSUMED_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
-/// A token is refreshed this long before it expires (and used until it expires if the
-/// refresh fails): 10 minutes.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(600);
+/// The service issues one anonymous token per client id per this long: 7 days. No new token
+/// is asked for within it (the service would refuse).
+pub const QUOTA_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A refused token request (HTTP 429) is not repeated for at least this long (or the
+/// server's wait, if longer), by any client of the identity: 10 minutes.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
+/// Default time to live of an identity lease; the SDK renews it every third of that while
+/// its token request runs: 30 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The longest the SDK holds an identity lease with the default settings: one token request
+/// (its connection attempts and up to twice the request timeout, 2 minutes, for the answer)
+/// and the saves of its answer fit well inside. After this the SDK stops renewing it: 4
+/// minutes. (With a request timeout above 60 s: twice the request timeout plus 2 minutes.)
+pub const MAX_LEASE_HOLD: Duration = Duration::from_secs(240);
+/// The longest the SDK waits for a lease another client or process holds: the longest hold,
+/// plus a lapsed lease's time to live and a margin: 5 minutes with the default settings.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(300);
+/// How much longer than an ordinary request the SDK waits for the answer to a token
+/// request: twice the request timeout (2 minutes by default). A token request is not repeated
+/// after such a silence (its answer might still be on the way, and a second request would
+/// be refused for the week), only after failures that prove no token was issued.
+pub const TOKEN_ANSWER_FACTOR: u32 = 2;
+
+/// Something that happened to an identity, for the app's
+/// [`NemoClientBuilder::on_identity_event`](crate::NemoClientBuilder::on_identity_event)
+/// callback (to alert on, or to count).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum IdentityEvent<'a> {
+    /// The service issued a new anonymous token to this identity.
+    TokenIssued {
+        /// The identity.
+        key: &'a IdentityKey,
+    },
+    /// Saving a new token to the credential store failed. The token is used meanwhile by
+    /// every client of this identity in this process, and the save is retried in the
+    /// background until it works; a process that ends first loses the token (and the
+    /// service issues no other for 7 days): fix the store.
+    SaveFailed {
+        /// The identity.
+        key: &'a IdentityKey,
+        /// Why the save failed.
+        error: &'a Error,
+        /// How many saves were tried so far.
+        attempt: u32,
+    },
+    /// A token whose save failed earlier is now saved.
+    Saved {
+        /// The identity.
+        key: &'a IdentityKey,
+    },
+    /// The service refused a new token (429): the current one is used until the service
+    /// rejects it, and no client asks again before `not_before`.
+    RefreshRefused {
+        /// The identity.
+        key: &'a IdentityKey,
+        /// Unix seconds before which nobody asks again.
+        not_before: u64,
+    },
+}
 
 /// An API token. Its `Debug` and `Display` print `***`; read it with [`SecretToken::expose`].
 #[derive(Clone, PartialEq, Eq)]
@@ -115,8 +192,16 @@ pub struct AnonymousCredentials {
     #[serde(default, deserialize_with = "lenient_number")]
     pub credits: Option<f64>,
     /// When the token was obtained, seconds since the Unix epoch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_seconds")]
     pub obtained_at: u64,
+    /// No new token is asked for before this (seconds since the Unix epoch): the service
+    /// refused one recently. Shared through the store, so no other process asks either.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_expiry"
+    )]
+    pub refresh_not_before: Option<u64>,
 }
 
 impl AnonymousCredentials {
@@ -138,6 +223,7 @@ impl AnonymousCredentials {
             expires_at: None,
             credits: None,
             obtained_at: unix_now(),
+            refresh_not_before: None,
         }
     }
 
@@ -171,11 +257,6 @@ impl AnonymousCredentials {
     /// True while the token has not expired, at `now` (seconds since the Unix epoch).
     pub fn is_valid_at(&self, now: u64) -> bool {
         now < self.expires_at_unix()
-    }
-
-    /// True while the token is outside its refresh margin (10 minutes before expiry).
-    pub(crate) fn is_fresh_at(&self, now: u64) -> bool {
-        now.saturating_add(REFRESH_MARGIN.as_secs()) < self.expires_at_unix()
     }
 
     /// Reads the `data` of an anonymous-token response, tolerantly: only `token` is required.
@@ -220,6 +301,7 @@ impl AnonymousCredentials {
             expires_at,
             credits: data.get("credits").and_then(number_of),
             obtained_at: now,
+            refresh_not_before: None,
         })
     }
 }
@@ -260,6 +342,15 @@ fn lenient_expiry<'de, D: Deserializer<'de>>(
         .and_then(expiry_of))
 }
 
+fn lenient_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<u64, D::Error> {
+    Ok(Option::<Value>::deserialize(deserializer)?
+        .as_ref()
+        .and_then(expiry_of)
+        .unwrap_or(0))
+}
+
 fn lenient_number<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<Option<f64>, D::Error> {
@@ -282,6 +373,15 @@ pub(crate) fn validate_client_id(client_id: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The production service's origin (`DEFAULT_BASE_URL`'s; a test keeps them equal), which
+/// identities of earlier files belong to. Spelled out here so identities need nothing of the
+/// client's configuration.
+pub(crate) const PRODUCTION_ORIGIN: &str = "https://mega-api-prod.nemovideo.ai";
+
+pub(crate) fn default_origin() -> String {
+    PRODUCTION_ORIGIN.to_string()
 }
 
 pub(crate) fn new_client_id() -> String {
@@ -377,6 +477,12 @@ mod tests {
         assert_eq!(format!("{token}"), "***");
         assert!(!format!("{token:?}").contains("secret"));
         assert_eq!(token.expose(), "nmv_usr_secret");
+    }
+
+    #[test]
+    fn production_origin_is_the_default_base_urls() {
+        let base = url::Url::parse(crate::config::DEFAULT_BASE_URL).unwrap();
+        assert_eq!(base.origin().ascii_serialization(), PRODUCTION_ORIGIN);
     }
 
     #[test]

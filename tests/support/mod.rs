@@ -11,7 +11,8 @@
 //! - [`probes`]: leak probes (threads, tasks, TCP connections, memory, temporary files);
 //! - [`net`]: connection faults on loopback (closed, silent, stuck ports), a tripwire port that
 //!   proves nothing was sent, and a count of the SDK's attempts;
-//! - [`examples`]: the example programs built once and run as a user runs them.
+//! - [`examples`]: the example programs built once and run as a user runs them;
+//! - [`redis`]: a real `redis-server` on a free loopback port, stopped by pid.
 //!
 //! This module holds what all of them build on: fast retries, the base client builder,
 //! private temporary directories, waiting on a condition, and the "no secret shows" asserts.
@@ -29,6 +30,7 @@ pub mod multipart;
 pub mod net;
 pub mod probes;
 pub mod raw_http;
+pub mod redis;
 pub mod sim;
 pub mod stream_server;
 
@@ -164,4 +166,21 @@ pub fn assert_error_hides(err: &nemo_video::Error, secrets: &[&str]) {
             assert!(!text.contains(secret), "an error leaked a token: {text}");
         }
     }
+}
+
+/// What a `FileStore` in `dir` holds for `client_id` at the service `base_url`: the
+/// credentials as JSON (`Null` when there are none).
+pub fn stored_credentials(dir: &Path, base_url: &str, client_id: &str) -> serde_json::Value {
+    let origin = url::Url::parse(base_url)
+        .expect("a base URL")
+        .origin()
+        .ascii_serialization();
+    stored_file(dir)["services"][origin][client_id]["credentials"].clone()
+}
+
+/// The whole credentials file of a `FileStore` in `dir`, as JSON.
+pub fn stored_file(dir: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(dir.join(nemo_video::auth::CREDENTIALS_FILE))
+        .expect("the credentials file was written");
+    serde_json::from_slice(&bytes).expect("the credentials file is JSON")
 }

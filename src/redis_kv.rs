@@ -129,9 +129,15 @@ impl RedisKv {
         let manager = self
             .connection
             .get_or_try_init(|| async {
+                // The crate's reconnection "factor" is the exponent's base (its default of
+                // 100 made a first connection to a Redis that is down retry for about two
+                // minutes): two quick retries, at most half a second apart, then the error.
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(RESPONSE_TIMEOUT)
                     .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_exponent_base(2)
+                    .set_factor(2)
+                    .set_max_delay(500)
                     .set_number_of_retries(2);
                 ConnectionManager::new_with_config(self.client.clone(), config).await
             })

@@ -1,12 +1,15 @@
-//! An in-process fake NemoVideo service on loopback, for offline examples and tests.
+//! A fake NemoVideo service on loopback, for offline examples and tests: in your test's
+//! process, or as a process of its own beside an app, a fleet or a CI job
+//! (`cargo run --example simulator -- --port 8080`).
 //!
-//! Policy and defaults: the simulator binds `127.0.0.1` only, on three ephemeral ports — the
-//! API origin ([`SimulatorHandle::base_url`]), a second origin standing in for the CDN that
-//! serves render outputs ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the
-//! web site ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages
-//! so that links built for simulator accounts never point at the real site. Give a client of
-//! the simulator `.web_url(sim.web_url())`. It speaks the wire protocol
-//! described in the SDK's API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
+//! Policy and defaults: the simulator binds `127.0.0.1`, on three ephemeral ports unless
+//! [`SimulatorBuilder::bind`] fixes them — the API origin ([`SimulatorHandle::base_url`]), a
+//! second origin standing in for the CDN that serves render outputs
+//! ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the web site
+//! ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages so that
+//! links built for simulator accounts never point at the real site. Give a client of the
+//! simulator `.web_url(sim.web_url())`. It speaks the wire protocol described in the SDK's
+//! API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
 //! FastAPI-style `{"detail":..}` errors, and a real, paced `text/event-stream` on `/run_sse`
 //! carrying Google-ADK-shaped events. State (tokens, credits, sessions, drafts, renders) lives
 //! in memory and disappears with the simulator.
@@ -31,6 +34,65 @@
 //! println!("API at {}, CDN at {}", sim.base_url(), sim.cdn_base_url());
 //! // The next credits call fails like a proxy in trouble, then things recover.
 //! sim.fail_next(Endpoint::Credits, 1, Failure::Status(503));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Counters and the request log
+//!
+//! [`SimulatorHandle::counters`] counts every request since the start (or the last
+//! [`SimulatorHandle::reset`]): in all, per [`Endpoint`], and per client id and per session
+//! the work accepted — tokens issued, sessions, uploads, messages, renders. A request counts
+//! for a client id when it names it (`X-Client-Id` of an anonymous-token request) or carries a
+//! token issued to it. [`SimulatorHandle::requests`] is the log of the most recent requests
+//! (1000 by default, [`SimulatorBuilder::request_log_size`]), each with its headers and body,
+//! every secret redacted (see [`RecordedRequest`]). The log is a ring and the counters do
+//! not read it, so memory stays flat however long the simulator runs, and counts stay exact.
+//!
+//! # The admin API
+//!
+//! The same facts and the same fault injection over HTTP, for tests and tools in other
+//! processes, under `/__admin` on the API origin ([`SimulatorHandle::admin_url`]). Each route
+//! calls the [`SimulatorHandle`] method of the same name; admin requests are neither counted
+//! nor logged. Answers are JSON; a mistake answers 400, 404 or 405 with
+//! `{"error":"<what is wrong and what to send>"}`. There is no authentication: expose the
+//! port to nothing but the tests that use it.
+//!
+//! | route | body / answer |
+//! |---|---|
+//! | `GET /__admin` | `{"base_url","cdn_base_url","web_url","admin_url","request_log_size","render_time_ms","routes":{..}}` |
+//! | `GET /__admin/counters` | [`Counters`]: `{"requests":14,"by_endpoint":{"run_sse":1,..},"clients":{"<client id>":{"requests","token_requests","tokens_issued","sessions","uploads","uploaded_files","messages","renders"}},"sessions":{"<session id>":{"client_id","uploads","uploaded_files","messages","renders"}},"cdn_requests_with_authorization":0}` |
+//! | `GET /__admin/requests` | `{"requests":[<RecordedRequest>..]}`, oldest first; query `since=<seq>` (only later ones), `limit=<n>` (the newest n), `endpoint=<name>`, `client_id=<id>` |
+//! | `GET /__admin/sessions/<id>` | the session's counters plus `"session_id"`, `"draft"` and `"media"` |
+//! | `GET /__admin/renders` | `{"render_ids":[..]}` |
+//! | `POST /__admin/reset` | no body; [`SimulatorHandle::reset`] |
+//! | `POST /__admin/fail_next` | `{"endpoint":"credits","times":1,"failure":{"status":503}}` (`times` defaults to 1; failures as in [`Failure`]) |
+//! | `POST /__admin/expire_tokens` | no body |
+//! | `POST /__admin/drop_next_stream` | `{"after_events":2}` |
+//! | `POST /__admin/stall_next_stream` | `{"after_events":1,"for_ms":3000}` |
+//! | `POST /__admin/text_less` | `{"text_less":true}`; `false`: always text; `null`: the builder's pattern again |
+//! | `POST /__admin/fail_next_render` | `{"message":"GPU unavailable"}` |
+//! | `POST /__admin/credits` | `{"available":0}` for every user, or `{"available":0,"client_id":"<id>"}` |
+//! | `POST /__admin/advance_renders` | `{"ms":2000}` |
+//!
+//! A `POST` answers `{"ok":true}`. A logged request reads
+//! `{"seq":6,"method":"POST","path":"/run_sse","endpoint":"run_sse","client_id":"worker-1",
+//! "headers":{"authorization":"Bearer ***",..},"has_authorization":true,"body_len":175,
+//! "body":{"kind":"json","json":{"app_name":"nemo_agent",..}}}`; a body is one of
+//! `{"kind":"json","json":..}`, `{"kind":"text","text":".."}`,
+//! `{"kind":"multipart","parts":[{"name":"files","filename":"clip.mp4","bytes":6926}]}` and
+//! `{"kind":"summary","content_type":"..","bytes":..}` (see [`RecordedBody`]), or `null`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let sim = nemo_video::simulator::Simulator::start().await?;
+//! // What another process reads with `curl <admin url>/counters`:
+//! let answer = nemo_video::reqwest::get(format!("{}/counters", sim.admin_url()))
+//!     .await?
+//!     .text()
+//!     .await?;
+//! let counters: serde_json::Value = serde_json::from_str(&answer)?;
+//! assert_eq!(counters, serde_json::to_value(sim.counters())?);
 //! # Ok(())
 //! # }
 //! ```
@@ -458,22 +520,12 @@ impl SimulatorBuilder {
     /// ```
     pub async fn start(self) -> io::Result<Simulator> {
         let ip = self.listen.api.ip();
+        // Every port is known before the first is bound, so a bad choice binds nothing.
+        let cdn_port = self.listen.port_after(self.listen.cdn_port, 1)?;
+        let web_port = self.listen.port_after(self.listen.web_port, 2)?;
         let api = listen(self.listen.api, "API")?;
-        let api_port = api.local_addr()?.port();
-        let cdn = listen(
-            SocketAddr::new(
-                ip,
-                self.listen.port_after(api_port, self.listen.cdn_port, 1)?,
-            ),
-            "CDN",
-        )?;
-        let web = listen(
-            SocketAddr::new(
-                ip,
-                self.listen.port_after(api_port, self.listen.web_port, 2)?,
-            ),
-            "web",
-        )?;
+        let cdn = listen(SocketAddr::new(ip, cdn_port), "CDN")?;
+        let web = listen(SocketAddr::new(ip, web_port), "web")?;
         let base_url = self.listen.url(api.local_addr()?);
         let cdn_base_url = self.listen.url(cdn.local_addr()?);
         let web_url = self.listen.url(web.local_addr()?);
@@ -524,8 +576,9 @@ fn listen(address: SocketAddr, origin: &str) -> io::Result<TcpListener> {
 impl Listen {
     /// The port of the origin `offset` places after the API: the one asked for, else the API
     /// port + `offset` when that is fixed, else any free port.
-    fn port_after(&self, api_port: u16, asked: Option<u16>, offset: u16) -> io::Result<u16> {
-        match (asked, self.api.port()) {
+    fn port_after(&self, asked: Option<u16>, offset: u16) -> io::Result<u16> {
+        let api_port = self.api.port();
+        match (asked, api_port) {
             (Some(port), _) => Ok(port),
             (None, 0) => Ok(0),
             (None, _) => api_port.checked_add(offset).ok_or_else(|| {

@@ -151,24 +151,13 @@ pub struct SimulatorProcess {
     lines: Receiver<String>,
 }
 
-/// A port `p` such that `p`, `p + 1` and `p + 2` are below the kernel's ephemeral range, so
-/// the ports that other tests bind with port 0 are never among them.
-fn fixed_port_candidate() -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let high = ephemeral_low.saturating_sub(3).max(11_000);
-    fastrand::u16(high - 10_000..high)
-}
-
 impl SimulatorProcess {
     /// Starts `simulator --port <p> <args>` on a port chosen outside the ephemeral range, and
     /// waits for its first line. A port taken by a parallel test (the process exits saying
     /// so) is retried with another.
     pub fn start(args: &[&str]) -> SimulatorProcess {
         for _ in 0..20 {
-            let port = fixed_port_candidate();
+            let port = super::net::fixed_port_candidate();
             match Self::start_on(port, args) {
                 Ok(process) => return process,
                 Err(stderr) if stderr.contains("in use") => continue,

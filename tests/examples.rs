@@ -474,7 +474,7 @@ const PRODUCTION: &str = "Live: using the NemoVideo service at https://mega-api-
 
 /// `command` with every HTTPS request sent through `proxy`: should a run pick the real service,
 /// its request reaches this loopback server (and is counted there), never the network.
-fn through(command: &mut std::process::Command, proxy: &LoopbackServer) -> Output {
+fn through(command: &mut std::process::Command, proxy: &LoopbackServer, stdin: &str) -> Output {
     let proxy = format!("http://{}", proxy.address());
     run(
         command
@@ -484,7 +484,7 @@ fn through(command: &mut std::process::Command, proxy: &LoopbackServer) -> Outpu
             .env_remove("all_proxy")
             .env_remove("NO_PROXY")
             .env_remove("no_proxy"),
-        "",
+        stdin,
     )
 }
 
@@ -500,7 +500,11 @@ fn every_example_runs_offline_unless_pointed_at_a_service_and_says_so_first() {
     let proxy = LoopbackServer::plain_http();
 
     // Not pointed at a service: offline, whatever the example.
-    let output = run(&mut example("chat", dir, config.path()), "credits\n");
+    let output = through(
+        &mut example("chat", dir, config.path()),
+        &proxy,
+        "credits\n",
+    );
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(first_line(&output).starts_with(OFFLINE), "{stdout}");
@@ -509,7 +513,7 @@ fn every_example_runs_offline_unless_pointed_at_a_service_and_says_so_first() {
         "{stdout}"
     );
     for name in ["credits", "batch"] {
-        let output = through(&mut example(name, dir, config.path()), &proxy);
+        let output = through(&mut example(name, dir, config.path()), &proxy, "");
         let (stdout, stderr) = texts(&output);
         assert_eq!(output.status.code(), Some(0), "{name}: {stdout}\n{stderr}");
         assert!(first_line(&output).starts_with(OFFLINE), "{name}: {stdout}");
@@ -583,6 +587,7 @@ fn every_example_runs_offline_unless_pointed_at_a_service_and_says_so_first() {
                 .args(&args)
                 .args(["--timeout", "5"]),
             &proxy,
+            "",
         );
         assert_eq!(
             output.status.code(),

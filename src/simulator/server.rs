@@ -362,7 +362,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        let logged = if self.shared.with(|inner| inner.log.capacity() > 0) {
+        let logged = if self.shared.config.request_log_size > 0 {
             log::logged_body(self.header("content-type"), &buf, seen)
         } else {
             None
@@ -422,6 +422,25 @@ fn record(
                 .map(|_| &v[7..])
         })
         .map(str::trim);
+    // Built before the lock is taken: requests on other connections wait only for the
+    // counting and the push.
+    let entry = (shared.config.request_log_size > 0).then(|| RecordedRequest {
+        seq: 0,
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        endpoint,
+        client_id: None,
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                let logged = logged_header(name.as_str(), value);
+                (name.as_str().to_owned(), logged)
+            })
+            .collect(),
+        has_authorization,
+        body_len: 0,
+        body: None,
+    });
     shared.with(|inner| {
         let client_id = named_client.or_else(|| {
             let user = &inner.tokens.get(bearer?)?.user_id;
@@ -432,23 +451,9 @@ fn record(
             client_id.as_deref(),
             origin == Origin::Cdn && has_authorization,
         );
-        inner.log.push_with(|| RecordedRequest {
-            seq: 0,
-            method: req.method().as_str().to_owned(),
-            path: req.uri().path().to_owned(),
-            endpoint,
-            client_id,
-            headers: headers
-                .iter()
-                .map(|(name, value)| {
-                    let logged = logged_header(name.as_str(), value);
-                    (name.as_str().to_owned(), logged)
-                })
-                .collect(),
-            has_authorization,
-            body_len: 0,
-            body: None,
-        })
+        inner
+            .log
+            .push(entry.map(|entry| RecordedRequest { client_id, ..entry }))
     })
 }
 

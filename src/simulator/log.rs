@@ -153,6 +153,12 @@ pub(crate) struct RequestLog {
     next_seq: u64,
 }
 
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog::new(DEFAULT_LOG_SIZE)
+    }
+}
+
 impl RequestLog {
     pub(crate) fn new(capacity: usize) -> Self {
         RequestLog {

@@ -92,6 +92,7 @@ impl Shared {
     }
 }
 
+#[derive(Default)]
 pub(crate) struct Inner {
     pub(crate) tokens: HashMap<String, Token>,
     /// client id → the token it was last issued.
@@ -115,18 +116,9 @@ pub(crate) struct Inner {
 impl Inner {
     fn new(config: &Config) -> Self {
         Inner {
-            tokens: HashMap::new(),
-            client_tokens: HashMap::new(),
-            client_issued: HashMap::new(),
-            client_users: HashMap::new(),
-            users: HashMap::new(),
-            sessions: HashMap::new(),
-            renders: HashMap::new(),
             render_clock: RenderClock::new(config.manual_renders),
-            faults: Faults::default(),
-            credit_override: None,
             log: RequestLog::new(config.request_log_size),
-            tally: Tally::default(),
+            ..Inner::default()
         }
     }
 

@@ -22,10 +22,10 @@ pub const SERVICE_POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// The arguments that choose and tune the connection, shared by every example.
 #[derive(clap::Args, Debug)]
 pub struct ServiceArgs {
-    /// Run against the built-in offline simulator, even with an input file or NEMO_API_BASE
+    /// Run offline against the built-in simulator, even with input files or NEMO_API_BASE set
     #[arg(long, conflicts_with = "live")]
     pub simulate: bool,
-    /// Talk to the real service (NEMO_API_BASE, default production) even without an input file
+    /// Talk to the service (NEMO_API_BASE, default production), not the offline simulator
     #[arg(long)]
     pub live: bool,
     /// Longest wait for one answer from the service, in seconds [default: 60]

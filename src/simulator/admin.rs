@@ -1,6 +1,6 @@
 //! The admin API: the simulator's counters, request log and fault injection over HTTP, under
 //! `/__admin` on the API origin, for tests and tools in other processes. Every route calls the
-//! [`SimulatorHandle`] method of the same name, so the two can never tell different stories.
+//! matching [`SimulatorHandle`] method, so the two can never tell different stories.
 //!
 //! Admin requests are not counted and not logged. Paths and JSON shapes are documented in the
 //! [module docs](super).

@@ -53,8 +53,10 @@
 //!
 //! The same facts and the same fault injection over HTTP, for tests and tools in other
 //! processes, under `/__admin` on the API origin ([`SimulatorHandle::admin_url`]). Each route
-//! calls the [`SimulatorHandle`] method of the same name; admin requests are neither counted
-//! nor logged. Answers are JSON; a mistake answers 400, 404 or 405 with
+//! calls the matching [`SimulatorHandle`] method (`/credits` calls `set_credits` or
+//! `set_credits_for_client`, `/drop_next_stream` `drop_next_stream_after`, `/text_less`
+//! `set_text_less` or `clear_text_less`, the others the method of their name), so the two
+//! never tell different stories; admin requests are neither counted nor logged. Answers are JSON; a mistake answers 400, 404 or 405 with
 //! `{"error":"<what is wrong and what to send>"}`. There is no authentication: expose the
 //! port to nothing but the tests that use it.
 //!

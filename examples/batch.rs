@@ -2,14 +2,16 @@
 //! render; the renders are polled concurrently.
 //!
 //! ```text
-//! cargo run --example batch -- [--simulate] [--poll-interval SECS] [--timeout SECS]
+//! cargo run --example batch -- [--simulate | --live] [--poll-interval SECS] [--timeout SECS]
 //!                              [--output-dir DIR] [FILE=INSTRUCTION ...]
 //! ```
 //!
 //! With no FILE=INSTRUCTION pairs it runs offline against the simulator with the sample clip
-//! and two instructions. Every file and output is checked before the first request. Exit
-//! status: 0 all saved, 1 failed (one `error: ...` line on stderr), 2 bad usage, 130
-//! interrupted by Ctrl-C or SIGTERM (no half-written file left).
+//! and two instructions. It talks to a service when pointed at one: pairs, `--live`, or
+//! `NEMO_API_BASE`; `--simulate` stays offline. The first line says which. Every file and
+//! output is checked before the first request. Exit status: 0 all saved, 1 failed (one
+//! `error: ...` line on stderr), 2 bad usage, 130 interrupted by Ctrl-C or SIGTERM (no
+//! half-written file left).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -126,8 +128,8 @@ fn check_jobs(args: &Args) -> Result<Vec<Job>, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let jobs = check_jobs(&args)?;
-    let demo = args.jobs.is_empty();
-    let service = support::connect(demo || args.service.simulate, args.service.timeout).await?;
+    let target = args.service.target(!args.jobs.is_empty());
+    let service = support::connect(&target, args.service.timeout).await?;
     let client = &service.client;
     let poll_interval = args
         .poll_interval

@@ -3,9 +3,12 @@
 //! button", "open the timeline") is turned into API actions.
 //!
 //! ```text
-//! cargo run --example chat -- [--simulate] [--language CODE] [--output-dir DIR]
+//! cargo run --example chat -- [--simulate | --live] [--language CODE] [--output-dir DIR]
 //!                             [--poll-interval SECS] [--timeout SECS]
 //! ```
+//!
+//! Offline against the built-in simulator unless pointed at a service (`--live`, or
+//! `NEMO_API_BASE`); the first line says which.
 //!
 //! Try: `upload assets/sample_input.mp4`, `remove the background person`, `status`,
 //! `credits`, `export`. End with Ctrl-D. A file is checked before it is uploaded, and the
@@ -67,8 +70,8 @@ struct Bot {
 async fn run(args: Args) -> Result<(), String> {
     // The exports land here: refuse a folder that cannot take them before anything is sent.
     check_output_path(args.output_dir.join("chat_export_1.mp4")).map_err(|err| describe(&err))?;
+    let service = support::connect(&args.service.target(false), args.service.timeout).await?;
     println!("Setting things up...");
-    let service = support::connect(args.service.simulate, args.service.timeout).await?;
     let poll_interval = args
         .poll_interval
         .unwrap_or_else(|| service.poll_interval());

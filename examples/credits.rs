@@ -1,9 +1,12 @@
 //! Prints the credit balance.
 //!
 //! ```text
-//! cargo run --example credits            # the real service (NEMO_TOKEN or an anonymous token)
-//! cargo run --example credits -- --simulate
+//! cargo run --example credits            # offline, against the built-in simulator
+//! cargo run --example credits -- --live   # the real service (NEMO_TOKEN or an anonymous token)
 //! ```
+//!
+//! Like every example, it talks to a service only when pointed at one (`--live`, or
+//! `NEMO_API_BASE`); the first line says which.
 //!
 //! Exit status: 0 done, 1 failed (one `error: ...` line on stderr), 2 bad usage.
 
@@ -29,7 +32,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let service = support::connect(args.service.simulate, args.service.timeout).await?;
+    let service = support::connect(&args.service.target(false), args.service.timeout).await?;
     let client = &service.client;
     let credits = client.credits().await.map_err(|err| describe(&err))?;
     println!(

@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! cargo run --example remove_object -- [INPUT [PROMPT]] [--output PATH] [--language CODE]
-//!                                       [--poll-interval SECS] [--timeout SECS] [--simulate]
-//!                                       [--fresh]
+//!                                       [--poll-interval SECS] [--timeout SECS]
+//!                                       [--simulate | --live] [--fresh]
 //! ```
 //!
 //! With no INPUT it runs offline against the built-in simulator with the sample clip in
-//! `assets/`. With INPUT it talks to the real service (`NEMO_API_BASE`, default production)
-//! unless `--simulate` is given. Auth: `NEMO_TOKEN`, or an anonymous token persisted under
-//! `NEMO_CONFIG_DIR` (default `~/.config/nemovideo/`).
+//! `assets/`. It talks to a service when pointed at one: an INPUT, `--live`, or
+//! `NEMO_API_BASE` (default production); `--simulate` stays offline. The first line says
+//! which. Auth: `NEMO_TOKEN`, or an anonymous token persisted under `NEMO_CONFIG_DIR`
+//! (default `~/.config/nemovideo/`).
 //!
 //! The job is a `nemo_video::job::EditJob`: everything local is checked first, then each step
 //! (session, upload, the agent's edit, render, download) is recorded in a journal in
@@ -139,18 +140,9 @@ impl Run {
     }
 
     async fn go(&self, args: &Args) -> Result<(), String> {
+        let target = args.service.target(!self.checked.demo);
+        let service = support::connect(&target, args.service.timeout).await?;
         println!("Setting things up...");
-        let service = support::connect(
-            self.checked.demo || args.service.simulate,
-            args.service.timeout,
-        )
-        .await?;
-        if let Some(simulator) = &service.simulator {
-            println!(
-                "Offline: using the built-in NemoVideo simulator at {} (nothing leaves this machine).",
-                simulator.base_url()
-            );
-        }
         let journal = self.journal(&service, args.fresh)?;
         let mut job = self.job(journal.as_ref(), args)?;
         let credits = service

@@ -46,6 +46,9 @@ use nemo_video::simulator::Simulator;
 use nemo_video::turn::TurnOptions;
 use nemo_video::NemoClient;
 
+#[path = "support/mod.rs"]
+mod support;
+
 /// The target: RSS of one more concurrent user above the baseline, at 1,000 users.
 const TARGET_KIB_PER_USER: f64 = 48.0;
 /// File descriptors besides one socket per user: runtime, pipes, std streams, spare pooled
@@ -528,6 +531,12 @@ fn measure(options: &Options) -> Result<(), BoxError> {
     raise_fd_limit(2 * users as u64 + FD_HEADROOM)?;
     let load = load_average();
     let sim = SimProcess::start(users, hold)?;
+    if !options.result_line {
+        support::say_offline(
+            "the built-in NemoVideo simulator, in a process of its own",
+            &sim.base_url,
+        );
+    }
     // What `#[tokio::main]` gives a server: the multi-threaded runtime, a worker per core.
     let runtime = tokio::runtime::Runtime::new()?;
     let outcome = runtime.block_on(run_users(&sim.base_url, users, ramp, hold, options.raw))?;
@@ -739,6 +748,9 @@ async fn run_users(
 // Several measurements, each in a fresh process.
 
 fn sweep(options: &Options) -> Result<(), BoxError> {
+    println!(
+        "Offline: using the built-in NemoVideo simulator, in a fresh process for each measurement (nothing leaves this machine)."
+    );
     println!("load average at the start: {}", load_average());
     println!(
         "{:>6} | {:>13} | {:>13} | {:>13} | {:>13} | {:>11} | {:>11} | load",

@@ -39,6 +39,9 @@ use hyper_util::rt::TokioIo;
 use nemo_video::{NemoClient, Session};
 use tokio::net::TcpListener;
 
+#[path = "support/mod.rs"]
+mod support;
+
 const BLOCK: usize = 1024 * 1024;
 const UPLOAD_PATH: &str = "/api/upload-video/nemo_agent/me/bench";
 const TIME: &str = "/usr/bin/time";
@@ -204,6 +207,10 @@ fn parent(options: &Options) -> Result<(), BoxError> {
     let upload_url = format!("http://127.0.0.1:{port}{UPLOAD_PATH}");
     let download_url = format!("http://127.0.0.1:{port}/file");
 
+    support::say_offline(
+        "a local upload sink and download source (not the NemoVideo service)",
+        &format!("http://127.0.0.1:{port}"),
+    );
     if options.serve_only {
         println!("serving on 127.0.0.1:{port} until Ctrl-C:\n  upload:   curl -s -F files=@{} {upload_url}\n  download: curl -s -o OUT {download_url}", input.display());
         loop {

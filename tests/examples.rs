@@ -444,8 +444,13 @@ fn credits_simulate_links_to_the_simulator_not_the_web_site() {
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines[0], "Credits: 100 available, 0 frozen, 100 total");
-    let link = lines[1]
+    assert!(
+        lines[0]
+            .starts_with("Offline: using the built-in NemoVideo simulator at http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "Credits: 100 available, 0 frozen, 100 total");
+    let link = lines[2]
         .strip_prefix("Simulator account: ")
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("{stdout}"));
@@ -455,8 +460,158 @@ fn credits_simulate_links_to_the_simulator_not_the_web_site() {
     );
     assert!(!stdout.contains("nemovideo.com"), "{stdout}");
     assert!(
-        lines[1].ends_with("explains that it exists only in the simulator."),
+        lines[2].ends_with("explains that it exists only in the simulator."),
         "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which service: one rule for every example, said in the first line
+// ---------------------------------------------------------------------------------------------
+
+const OFFLINE: &str = "Offline: using the built-in NemoVideo simulator at http://127.0.0.1:";
+const PRODUCTION: &str = "Live: using the NemoVideo service at https://mega-api-prod.nemovideo.ai";
+
+/// `command` with every HTTPS request sent through `proxy`: should a run pick the real service,
+/// its request reaches this loopback server (and is counted there), never the network.
+fn through(command: &mut std::process::Command, proxy: &LoopbackServer, stdin: &str) -> Output {
+    let proxy = format!("http://{}", proxy.address());
+    run(
+        command
+            .env("HTTPS_PROXY", &proxy)
+            .env("https_proxy", &proxy)
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        stdin,
+    )
+}
+
+fn first_line(output: &Output) -> String {
+    texts(output).0.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn every_example_runs_offline_unless_pointed_at_a_service_and_says_so_first() {
+    let inputs = Inputs::new();
+    let dir = inputs.path();
+    let config = tempdir();
+    let proxy = LoopbackServer::plain_http();
+
+    // Not pointed at a service: offline, whatever the example.
+    let output = through(
+        &mut example("chat", dir, config.path()),
+        &proxy,
+        "credits\n",
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(first_line(&output).starts_with(OFFLINE), "{stdout}");
+    assert!(
+        stdout.contains("> 100 credits available (0 frozen).\n"),
+        "{stdout}"
+    );
+    for name in ["credits", "batch"] {
+        let output = through(&mut example(name, dir, config.path()), &proxy, "");
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(0), "{name}: {stdout}\n{stderr}");
+        assert!(first_line(&output).starts_with(OFFLINE), "{name}: {stdout}");
+    }
+    for (name, args) in [
+        ("transfer_bench", vec!["--size-mib", "1", "--rounds", "1"]),
+        (
+            "server_scale",
+            vec!["--users", "2", "--ramp-ms", "0", "--hold-ms", "50"],
+        ),
+    ] {
+        let output = run_example(name, dir, config.path(), &args);
+        assert!(
+            first_line(&output).starts_with("Offline: using ")
+                && first_line(&output).ends_with("(nothing leaves this machine)."),
+            "{name}: {}",
+            texts(&output).0
+        );
+    }
+    assert_eq!(proxy.accepted(), 0, "nothing went to the real service");
+
+    // Pointed at a service by the environment: that one (here a closed port, so the run
+    // fails after its first line).
+    let closed = closed_port();
+    let base = format!("http://127.0.0.1:{}", closed.port());
+    for variable in ["NEMO_API_BASE", "NEMO_API_URL"] {
+        for name in ["credits", "chat"] {
+            let output = run(example(name, dir, config.path()).env(variable, &base), "");
+            assert_eq!(
+                output.status.code(),
+                Some(1),
+                "{name}: {:?}",
+                texts(&output)
+            );
+            assert_eq!(
+                first_line(&output),
+                format!("Live: using the NemoVideo service at {base} (from {variable})."),
+                "{name}"
+            );
+        }
+    }
+    // `--simulate` stays offline even so.
+    let output = run(
+        example("credits", dir, config.path())
+            .arg("--simulate")
+            .env("NEMO_API_BASE", &base),
+        "",
+    );
+    assert_eq!(output.status.code(), Some(0), "{:?}", texts(&output));
+    assert!(first_line(&output).starts_with(OFFLINE));
+
+    // `--live`, or an input file: the real service (whose requests the proxy takes here).
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("credits", vec!["--live"], "--live"),
+        ("chat", vec!["--live"], "--live"),
+        (
+            "remove_object",
+            vec!["clip.mp4"],
+            "an input file was given; add --simulate to stay offline",
+        ),
+        (
+            "batch",
+            vec!["clip.mp4=trim it"],
+            "an input file was given; add --simulate to stay offline",
+        ),
+    ];
+    for (name, args, why) in cases {
+        let before = proxy.accepted();
+        let output = through(
+            example(name, dir, config.path())
+                .args(&args)
+                .args(["--timeout", "5"]),
+            &proxy,
+            "",
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{name}: {:?}",
+            texts(&output)
+        );
+        assert_eq!(
+            first_line(&output),
+            format!("{PRODUCTION} ({why})."),
+            "{name}"
+        );
+        assert!(proxy.accepted() > before, "{name} went through the proxy");
+    }
+
+    // Both at once is a usage error.
+    let output = run_example("credits", dir, config.path(), &["--simulate", "--live"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        texts(&output)
+            .1
+            .starts_with("error: the argument '--simulate' cannot be used with '--live'"),
+        "{:?}",
+        texts(&output)
     );
 }
 

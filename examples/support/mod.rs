@@ -1,7 +1,8 @@
-//! What the examples share: the arguments every example takes, connecting to the real service
-//! or to the offline simulator, showing progress and the agent at work, and ending with the
-//! documented exit status (0 done, 1 failed at run time with one `error: ...` line on stderr,
-//! 2 bad usage, which clap handles).
+//! What the examples share: the arguments every example takes, the one rule that decides
+//! whether an example talks to a real service or to the offline simulator ([`Target`]),
+//! showing progress and the agent at work, and ending with the documented exit status (0
+//! done, 1 failed at run time with one `error: ...` line on stderr, 2 bad usage, which clap
+//! handles).
 #![allow(dead_code)] // each example uses part of this
 
 use std::io::{IsTerminal, Write};
@@ -21,9 +22,12 @@ pub const SERVICE_POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// The arguments that choose and tune the connection, shared by every example.
 #[derive(clap::Args, Debug)]
 pub struct ServiceArgs {
-    /// Run against the built-in offline simulator instead of the real service
-    #[arg(long)]
+    /// Run offline against the built-in simulator, even with input files or NEMO_API_BASE set
+    #[arg(long, conflicts_with = "live")]
     pub simulate: bool,
+    /// Talk to the service (NEMO_API_BASE, default production), not the offline simulator
+    #[arg(long)]
+    pub live: bool,
     /// Longest wait for one answer from the service, in seconds [default: 60]
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub timeout: Option<Duration>,
@@ -39,6 +43,50 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| {
             "expected a number of seconds above 0 and at most 3600, like 30 or 0.5".to_string()
         })
+}
+
+/// Which service an example talks to. The rule, the same for every example: offline,
+/// against a fresh built-in simulator, unless pointed at a service: `--live`, `NEMO_API_BASE`
+/// (or `NEMO_API_URL`) set, or an input file given (`remove_object`, `batch`). `--simulate`
+/// stays offline whatever else says so. The first line of output says which it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The built-in simulator, in this process.
+    Simulator,
+    /// The service the environment names (production by default); `why` says what chose it.
+    Service { why: &'static str },
+}
+
+impl ServiceArgs {
+    /// The [`Target`] of a run; `input_given`: the user named files to work on.
+    pub fn target(&self, input_given: bool) -> Target {
+        let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        if self.simulate {
+            Target::Simulator
+        } else if env_set("NEMO_API_BASE") {
+            Target::Service {
+                why: "from NEMO_API_BASE",
+            }
+        } else if env_set("NEMO_API_URL") {
+            Target::Service {
+                why: "from NEMO_API_URL",
+            }
+        } else if self.live {
+            Target::Service { why: "--live" }
+        } else if input_given {
+            Target::Service {
+                why: "an input file was given; add --simulate to stay offline",
+            }
+        } else {
+            Target::Simulator
+        }
+    }
+}
+
+/// Prints the first line of an example that talks to a stand-in on this machine: what it is
+/// and where.
+pub fn say_offline(what: &str, url: &str) {
+    println!("Offline: using {what} at {url} (nothing leaves this machine).");
 }
 
 /// A connected client: the real service, or a fresh in-process simulator (kept alive here
@@ -59,12 +107,12 @@ impl Service {
     }
 }
 
-/// A client for the real service (configured from the environment: `NEMO_API_BASE`,
-/// `NEMO_TOKEN`, ...), or, when `simulate` is set, for a fresh in-process simulator whose
-/// tokens stay in memory and whose links (registration, claim) point at the simulator.
-/// Sends nothing.
-pub async fn connect(simulate: bool, timeout: Option<Duration>) -> Result<Service, String> {
-    let (builder, simulator) = if simulate {
+/// A client for `target`: the service the environment names (`NEMO_API_BASE`, `NEMO_TOKEN`,
+/// ...), or a fresh in-process simulator whose tokens stay in memory and whose links
+/// (registration, claim) point at the simulator. Prints the run's first line, saying which
+/// one it talks to. Sends nothing.
+pub async fn connect(target: &Target, timeout: Option<Duration>) -> Result<Service, String> {
+    let (builder, simulator) = if *target == Target::Simulator {
         let simulator = Simulator::start()
             .await
             .map_err(|err| format!("could not start the offline simulator: {err}"))?;
@@ -81,6 +129,16 @@ pub async fn connect(simulate: bool, timeout: Option<Duration>) -> Result<Servic
         None => builder,
     };
     let client = builder.build().map_err(|err| describe(&err))?;
+    match (&simulator, target) {
+        (Some(simulator), _) => {
+            say_offline("the built-in NemoVideo simulator", simulator.base_url());
+        }
+        (None, Target::Service { why }) => println!(
+            "Live: using the NemoVideo service at {} ({why}).",
+            client.config().base_url.as_str().trim_end_matches('/')
+        ),
+        (None, Target::Simulator) => {}
+    }
     Ok(Service { client, simulator })
 }
 

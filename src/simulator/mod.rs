@@ -1,12 +1,15 @@
-//! An in-process fake NemoVideo service on loopback, for offline examples and tests.
+//! A fake NemoVideo service on loopback, for offline examples and tests: in your test's
+//! process, or as a process of its own beside an app, a fleet or a CI job
+//! (`cargo run --example simulator -- --port 8080`).
 //!
-//! Policy and defaults: the simulator binds `127.0.0.1` only, on three ephemeral ports — the
-//! API origin ([`SimulatorHandle::base_url`]), a second origin standing in for the CDN that
-//! serves render outputs ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the
-//! web site ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages
-//! so that links built for simulator accounts never point at the real site. Give a client of
-//! the simulator `.web_url(sim.web_url())`. It speaks the wire protocol
-//! described in the SDK's API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
+//! Policy and defaults: the simulator binds `127.0.0.1`, on three ephemeral ports unless
+//! [`SimulatorBuilder::bind`] fixes them — the API origin ([`SimulatorHandle::base_url`]), a
+//! second origin standing in for the CDN that serves render outputs
+//! ([`SimulatorHandle::cdn_base_url`]), and a third standing in for the web site
+//! ([`SimulatorHandle::web_url`]), which serves the registration and claim-link pages so that
+//! links built for simulator accounts never point at the real site. Give a client of the
+//! simulator `.web_url(sim.web_url())`. It speaks the wire protocol described in the SDK's
+//! API notes: `{"code":0,"data":..}` envelopes, `{"success":..}` render envelopes,
 //! FastAPI-style `{"detail":..}` errors, and a real, paced `text/event-stream` on `/run_sse`
 //! carrying Google-ADK-shaped events. State (tokens, credits, sessions, drafts, renders) lives
 //! in memory and disappears with the simulator.
@@ -34,9 +37,72 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Counters and the request log
+//!
+//! [`SimulatorHandle::counters`] counts every request since the start (or the last
+//! [`SimulatorHandle::reset`]): in all, per [`Endpoint`], and per client id and per session
+//! the work accepted — tokens issued, sessions, uploads, messages, renders. A request counts
+//! for a client id when it names it (`X-Client-Id` of an anonymous-token request) or carries a
+//! token issued to it. [`SimulatorHandle::requests`] is the log of the most recent requests
+//! (1000 by default, [`SimulatorBuilder::request_log_size`]), each with its headers and body,
+//! every secret redacted (see [`RecordedRequest`]). The log is a ring and the counters do
+//! not read it, so memory stays flat however long the simulator runs, and counts stay exact.
+//!
+//! # The admin API
+//!
+//! The same facts and the same fault injection over HTTP, for tests and tools in other
+//! processes, under `/__admin` on the API origin ([`SimulatorHandle::admin_url`]). Each route
+//! calls the matching [`SimulatorHandle`] method (`/credits` calls `set_credits` or
+//! `set_credits_for_client`, `/drop_next_stream` `drop_next_stream_after`, `/text_less`
+//! `set_text_less` or `clear_text_less`, the others the method of their name), so the two
+//! never tell different stories; admin requests are neither counted nor logged. Answers are JSON; a mistake answers 400, 404 or 405 with
+//! `{"error":"<what is wrong and what to send>"}`. There is no authentication: expose the
+//! port to nothing but the tests that use it.
+//!
+//! | route | body / answer |
+//! |---|---|
+//! | `GET /__admin` | `{"base_url","cdn_base_url","web_url","admin_url","request_log_size","render_time_ms","routes":{..}}` |
+//! | `GET /__admin/counters` | [`Counters`]: `{"requests":14,"by_endpoint":{"run_sse":1,..},"clients":{"<client id>":{"requests","token_requests","tokens_issued","sessions","uploads","uploaded_files","messages","renders"}},"sessions":{"<session id>":{"client_id","uploads","uploaded_files","messages","renders"}},"cdn_requests_with_authorization":0}` |
+//! | `GET /__admin/requests` | `{"requests":[<RecordedRequest>..]}`, oldest first; query `since=<seq>` (only later ones), `limit=<n>` (the newest n), `endpoint=<name>`, `client_id=<id>` |
+//! | `GET /__admin/sessions/<id>` | the session's counters plus `"session_id"`, `"draft"` and `"media"` |
+//! | `GET /__admin/renders` | `{"render_ids":[..]}` |
+//! | `POST /__admin/reset` | no body; [`SimulatorHandle::reset`] |
+//! | `POST /__admin/fail_next` | `{"endpoint":"credits","times":1,"failure":{"status":503}}` (`times` defaults to 1; failures as in [`Failure`]) |
+//! | `POST /__admin/expire_tokens` | no body |
+//! | `POST /__admin/drop_next_stream` | `{"after_events":2}` |
+//! | `POST /__admin/stall_next_stream` | `{"after_events":1,"for_ms":3000}` |
+//! | `POST /__admin/text_less` | `{"text_less":true}`; `false`: always text; `null`: the builder's pattern again |
+//! | `POST /__admin/fail_next_render` | `{"message":"GPU unavailable"}` |
+//! | `POST /__admin/credits` | `{"available":0}` for every user, or `{"available":0,"client_id":"<id>"}` |
+//! | `POST /__admin/advance_renders` | `{"ms":2000}` |
+//!
+//! A `POST` answers `{"ok":true}`. A logged request reads
+//! `{"seq":6,"method":"POST","path":"/run_sse","endpoint":"run_sse","client_id":"worker-1",
+//! "headers":{"authorization":"Bearer ***",..},"has_authorization":true,"body_len":175,
+//! "body":{"kind":"json","json":{"app_name":"nemo_agent",..}}}`; a body is one of
+//! `{"kind":"json","json":..}`, `{"kind":"text","text":".."}`,
+//! `{"kind":"multipart","parts":[{"name":"files","filename":"clip.mp4","bytes":6926}]}` and
+//! `{"kind":"summary","content_type":"..","bytes":..}` (see [`RecordedBody`]), or `null`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let sim = nemo_video::simulator::Simulator::start().await?;
+//! // What another process reads with `curl <admin url>/counters`:
+//! let answer = nemo_video::reqwest::get(format!("{}/counters", sim.admin_url()))
+//!     .await?
+//!     .text()
+//!     .await?;
+//! let counters: serde_json::Value = serde_json::from_str(&answer)?;
+//! assert_eq!(counters, serde_json::to_value(sim.counters())?);
+//! # Ok(())
+//! # }
+//! ```
 
+mod admin;
 mod agent;
 mod body;
+mod log;
 mod multipart;
 mod server;
 mod state;
@@ -44,15 +110,18 @@ mod web;
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use state::Shared;
+
+pub use self::log::{ClientCounters, Counters, RecordedBody, RecordedPart, SessionCounters};
 
 /// The MP4 served as every render's output: the sample scene with a solid blue box where the
 /// walking "person" was (320x180, 5 s, H.264).
@@ -68,8 +137,13 @@ pub const SAMPLE_INPUT_MP4: &[u8] = include_bytes!(concat!(
 ));
 
 /// One API area of the simulated service, used to inject faults and count requests.
+///
+/// In the admin API's JSON an endpoint is its name in snake case: `anonymous_token`,
+/// `create_session`, `run_sse`, `upload`, `credits`, `state`, `render_submit`,
+/// `render_status`, `render_cancel`, `render_download`, `claim_token`, `cdn_output`.
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     /// `POST /api/auth/anonymous-token`.
     AnonymousToken,
@@ -98,8 +172,13 @@ pub enum Endpoint {
 }
 
 /// How an injected failure answers a request (see [`SimulatorHandle::fail_next`]).
+///
+/// In the admin API's JSON: `{"status":503}`, `{"code":{"http":200,"code":2001}}`,
+/// `{"plain_text":{"status":502,"body":"Bad Gateway"}}`,
+/// `{"retry_after":{"status":429,"secs":2}}`, or `"close_connection"`.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// This HTTP status with a JSON error body in the endpoint's envelope:
     /// `{"code":<status>,"message":..}`, or `{"success":false,"error":..}` on render endpoints.
@@ -141,23 +220,57 @@ pub enum StatusShape {
     TopLevel,
 }
 
-/// One request the simulator received, as recorded for tests.
+/// One request the simulator received, as recorded in its request log
+/// ([`SimulatorHandle::requests`], and `GET /__admin/requests` as JSON, where `headers` is
+/// an object of lowercase names, repeated headers joined with `", "`).
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordedRequest {
+    /// Its number in arrival order, from 1, never reused (not even by
+    /// [`SimulatorHandle::reset`]): read the log again from the last number seen to get only
+    /// what came after.
+    pub seq: u64,
     /// The HTTP method, e.g. `"POST"`.
     pub method: String,
     /// The request path as sent (still percent-encoded), without the query string.
     pub path: String,
     /// The endpoint the path maps to, if any.
     pub endpoint: Option<Endpoint>,
-    /// All headers, names lowercased, in arrival order. An `Authorization` value is redacted
-    /// to `"Bearer ***"` (or `"***"` for other schemes); its presence is kept.
+    /// The client id the request is counted for: the `X-Client-Id` of an anonymous-token
+    /// request, or the client id whose token the request carries (valid or expired).
+    pub client_id: Option<String>,
+    /// All headers, names lowercased, in arrival order. Secrets are redacted: an
+    /// `Authorization` value to `"Bearer ***"` (or `"***"` for other schemes; its presence is
+    /// kept), cookies and headers named like tokens or keys to `"***"`, and any token inside
+    /// another value to its prefix and `***`.
+    #[serde(serialize_with = "headers_as_object")]
     pub headers: Vec<(String, String)>,
     /// Whether the request carried an `Authorization` header.
     pub has_authorization: bool,
     /// How many body bytes the simulator read (uploads are counted, never stored).
     pub body_len: u64,
+    /// The body, as far as the log keeps it: JSON and text up to 16 KiB with secrets
+    /// replaced by `***`, uploads as their parts (never their content), anything else as
+    /// its content type and size. `None` when there was no body, or the simulator answered
+    /// without reading it (an unknown path, an injected failure).
+    pub body: Option<RecordedBody>,
+}
+
+fn headers_as_object<S: serde::Serializer>(
+    headers: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut joined: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
+    for (name, value) in headers {
+        joined
+            .entry(name.as_str())
+            .and_modify(|all| {
+                all.push_str(", ");
+                all.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    joined.serialize(serializer)
 }
 
 impl RecordedRequest {
@@ -168,6 +281,11 @@ impl RecordedRequest {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The body as JSON, when it was a JSON body the log kept (secrets already `"***"`).
+    pub fn body_json(&self) -> Option<serde_json::Value> {
+        self.body.as_ref().and_then(RecordedBody::json)
+    }
 }
 
 /// Settings of a [`Simulator`]; every setter documents its default.
@@ -175,6 +293,27 @@ impl RecordedRequest {
 #[derive(Debug, Clone)]
 pub struct SimulatorBuilder {
     pub(crate) config: state::Config,
+    pub(crate) listen: Listen,
+}
+
+/// Where the three origins listen, and the host their URLs name.
+#[derive(Debug, Clone)]
+pub(crate) struct Listen {
+    pub(crate) api: SocketAddr,
+    pub(crate) cdn_port: Option<u16>,
+    pub(crate) web_port: Option<u16>,
+    pub(crate) public_host: Option<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            cdn_port: None,
+            web_port: None,
+            public_host: None,
+        }
+    }
 }
 
 impl Default for SimulatorBuilder {
@@ -188,7 +327,67 @@ impl SimulatorBuilder {
     pub fn new() -> Self {
         SimulatorBuilder {
             config: state::Config::default(),
+            listen: Listen::default(),
         }
+    }
+
+    /// Where the API origin listens: an IP address and a port (`0`: any free port). The CDN
+    /// and web origins listen on the same address, by default on the next two ports
+    /// (`port + 1` for the CDN, `port + 2` for the web site) when `port` is fixed, and on
+    /// free ports when it is `0`; [`Self::cdn_port`] and [`Self::web_port`] choose others.
+    /// Fixed ports are bound with `SO_REUSEADDR` on Unix, so a simulator restarted on the same
+    /// port starts at once. Nothing but loopback is safe to expose: the simulator has no
+    /// authentication of its own (its admin API is open to whoever reaches the port).
+    /// Default: `127.0.0.1:0`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use nemo_video::simulator::Simulator;
+    ///
+    /// let sim = Simulator::builder().bind(([127, 0, 0, 1], 8080)).start().await?;
+    /// assert_eq!(sim.base_url(), "http://127.0.0.1:8080");
+    /// assert_eq!(sim.cdn_base_url(), "http://127.0.0.1:8081");
+    /// assert_eq!(sim.web_url(), "http://127.0.0.1:8082");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bind(mut self, address: impl Into<SocketAddr>) -> Self {
+        self.listen.api = address.into();
+        self
+    }
+
+    /// The CDN origin's port (`0`: any free port). Default: the API port + 1 when
+    /// [`Self::bind`] fixes it, else a free port.
+    pub fn cdn_port(mut self, port: u16) -> Self {
+        self.listen.cdn_port = Some(port);
+        self
+    }
+
+    /// The web origin's port (`0`: any free port). Default: the API port + 2 when
+    /// [`Self::bind`] fixes it, else a free port.
+    pub fn web_port(mut self, port: u16) -> Self {
+        self.listen.web_port = Some(port);
+        self
+    }
+
+    /// The host name in the URLs the simulator hands out ([`SimulatorHandle::base_url`],
+    /// [`SimulatorHandle::cdn_base_url`], [`SimulatorHandle::web_url`], the `cdn_url` of
+    /// uploads and the `outputUrl` of renders): the name other machines or containers reach
+    /// it by, such as `simulator` in a compose file. Default: the bound IP address, with
+    /// `0.0.0.0` and `::` shown as `127.0.0.1` and `[::1]`.
+    pub fn public_host(mut self, host: impl Into<String>) -> Self {
+        self.listen.public_host = Some(host.into());
+        self
+    }
+
+    /// How many recent requests the request log keeps ([`SimulatorHandle::requests`],
+    /// `GET /__admin/requests`); the oldest goes when a new one comes, so memory stays flat
+    /// however long the simulator runs. `0` keeps none. The counters
+    /// ([`SimulatorHandle::counters`], [`SimulatorHandle::request_count`], ...) count every
+    /// request whatever this size. Default: 1000.
+    pub fn request_log_size(mut self, entries: usize) -> Self {
+        self.config.request_log_size = entries;
+        self
     }
 
     /// Delay between consecutive `/run_sse` events. Default: 150 ms.
@@ -311,8 +510,9 @@ impl SimulatorBuilder {
             .render_time(Duration::from_millis(400))
     }
 
-    /// Binds the three listeners on `127.0.0.1` (ephemeral ports) and starts serving on the
-    /// current Tokio runtime.
+    /// Binds the three listeners (by default on `127.0.0.1`, ephemeral ports; see
+    /// [`Self::bind`]) and starts serving on the current Tokio runtime. Fails when a port is
+    /// taken, naming the origin and the address.
     ///
     /// ```no_run
     /// # async fn demo() -> std::io::Result<()> {
@@ -321,12 +521,16 @@ impl SimulatorBuilder {
     /// # }
     /// ```
     pub async fn start(self) -> io::Result<Simulator> {
-        let api = listen_on_loopback()?;
-        let cdn = listen_on_loopback()?;
-        let web = listen_on_loopback()?;
-        let base_url = format!("http://{}", api.local_addr()?);
-        let cdn_base_url = format!("http://{}", cdn.local_addr()?);
-        let web_url = format!("http://{}", web.local_addr()?);
+        let ip = self.listen.api.ip();
+        // Every port is known before the first is bound, so a bad choice binds nothing.
+        let cdn_port = self.listen.port_after(self.listen.cdn_port, 1)?;
+        let web_port = self.listen.port_after(self.listen.web_port, 2)?;
+        let api = listen(self.listen.api, "API")?;
+        let cdn = listen(SocketAddr::new(ip, cdn_port), "CDN")?;
+        let web = listen(SocketAddr::new(ip, web_port), "web")?;
+        let base_url = self.listen.url(api.local_addr()?);
+        let cdn_base_url = self.listen.url(cdn.local_addr()?);
+        let web_url = self.listen.url(web.local_addr()?);
         let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url, web_url));
         let tasks = vec![
             tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api)),
@@ -348,11 +552,62 @@ impl SimulatorBuilder {
 /// `net.core.somaxconn` (4096 on current Linux).
 const LISTEN_BACKLOG: u32 = 8192;
 
-/// A listener on `127.0.0.1`, on an ephemeral port, with a backlog for bursts.
-fn listen_on_loopback() -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    socket.listen(LISTEN_BACKLOG)
+/// A listener on `address`, with a backlog for bursts; an error names the origin and address.
+fn listen(address: SocketAddr, origin: &str) -> io::Result<TcpListener> {
+    let bound = (|| {
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // A fixed port must be free again as soon as the last simulator on it stopped, even
+        // while its old connections linger in TIME_WAIT (Tokio's own `bind` does the same).
+        // Not on Windows, where the option lets two listeners share a port.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    })();
+    bound.map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("the simulator's {origin} origin could not listen on {address}: {err}"),
+        )
+    })
+}
+
+impl Listen {
+    /// The port of the origin `offset` places after the API: the one asked for, else the API
+    /// port + `offset` when that is fixed, else any free port.
+    fn port_after(&self, asked: Option<u16>, offset: u16) -> io::Result<u16> {
+        let api_port = self.api.port();
+        match (asked, api_port) {
+            (Some(port), _) => Ok(port),
+            (None, 0) => Ok(0),
+            (None, _) => api_port.checked_add(offset).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the API port {api_port} leaves no room for the CDN and web ports \
+                         (port + 1, port + 2); choose a lower port, or set cdn_port and web_port"
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// `http://<public host>:<port>` for a bound listener.
+    fn url(&self, bound: SocketAddr) -> String {
+        let host = match &self.public_host {
+            Some(host) => host.clone(),
+            None => match bound.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            },
+        };
+        format!("http://{host}:{}", bound.port())
+    }
 }
 
 /// A running fake NemoVideo service. Stops when dropped.
@@ -581,47 +836,92 @@ impl SimulatorHandle {
             .with(|inner| inner.sessions.get(session_id).map(|s| s.draft.clone()))
     }
 
-    /// How many requests reached `endpoint` (including failed and rejected ones).
+    /// How many requests reached `endpoint` (including failed and rejected ones), since the
+    /// start or the last [`Self::reset`].
     pub fn request_count(&self, endpoint: Endpoint) -> usize {
         self.shared.with(|inner| {
-            inner
-                .requests
-                .iter()
-                .filter(|r| r.endpoint == Some(endpoint))
-                .count()
+            let count = inner.tally.counters().by_endpoint.get(&endpoint).copied();
+            usize::try_from(count.unwrap_or(0)).unwrap_or(usize::MAX)
         })
     }
 
     /// How many `POST /api/auth/anonymous-token` requests named `client_id` in `X-Client-Id`
     /// (issued, refused with 429 and failed alike).
     pub fn token_requests_for(&self, client_id: &str) -> usize {
-        self.shared.with(|inner| {
-            inner
-                .requests
-                .iter()
-                .filter(|r| {
-                    r.endpoint == Some(Endpoint::AnonymousToken)
-                        && r.header("x-client-id") == Some(client_id)
-                })
-                .count()
-        })
+        let count = self.client_counters(client_id).token_requests;
+        usize::try_from(count).unwrap_or(usize::MAX)
     }
 
     /// Anonymous-token requests per client id (the `X-Client-Id` header; requests without one
     /// are counted under `""`).
     pub fn token_requests_by_client(&self) -> std::collections::BTreeMap<String, usize> {
         self.shared.with(|inner| {
-            let mut counts = std::collections::BTreeMap::new();
-            for request in inner
-                .requests
+            inner
+                .tally
+                .counters()
+                .clients
                 .iter()
-                .filter(|r| r.endpoint == Some(Endpoint::AnonymousToken))
-            {
-                *counts
-                    .entry(request.header("x-client-id").unwrap_or("").to_string())
-                    .or_insert(0) += 1;
+                .filter(|(_, client)| client.token_requests > 0)
+                .map(|(id, client)| {
+                    let count = usize::try_from(client.token_requests).unwrap_or(usize::MAX);
+                    (id.clone(), count)
+                })
+                .collect()
+        })
+    }
+
+    /// Every counter: requests in all and per endpoint, and per client id and per session
+    /// the tokens issued, sessions, uploads, messages and renders. `GET /__admin/counters`
+    /// answers the same as JSON. Exact over any number of requests, whatever
+    /// [`SimulatorBuilder::request_log_size`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// let sim = nemo_video::simulator::Simulator::start().await?;
+    /// // ... an app runs its job with client id "worker-1" ...
+    /// let worker = sim.counters().clients.get("worker-1").copied().unwrap_or_default();
+    /// assert_eq!((worker.tokens_issued, worker.messages, worker.renders), (1, 1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn counters(&self) -> Counters {
+        self.shared.with(|inner| inner.tally.counters().clone())
+    }
+
+    /// The counters of one client id (all zero for a client id never seen).
+    pub fn client_counters(&self, client_id: &str) -> ClientCounters {
+        self.shared.with(|inner| inner.tally.client(client_id))
+    }
+
+    /// Forgets everything the service holds and every fault armed, as if it had just started
+    /// with the same settings and ports: tokens, users, sessions, renders, credits set by
+    /// [`Self::set_credits`], pending faults, the counters and the request log (whose
+    /// numbering goes on). Responses already streaming carry on. `POST /__admin/reset` does
+    /// the same.
+    pub fn reset(&self) {
+        let config = &self.shared.config;
+        self.shared.with(|inner| inner.reset(config));
+    }
+
+    /// The admin API's root, `<base_url>/__admin` (see the [module docs](self)).
+    pub fn admin_url(&self) -> String {
+        format!("{}/__admin", self.shared.base_url)
+    }
+
+    /// Sets the available credits of the user of `client_id`; `false` if that client id was
+    /// never issued a token.
+    pub fn set_credits_for_client(&self, client_id: &str, available: u64) -> bool {
+        self.shared.with(|inner| {
+            let Some(user_id) = inner.client_users.get(client_id) else {
+                return false;
+            };
+            match inner.users.get_mut(user_id) {
+                Some(user) => {
+                    user.available = available;
+                    true
+                }
+                None => false,
             }
-            counts
         })
     }
 
@@ -654,15 +954,21 @@ impl SimulatorHandle {
         })
     }
 
-    /// Every request received on either origin, in arrival order.
+    /// The most recent requests received on the API and CDN origins, oldest first: at most
+    /// [`SimulatorBuilder::request_log_size`] of them (default 1000), with their bodies as far
+    /// as the log keeps them and every secret redacted. `GET /__admin/requests` answers the
+    /// same as JSON.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.with(|inner| inner.requests.clone())
+        self.shared
+            .with(|inner| inner.log.iter().cloned().collect())
     }
 
     /// How many CDN requests carried an `Authorization` header (a client must never send its
     /// bearer token to another host).
     pub fn cdn_requests_with_authorization(&self) -> usize {
-        self.shared
-            .with(|inner| inner.cdn_requests_with_authorization)
+        self.shared.with(|inner| {
+            let count = inner.tally.counters().cdn_requests_with_authorization;
+            usize::try_from(count).unwrap_or(usize::MAX)
+        })
     }
 }

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use super::agent::{self, StreamFaults};
 use super::body::{SimBody, Step};
+use super::log::{self, RecordedBody, RecordedPart};
 use super::multipart;
 use super::state::{
     iso8601_after, random_hex, random_session_id, Fnv64, Render, RenderPhase, Session, Shared,
@@ -296,7 +297,8 @@ fn failure_response(failure: Failure, render: bool) -> Resp {
 
 struct Ctx<'a> {
     shared: &'a Shared,
-    index: usize,
+    /// The request's number in the log.
+    seq: u64,
     headers: HeaderMap,
 }
 
@@ -306,9 +308,19 @@ impl Ctx<'_> {
     }
 
     fn set_body_len(&self, len: u64) {
+        let body = (len > 0).then(|| RecordedBody::Summary {
+            content_type: self.header("content-type").map(str::to_owned),
+            bytes: len,
+        });
+        self.set_body(len, body);
+    }
+
+    /// Records what was read of the body, while the log still holds the request.
+    fn set_body(&self, len: u64, body: Option<RecordedBody>) {
         self.shared.with(|inner| {
-            if let Some(r) = inner.requests.get_mut(self.index) {
+            if let Some(r) = inner.log.get_mut(self.seq) {
                 r.body_len = len;
+                r.body = body;
             }
         });
     }
@@ -350,7 +362,12 @@ impl Ctx<'_> {
                 }
             }
         }
-        self.set_body_len(seen);
+        let logged = if self.shared.config.request_log_size > 0 {
+            log::logged_body(self.header("content-type"), &buf, seen)
+        } else {
+            None
+        };
+        self.set_body(seen, logged);
         if too_large {
             return Err(detail(413, json!("request body too large")));
         }
@@ -365,52 +382,88 @@ fn parse_json(body: &[u8]) -> Result<Value, Resp> {
     serde_json::from_slice(body).map_err(|e| unprocessable(&format!("JSON decode error: {e}")))
 }
 
+/// A header value as the log keeps it: secrets replaced, tokens inside other values cut.
+fn logged_header(name: &str, value: &HeaderValue) -> String {
+    if name == header::AUTHORIZATION {
+        let raw = value.to_str().unwrap_or("");
+        return if raw.len() >= 7 && raw[..7].eq_ignore_ascii_case("bearer ") {
+            "Bearer ***".to_owned()
+        } else {
+            "***".to_owned()
+        };
+    }
+    if log::is_secret_name(name) {
+        return "***".to_owned();
+    }
+    log::scrub(&String::from_utf8_lossy(value.as_bytes()))
+}
+
+/// Counts the request, and logs it; returns its number in the log.
 fn record(
     shared: &Shared,
     origin: Origin,
     req: &Request<Incoming>,
     endpoint: Option<Endpoint>,
-) -> usize {
-    let mut has_authorization = false;
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            let value = if name == header::AUTHORIZATION {
-                has_authorization = true;
-                let raw = value.to_str().unwrap_or("");
-                if raw.len() >= 7 && raw[..7].eq_ignore_ascii_case("bearer ") {
-                    "Bearer ***".to_owned()
-                } else {
-                    "***".to_owned()
-                }
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            (name.as_str().to_owned(), value)
+) -> u64 {
+    let headers = req.headers();
+    let has_authorization = headers.contains_key(header::AUTHORIZATION);
+    let named_client = (endpoint == Some(Endpoint::AnonymousToken)).then(|| {
+        headers
+            .get("x-client-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    });
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
         })
-        .collect();
-    let recorded = RecordedRequest {
+        .map(str::trim);
+    // Built before the lock is taken: requests on other connections wait only for the
+    // counting and the push.
+    let entry = (shared.config.request_log_size > 0).then(|| RecordedRequest {
+        seq: 0,
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         endpoint,
-        headers,
+        client_id: None,
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                let logged = logged_header(name.as_str(), value);
+                (name.as_str().to_owned(), logged)
+            })
+            .collect(),
         has_authorization,
         body_len: 0,
-    };
+        body: None,
+    });
     shared.with(|inner| {
-        if origin == Origin::Cdn && has_authorization {
-            inner.cdn_requests_with_authorization += 1;
-        }
-        inner.requests.push(recorded);
-        inner.requests.len() - 1
+        let client_id = named_client.or_else(|| {
+            let user = &inner.tokens.get(bearer?)?.user_id;
+            inner.tally.client_of(user).map(str::to_owned)
+        });
+        inner.tally.request(
+            endpoint,
+            client_id.as_deref(),
+            origin == Origin::Cdn && has_authorization,
+        );
+        inner
+            .log
+            .push(entry.map(|entry| RecordedRequest { client_id, ..entry }))
     })
 }
 
-async fn handle(shared: &Shared, origin: Origin, req: Request<Incoming>) -> Resp {
+async fn handle(shared: &Arc<Shared>, origin: Origin, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
+    if origin == Origin::Api && super::admin::is_admin_path(&path) {
+        return super::admin::handle(shared, req).await;
+    }
     let route = route(origin, &path);
-    let index = record(
+    let seq = record(
         shared,
         origin,
         &req,
@@ -419,7 +472,7 @@ async fn handle(shared: &Shared, origin: Origin, req: Request<Incoming>) -> Resp
     let mut resp = match route {
         None if origin == Origin::Cdn => cdn_not_found(),
         None => detail(404, json!("Not Found")),
-        Some(route) => dispatch(shared, index, route, req).await,
+        Some(route) => dispatch(shared, seq, route, req).await,
     };
     let request_id = format!("req_{}", random_hex(24));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -428,7 +481,7 @@ async fn handle(shared: &Shared, origin: Origin, req: Request<Incoming>) -> Resp
     resp
 }
 
-async fn dispatch(shared: &Shared, index: usize, route: Route, req: Request<Incoming>) -> Resp {
+async fn dispatch(shared: &Shared, seq: u64, route: Route, req: Request<Incoming>) -> Resp {
     let failure = route
         .endpoint()
         .and_then(|endpoint| shared.with(|inner| inner.take_failure(endpoint)));
@@ -442,7 +495,7 @@ async fn dispatch(shared: &Shared, index: usize, route: Route, req: Request<Inco
     }
     let ctx = Ctx {
         shared,
-        index,
+        seq,
         headers: parts.headers,
     };
     if let Route::Upload(sid) = &route {
@@ -509,6 +562,8 @@ fn anonymous_token(ctx: &Ctx<'_>) -> Resp {
             .entry(client_id.to_owned())
             .or_insert_with(|| format!("anon_{}", random_hex(16)))
             .clone();
+        inner.tally.user_created(&user_id, client_id);
+        inner.tally.token_issued(client_id);
         let initial = inner.credit_override.unwrap_or(config.initial_credits);
         let credits = inner
             .users
@@ -591,7 +646,8 @@ fn create_session(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
                 last_track: 0,
                 last_segment: 0,
             },
-        )
+        );
+        inner.tally.session_created(user, &session_id);
     });
     ok(json!({"task_id": task_id, "session_id": session_id, "user_id": user}))
 }
@@ -762,17 +818,34 @@ async fn read_multipart(
             tokio::time::sleep(pause).await;
         }
     }
-    ctx.set_body_len(seen);
     if let Some(e) = error {
+        ctx.set_body_len(seen);
         return Err(code_error(
             400,
             400,
             &format!("malformed multipart body: {e}"),
         ));
     }
-    let parts = scanner
-        .finish()
-        .map_err(|e| code_error(400, 400, &format!("malformed multipart body: {e}")))?;
+    let parts = match scanner.finish() {
+        Ok(parts) => parts,
+        Err(e) => {
+            ctx.set_body_len(seen);
+            return Err(code_error(
+                400,
+                400,
+                &format!("malformed multipart body: {e}"),
+            ));
+        }
+    };
+    let logged = parts
+        .iter()
+        .map(|p| RecordedPart {
+            name: p.name.clone(),
+            filename: p.filename.as_deref().map(log::scrub),
+            bytes: p.len,
+        })
+        .collect();
+    ctx.set_body(seen, Some(RecordedBody::Multipart { parts: logged }));
     let files: Vec<Upload> = parts
         .into_iter()
         .filter(|p| p.name == "files")
@@ -848,6 +921,7 @@ fn apply_uploads(ctx: &Ctx<'_>, sid: &str, files: Vec<Upload>) -> Resp {
         let Some(session) = inner.sessions.get_mut(sid) else {
             return false;
         };
+        let (user_id, count) = (session.user_id.clone(), files.len());
         for file in files {
             let kind = file_type(&file.filename).unwrap_or("video");
             let cdn_url = format!(
@@ -892,6 +966,7 @@ fn apply_uploads(ctx: &Ctx<'_>, sid: &str, files: Vec<Upload>) -> Resp {
             }
             out.push(info);
         }
+        inner.tally.uploaded(&user_id, sid, count);
         true
     });
     if !applied {
@@ -973,6 +1048,7 @@ fn run_sse(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
             drop_after: inner.faults.drop_stream_after.take(),
             stall: inner.faults.stall_stream.take(),
         };
+        inner.tally.message_accepted(user, &req.session_id);
         Ok((turn, draft, faults))
     });
     let (turn, draft, faults) = match planned {
@@ -1055,6 +1131,7 @@ fn render_submit(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
                 cancelled: false,
             },
         );
+        inner.tally.render_accepted(user, sid);
         true
     });
     if !accepted {

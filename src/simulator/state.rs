@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use serde_json::Value;
 
-use super::{Endpoint, Failure, RecordedRequest, StatusShape};
+use super::log::{RequestLog, Tally, DEFAULT_LOG_SIZE};
+use super::{Endpoint, Failure, StatusShape};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -28,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
     pub(crate) transfer_pace: Option<Duration>,
+    pub(crate) request_log_size: usize,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
             transfer_pace: None,
+            request_log_size: DEFAULT_LOG_SIZE,
         }
     }
 }
@@ -66,10 +69,7 @@ impl Shared {
         cdn_base_url: String,
         web_url: String,
     ) -> Self {
-        let inner = Inner {
-            render_clock: RenderClock::new(config.manual_renders),
-            ..Inner::default()
-        };
+        let inner = Inner::new(&config);
         Shared {
             config,
             base_url,
@@ -107,11 +107,32 @@ pub(crate) struct Inner {
     pub(crate) render_clock: RenderClock,
     pub(crate) faults: Faults,
     pub(crate) credit_override: Option<u64>,
-    pub(crate) requests: Vec<RecordedRequest>,
-    pub(crate) cdn_requests_with_authorization: usize,
+    /// The most recent requests.
+    pub(crate) log: RequestLog,
+    /// Counts of every request and of the work accepted, kept apart from the bounded log.
+    pub(crate) tally: Tally,
 }
 
 impl Inner {
+    fn new(config: &Config) -> Self {
+        Inner {
+            render_clock: RenderClock::new(config.manual_renders),
+            log: RequestLog::new(config.request_log_size),
+            ..Inner::default()
+        }
+    }
+
+    /// Back to the state of a simulator just started with `config`; the log's numbering
+    /// goes on.
+    pub(crate) fn reset(&mut self, config: &Config) {
+        let mut log = std::mem::replace(&mut self.log, RequestLog::new(0));
+        log.clear();
+        *self = Inner {
+            log,
+            ..Inner::new(config)
+        };
+    }
+
     pub(crate) fn expire_all_tokens(&mut self) {
         for token in self.tokens.values_mut() {
             token.revoked = true;

@@ -1,11 +1,13 @@
 //! Running the example programs as a user does: each built once per test process, then run
 //! as its own process with a private config directory, no credentials and no API base from
-//! the caller's environment, and a time limit.
+//! the caller's environment, and a time limit. [`SimulatorProcess`] runs the simulator
+//! example on fixed ports, as a service beside the program under test.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ pub const EXAMPLES: &[&str] = &[
     "credits",
     "transfer_bench",
     "server_scale",
+    "simulator",
 ];
 
 /// Builds `name` once per test process (`cargo build --example`, in the test binary's
@@ -134,4 +137,126 @@ pub fn texts(output: &Output) -> (String, String) {
 /// The names in `dir`, sorted (see [`super::file_names`]).
 pub fn names_in(dir: &Path) -> Vec<String> {
     super::file_names(dir)
+}
+
+/// The simulator example running as its own process, on a fixed port (the CDN and web origins
+/// on the next two); killed when dropped, if still running.
+pub struct SimulatorProcess {
+    child: Child,
+    /// The API port; the CDN is on `port + 1`, the web site on `port + 2`.
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`, as the process printed it.
+    pub base_url: String,
+    /// Its stdout, line by line, after the first.
+    lines: Receiver<String>,
+}
+
+impl SimulatorProcess {
+    /// Starts `simulator --port <p> <args>` on a port chosen outside the ephemeral range, and
+    /// waits for its first line. A port taken by a parallel test (the process exits saying
+    /// so) is retried with another.
+    pub fn start(args: &[&str]) -> SimulatorProcess {
+        for _ in 0..20 {
+            let port = super::net::fixed_port_candidate();
+            match Self::start_on(port, args) {
+                Ok(process) => return process,
+                Err(stderr) if stderr.contains("in use") => continue,
+                Err(stderr) => panic!("the simulator did not start on port {port}: {stderr}"),
+            }
+        }
+        panic!("no free port for the simulator after 20 tries");
+    }
+
+    /// Starts it on `port`; `Err(stderr)` if it exited instead of printing its first line.
+    pub fn start_on(port: u16, args: &[&str]) -> Result<SimulatorProcess, String> {
+        let mut child = Command::new(example_binary("simulator"))
+            .arg("--port")
+            .arg(port.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the simulator starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // A limit for a hung process, not a deadline: a cold start on a busy machine is slow.
+        match lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(first) => {
+                let base_url = first
+                    .strip_prefix("NemoVideo simulator at ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+                    .to_string();
+                Ok(SimulatorProcess {
+                    child,
+                    port,
+                    base_url,
+                    lines,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let output = child.wait_with_output().expect("output");
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the simulator printed nothing within 120 s");
+            }
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `<base URL>/__admin<path>`.
+    pub fn admin(&self, path: &str) -> String {
+        format!("{}/__admin{path}", self.base_url)
+    }
+
+    /// Sends SIGTERM and waits (up to 120 s) for the process to end; returns its status and
+    /// the rest of its stdout.
+    #[cfg(unix)]
+    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with a pid this test started and has not yet waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the simulator did not stop within 120 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at the end of the pipe, once it has passed every line on.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            rest.push(line);
+        }
+        (status, rest)
+    }
+}
+
+impl Drop for SimulatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -254,3 +254,15 @@ impl Tripwire {
         count
     }
 }
+
+/// A port `p` such that `p`, `p + 1` and `p + 2` lie below the kernel's ephemeral range, so no
+/// test binding port 0 can take them; chosen at random, so parallel tests rarely meet. A
+/// caller still retries with another when one of them is taken.
+pub fn fixed_port_candidate() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.saturating_sub(3).max(11_000);
+    fastrand::u16(high - 10_000..high)
+}

@@ -80,7 +80,7 @@ async fn main() -> ExitCode {
     // it, and the journal already says what may have reached the service.
     let result = tokio::select! {
         result = run.go(&args) => result,
-        () = support::interrupted() => return run.interrupted(),
+        () = support::interrupted() => return run.interrupted().await,
     };
     support::exit(result)
 }
@@ -261,7 +261,7 @@ impl Run {
     }
 
     /// Ctrl-C or SIGTERM: the job was dropped where it stood. One line on what to do next.
-    fn interrupted(&self) -> ExitCode {
+    async fn interrupted(&self) -> ExitCode {
         let (stage, kept) = *self.reached.lock().unwrap_or_else(|e| e.into_inner());
         let next = if kept {
             format!(
@@ -271,7 +271,7 @@ impl Run {
         } else {
             "nothing was kept; run the same command again to start over".to_string()
         };
-        support::exit_interrupted(&next)
+        support::exit_interrupted(&next).await
     }
 }
 

@@ -10,6 +10,7 @@
 //!                                  [--token-lifetime SECS] [--token-quota-window SECS]
 //!                                  [--text-less-every N] [--status-shape SHAPE]
 //!                                  [--max-upload-bytes N] [--transfer-pace SECS]
+//!                                  [--token-answer-delay SECS]
 //!                                  [--request-log-size N]
 //! ```
 //!
@@ -103,6 +104,9 @@ struct Args {
     /// Pause after each KiB of a render download and each piece of an upload [default: none]
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     transfer_pace: Option<Duration>,
+    /// Answer each anonymous-token request this long after issuing its token [default: none]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    token_answer_delay: Option<Duration>,
     /// How many recent requests the request log keeps [default: 1000]
     #[arg(long, value_name = "N")]
     request_log_size: Option<usize>,
@@ -182,6 +186,9 @@ impl Args {
         }
         if let Some(pause) = self.transfer_pace {
             builder = builder.transfer_pace(pause);
+        }
+        if let Some(delay) = self.token_answer_delay {
+            builder = builder.token_answer_delay(delay);
         }
         if let Some(entries) = self.request_log_size {
             builder = builder.request_log_size(entries);

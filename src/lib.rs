@@ -95,6 +95,11 @@ mod wire;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guide `docs/serving-many-users.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/serving-many-users.md")]
+pub struct ServingManyUsersDoctests;
+
 /// The `reqwest` this crate is built with, so that [`NemoClientBuilder::http_client`] can be
 /// given a configured `reqwest::Client` (proxy, extra root certificates, a shared connection
 /// pool) without a `reqwest` line in your own `Cargo.toml`, and always of the right version.

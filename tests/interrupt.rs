@@ -298,3 +298,60 @@ async fn batch_interrupted_during_a_download_leaves_no_partial_file() {
     assert!(stderr.starts_with("interrupted: "), "{stderr}");
     assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_the_token_is_issued_waits_for_its_save_and_the_rerun_asks_for_none() {
+    // The service issues the token at once and answers 1.5 s later: Ctrl-C in between
+    // ("Setting things up...") must not lose it, or the next run is refused for the week.
+    let sim = Simulator::builder()
+        .fast()
+        .token_answer_delay(Duration::from_millis(1500))
+        .start()
+        .await
+        .expect("simulator starts");
+    let (work, clip) = prepare();
+    let child = spawn(remove_object(&sim, work.path(), &clip, &[]));
+    let handle = sim.handle();
+    assert!(
+        eventually(Duration::from_secs(120), || handle
+            .request_count(Endpoint::AnonymousToken)
+            >= 1)
+        .await,
+        "the example never asked for its token"
+    );
+    let signalled = Instant::now();
+    signal(&child, "INT");
+    let (code, stdout, stderr, _) = tokio::task::spawn_blocking(move || finish(child, signalled))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("Waiting up to 5 s for the token the service is issuing to be saved"),
+        "says what it waits for: {stderr}"
+    );
+    assert!(stderr.contains("The token is saved."), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("interrupted: "),
+        "{stderr}"
+    );
+    let config = work.path().join("config");
+    let id = support::stored_file(&config)["default_client_id"]
+        .as_str()
+        .expect("a default identity")
+        .to_string();
+    assert!(
+        support::stored_credentials(&config, sim.base_url(), &id)["token"].is_string(),
+        "the token is saved"
+    );
+
+    // The same command again: the saved token, no second token request.
+    let output = run(&mut remove_object(&sim, work.path(), &clip, &[]), "");
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(sim.token_requests_for(&id), 1);
+    assert_eq!(sim.request_count(Endpoint::AnonymousToken), 1);
+}

@@ -44,7 +44,9 @@ mod redis_tests {
 
     #[tokio::test]
     async fn the_redis_store_keeps_the_contract() {
-        let redis = RedisServer::start();
+        let Some(redis) = RedisServer::for_test("the_redis_store_keeps_the_contract") else {
+            return;
+        };
         let store = RedisStore::with_prefix(&redis.url(), &unique_prefix()).unwrap();
         let key = IdentityKey::new("http://127.0.0.1:1", "cas-user");
         let first = AnonymousCredentials::new("cas-user", "nmv_usr_FIRST").with_user_id("anon_1");
@@ -143,7 +145,11 @@ mod redis_tests {
 
     #[tokio::test]
     async fn a_redis_store_that_is_down_fails_with_a_store_error_that_names_no_password() {
-        let redis = RedisServer::start();
+        let Some(redis) = RedisServer::for_test(
+            "a_redis_store_that_is_down_fails_with_a_store_error_that_names_no_password",
+        ) else {
+            return;
+        };
         let url = format!("redis://:hunter2-secret@127.0.0.1:{}/0", redis.port());
         drop(redis);
         let store = RedisStore::new(&url).unwrap();
@@ -358,7 +364,11 @@ mod redis_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_processes_asking_for_the_same_fifty_new_identities_make_fifty_token_requests() {
-        let redis = RedisServer::start();
+        let Some(redis) = RedisServer::for_test(
+            "three_processes_asking_for_the_same_fifty_new_identities_make_fifty_token_requests",
+        ) else {
+            return;
+        };
         // The simulator refuses a second token for a client id within the week, as the
         // service does: a duplicate request would show as a 429 in its counts.
         let sim = Simulator::builder().fast().start().await.unwrap();
@@ -415,7 +425,11 @@ mod redis_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lease_holder_killed_before_its_request_lets_another_process_in_after_the_lease() {
-        let redis = RedisServer::start();
+        let Some(redis) = RedisServer::for_test(
+            "a_lease_holder_killed_before_its_request_lets_another_process_in_after_the_lease",
+        ) else {
+            return;
+        };
         let sim = Simulator::builder().fast().start().await.unwrap();
         let prefix = unique_prefix();
         let dir = tempdir();

@@ -129,6 +129,10 @@ pub async fn connect(target: &Target, timeout: Option<Duration>) -> Result<Servi
         None => builder,
     };
     let client = builder.build().map_err(|err| describe(&err))?;
+    CONNECTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(client.clone());
     match (&simulator, target) {
         (Some(simulator), _) => {
             say_offline("the built-in NemoVideo simulator", simulator.base_url());
@@ -342,12 +346,42 @@ pub async fn exit_or_interrupted(
 ) -> ExitCode {
     tokio::select! {
         result = work => exit(result),
-        () = interrupted() => exit_interrupted(next),
+        () = interrupted() => exit_interrupted(next).await,
     }
 }
 
-/// Ends a run stopped by a signal: one line on stderr saying what to do next, status 130.
-pub fn exit_interrupted(next: &str) -> ExitCode {
+/// The clients [`connect`] made, so that an interruption can wait for a token being issued
+/// to them (see [`settle_identities`]).
+static CONNECTED: std::sync::Mutex<Vec<NemoClient>> = std::sync::Mutex::new(Vec::new());
+
+/// The longest an interrupted example waits for a token the service is issuing to be saved.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Before exiting after an interruption: a token request in flight (it runs on even though
+/// its call was dropped) gets a few seconds to land and be saved, because the service issues
+/// one anonymous token per client id per 7 days, and a token lost here would lock the next run
+/// out. Says what it waits for, and how it ended.
+pub async fn settle_identities() {
+    let clients: Vec<NemoClient> = CONNECTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for client in clients.iter().filter(|client| client.identity_busy()) {
+        eprintln!(
+            "Waiting up to {} s for the token the service is issuing to be saved, so the next run can use it...",
+            SETTLE_LIMIT.as_secs()
+        );
+        if client.settle_identity(SETTLE_LIMIT).await {
+            eprintln!("The token is saved.");
+        } else {
+            eprintln!(
+                "The token could not be saved in time: if the service issued it, the next run may be refused a new one for this client id for up to 7 days (set NEMO_TOKEN, or NEMO_CLIENT_ID to another id)."
+            );
+        }
+    }
+}
+
+/// Ends a run stopped by a signal: first a token in flight gets its few seconds to be saved
+/// ([`settle_identities`]), then one line on stderr saying what to do next, status 130.
+pub async fn exit_interrupted(next: &str) -> ExitCode {
+    settle_identities().await;
     eprintln!("interrupted: {next}");
     ExitCode::from(EXIT_INTERRUPTED)
 }

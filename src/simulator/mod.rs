@@ -14,6 +14,11 @@
 //! carrying Google-ADK-shaped events. State (tokens, credits, sessions, drafts, renders) lives
 //! in memory and disappears with the simulator.
 //!
+//! Each simulator is a service of its own, as a staging deployment is beside production: it
+//! issues its own tokens (one per client id per 7 days, counted per client id by
+//! [`SimulatorHandle::token_requests_for`]) and rejects every other service's, so one config
+//! directory used against production and a simulator keeps an identity for each.
+//!
 //! Everything stops when the [`Simulator`] is dropped: listeners close and every connection
 //! task is cancelled the next time the runtime runs. Use [`Simulator::shutdown`] to wait for
 //! that to have happened.
@@ -501,6 +506,14 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Answers every anonymous-token request this long after issuing its token (the token
+    /// counts against the client id's weekly quota from the moment it is issued): the case of
+    /// a client interrupted while its token request is in flight. Default: none.
+    pub fn token_answer_delay(mut self, delay: Duration) -> Self {
+        self.config.token_answer_delay = delay;
+        self
+    }
+
     /// Short timings for tests: pacing 10 ms, heartbeats every 40 ms, work 100 ms, render
     /// 400 ms. Default: off (the timings above).
     pub fn fast(self) -> Self {
@@ -734,7 +747,19 @@ impl SimulatorHandle {
     }
 
     /// The next `times` requests to `endpoint` fail with `failure` (queued after any failures
-    /// already pending for that endpoint). Faults apply before authentication and validation.
+    /// already pending for that endpoint). Faults apply before authentication and validation,
+    /// and change nothing else: `Failure::Code { http: 401, code: 1001 }` is a stray 401 (a
+    /// gateway's, a WAF's) while the token stays valid, and with the one-token-per-week rule
+    /// (on by default) a client that asks for a new token gets 429, as from the service.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use nemo_video::simulator::{Endpoint, Failure, Simulator};
+    /// let sim = Simulator::start().await?;
+    /// sim.fail_next(Endpoint::Credits, 1, Failure::Code { http: 401, code: 1001 });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fail_next(&self, endpoint: Endpoint, times: usize, failure: Failure) {
         self.shared.with(|inner| {
             if times > 0 {

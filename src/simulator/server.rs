@@ -506,7 +506,16 @@ async fn dispatch(shared: &Shared, seq: u64, route: Route, req: Request<Incoming
         Err(resp) => return resp,
     };
     match route {
-        Route::AnonymousToken => anonymous_token(&ctx),
+        Route::AnonymousToken => {
+            // Issued at once, answered late: a client that gives up meanwhile has lost a
+            // token the service counts as this week's.
+            let answer = anonymous_token(&ctx);
+            let delay = shared.config.token_answer_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        }
         Route::CdnOutput(id) => cdn_output(&ctx, &id, parts.method == Method::HEAD),
         Route::CdnUpload(hash) => cdn_upload(&ctx, &hash, parts.method == Method::HEAD),
         route => {

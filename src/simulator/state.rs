@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
     pub(crate) transfer_pace: Option<Duration>,
+    pub(crate) token_answer_delay: Duration,
     pub(crate) request_log_size: usize,
 }
 
@@ -48,6 +49,7 @@ impl Default for Config {
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
             transfer_pace: None,
+            token_answer_delay: Duration::ZERO,
             request_log_size: DEFAULT_LOG_SIZE,
         }
     }

@@ -9,7 +9,8 @@
 //! from the SSE bytes on the wire (16 KiB chunks through `nemo_video::sse`), so it measures
 //! the whole path a message stream takes, parse + JSON.
 //!
-//! Run: `cargo bench --bench events`. Throughput is reported in frames per second.
+//! Run: `cargo bench --bench events` (from the repository root; the benches are the
+//! `nemo-video-benches` package). Throughput is reported in frames per second.
 
 use std::fmt::Write as _;
 use std::hint::black_box;

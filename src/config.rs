@@ -31,6 +31,10 @@ pub const DEFAULT_SKILL_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 500 * 1024 * 1024;
 /// Default cap on a JSON response body: 64 MiB (state documents can be large).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Default cap on requests in flight on one HTTP/2 connection before the transport opens
+/// another: 100, at or under the stream limits gateways announce (nginx and cloud load
+/// balancers 128, others 100 to 256).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Retry settings for transient failures.
 ///
@@ -123,6 +127,8 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// Largest file [`NemoClient::upload_files`](crate::NemoClient) accepts, in bytes.
     pub max_upload_bytes: u64,
+    /// Requests in flight on one HTTP/2 connection before the transport opens another.
+    pub max_streams_per_connection: usize,
 }
 
 impl fmt::Debug for Config {
@@ -140,6 +146,10 @@ impl fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
             .finish()
     }
 }

@@ -391,7 +391,8 @@ pub enum Error {
     Unconfirmed {
         /// The request, e.g. `POST /run_sse`.
         request: String,
-        /// What went wrong.
+        /// What went wrong (also the error's `source()`).
+        #[source]
         cause: Box<Error>,
     },
     /// The message stream ended before the agent finished.

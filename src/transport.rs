@@ -34,6 +34,7 @@ use url::Url;
 
 use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
+use crate::connections::{is_refused, refusal_of, Connections, Refused};
 use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
@@ -243,7 +244,7 @@ pub(crate) struct Transport {
 /// What every identity's transport shares: the connection pool and the settings. A server
 /// with a client per end user holds one of these.
 pub(crate) struct Settings {
-    http: reqwest::Client,
+    connections: Connections,
     base_url: Url,
     web_url: Url,
     static_headers: HeaderMap,
@@ -299,10 +300,10 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 impl Transport {
-    /// `connect_timeout` is the limit `http` was built with, or `None` for a caller's client
-    /// whose limit is unknown; it only goes into error messages.
+    /// `connect_timeout` is the limit the clients were built with, or `None` for a caller's
+    /// client whose limit is unknown; it only goes into error messages.
     pub(crate) fn new(
-        http: reqwest::Client,
+        connections: Connections,
         config: &Config,
         identity: Identity,
         connect_timeout: Option<Duration>,
@@ -333,7 +334,7 @@ impl Transport {
         }
         Ok(Transport {
             settings: Arc::new(Settings {
-                http,
+                connections,
                 base_url: config.base_url.clone(),
                 web_url: config.web_url.clone(),
                 static_headers,
@@ -586,13 +587,20 @@ impl Transport {
                     tokio::time::sleep(wait).await;
                 }
                 RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
+                    backoff_retries += 1;
+                    if is_refused(&err) {
+                        // A connection going away (GOAWAY) or a refused stream says nothing
+                        // about the service's health: send it again at once; the pool and
+                        // hyper put it on a connection that is not closing.
+                        tracing::info!(path = url.path(), error = %err, "refused by HTTP/2 before processing; sending again");
+                        continue;
+                    }
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
-                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries))
+                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries - 1))
                         .min(self.retry.max_server_wait);
                     tracing::info!(path = url.path(), delay_ms = delay.as_millis() as u64, error = %err, "transient failure; retrying");
-                    backoff_retries += 1;
                     tokio::time::sleep(delay).await;
                 }
                 _ => return Err(unconfirmed_if_work(request, &url, err)),
@@ -650,14 +658,28 @@ impl Transport {
         }
         let timeout = self.attempt_timeout(request);
         *http_request.timeout_mut() = timeout;
-        let sent = self.http.execute(http_request);
+        let (http, mut lease) = self.connections.checkout(url).await?;
+        let sent = http.execute(http_request);
         let response = match request.head_timeout {
             Some((limit, kind)) => tokio::time::timeout(limit, sent)
                 .await
                 .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
-        response.map_err(|err| self.map_reqwest(err, url, timeout))
+        let response = match response {
+            Ok(response) => response,
+            Err(err) => {
+                let err = self.map_send_error(err, url, timeout);
+                if !is_refused(&err) {
+                    lease.failed();
+                }
+                return Err(err);
+            }
+        };
+        lease.observe(response.version());
+        // The request keeps its place on the connection until its body is done: a stream
+        // counts against the connection's stream limit for its whole life.
+        Ok(lease.hold_until_body_ends(response))
     }
 
     /// The limit on one attempt of `request` (response and body), if it has one.
@@ -667,6 +689,20 @@ impl Transport {
         } else {
             request.timeout
         }
+    }
+
+    /// [`map_reqwest`](Self::map_reqwest) for a failure before any response head, where HTTP/2
+    /// can prove the request was never processed (see [`refusal_of`]).
+    fn map_send_error(&self, err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+        if !err.is_connect() && !err.is_timeout() {
+            if let Some(refusal) = refusal_of(&err) {
+                return Error::Network {
+                    may_have_reached_server: false,
+                    source: Box::new(Refused::new(refusal, err.without_url())),
+                };
+            }
+        }
+        self.map_reqwest(err, url, timeout)
     }
 
     /// Turns a reqwest failure into an error that names its cause. `timeout` is the attempt's
@@ -735,10 +771,9 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(err) => {
-                    let url = response.url().clone();
-                    return Err(self.map_reqwest(err, &url, Some(idle)));
-                }
+                // After the head: whatever broke, the request was received. (The URL only
+                // matters for connect errors, which cannot happen here.)
+                Err(err) => return Err(self.map_reqwest(err, &self.base_url, Some(idle))),
             }
         }
         // Let the connection go back to the pool before the caller's next request: hyper-util

@@ -40,6 +40,7 @@ mod body;
 mod multipart;
 mod server;
 mod state;
+mod tls;
 mod web;
 
 use std::fmt;
@@ -53,6 +54,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use state::Shared;
+
+pub use tls::{HttpsStats, TEST_CA_PEM};
 
 /// The MP4 served as every render's output: the sample scene with a solid blue box where the
 /// walking "person" was (320x180, 5 s, H.264).
@@ -324,12 +327,21 @@ impl SimulatorBuilder {
         let api = listen_on_loopback()?;
         let cdn = listen_on_loopback()?;
         let web = listen_on_loopback()?;
-        let base_url = format!("http://{}", api.local_addr()?);
+        let https = self.config.tls.enabled();
+        if https {
+            tls::check(&self.config.tls)?;
+        }
+        let scheme = if https { "https" } else { "http" };
+        let base_url = format!("{scheme}://{}", api.local_addr()?);
         let cdn_base_url = format!("http://{}", cdn.local_addr()?);
         let web_url = format!("http://{}", web.local_addr()?);
         let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url, web_url));
         let tasks = vec![
-            tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api)),
+            if https {
+                tokio::spawn(tls::serve(api, shared.clone()))
+            } else {
+                tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api))
+            },
             tokio::spawn(server::serve(cdn, shared.clone(), server::Origin::Cdn)),
             tokio::spawn(web::serve(web, shared.clone())),
         ];
@@ -452,7 +464,8 @@ impl fmt::Debug for SimulatorHandle {
 }
 
 impl SimulatorHandle {
-    /// The API origin, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    /// The API origin, e.g. `http://127.0.0.1:41234` (no trailing slash); `https://` with
+    /// [`SimulatorBuilder::https`].
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
     }

@@ -407,7 +407,7 @@ fn record(
     })
 }
 
-async fn handle(shared: &Shared, origin: Origin, req: Request<Incoming>) -> Resp {
+pub(super) async fn handle(shared: &Shared, origin: Origin, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let route = route(origin, &path);
     let index = record(

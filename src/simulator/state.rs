@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) status_shape: StatusShape,
     pub(crate) max_upload_bytes: u64,
     pub(crate) transfer_pace: Option<Duration>,
+    pub(crate) tls: super::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -46,6 +47,7 @@ impl Default for Config {
             status_shape: StatusShape::SuccessData,
             max_upload_bytes: 500 * 1024 * 1024,
             transfer_pace: None,
+            tls: super::tls::TlsConfig::default(),
         }
     }
 }
@@ -56,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) cdn_base_url: String,
     /// The stand-in for the web site (registration and claim pages).
     pub(crate) web_url: String,
+    /// What the HTTPS listener counts (see `tls.rs`).
+    pub(crate) tls: super::tls::TlsState,
     inner: Mutex<Inner>,
 }
 
@@ -75,6 +79,7 @@ impl Shared {
             base_url,
             cdn_base_url,
             web_url,
+            tls: super::tls::TlsState::default(),
             inner: Mutex::new(inner),
         }
     }

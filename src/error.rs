@@ -391,7 +391,7 @@ pub enum Error {
     Unconfirmed {
         /// The request, e.g. `POST /run_sse`.
         request: String,
-        /// What went wrong (also the error's `source()`).
+        /// What went wrong; also the error's `source()` (a `Box<Error>`, for `downcast_ref`).
         #[source]
         cause: Box<Error>,
     },

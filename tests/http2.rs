@@ -321,3 +321,71 @@ async fn http1_over_tls_keeps_one_pool_and_rotation_closes_the_connection() {
     // A token and ten credits calls, three a connection, one after the other.
     assert_eq!(stats.connections, 4, "{stats:?}");
 }
+
+#[tokio::test]
+async fn an_upload_refused_with_refused_stream_is_sent_again_and_processed_once() {
+    let sim = https_simulator().start().await.expect("simulator starts");
+    let client = https_builder(&sim).build().expect("client");
+    let session = client.create_session(None).await.expect("session");
+    // A streamed multipart body, which reqwest could not have replayed by itself.
+    sim.refuse_next_streams(2);
+    client
+        .upload_files(&session, &[sample_input()])
+        .await
+        .expect("third time lucky");
+    let path = format!("/api/upload-video/nemo_agent/me/{}", session.id());
+    assert_eq!(sim.https_stats().refused, vec![format!("POST {path}"); 2]);
+    assert_eq!(sim.request_count(Endpoint::Upload), 1);
+    assert_eq!(sim.media(session.id()).len(), 1);
+}
+
+#[tokio::test]
+async fn without_retries_a_refused_request_fails_as_never_processed_with_its_cause() {
+    let sim = https_simulator().start().await.expect("simulator starts");
+    let client = https_builder(&sim)
+        .retry(nemo_video::RetryConfig::disabled())
+        .build()
+        .expect("client");
+    client
+        .credits()
+        .await
+        .expect("a token and a connection first");
+    sim.refuse_next_streams(1);
+    let err = client
+        .create_session(None)
+        .await
+        .expect_err("refused, and no retries");
+    assert!(err.never_reached_server(), "{err:?}");
+    assert!(!err.needs_reconcile(), "nothing to reconcile: {err:?}");
+    assert!(err.to_string().contains("REFUSED_STREAM"), "{err}");
+    // The chain goes down to reqwest's error.
+    let mut chain = Vec::new();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push(cause.to_string());
+        source = cause.source();
+    }
+    assert!(chain.len() >= 2, "{chain:?}");
+    assert!(chain[0].contains("REFUSED_STREAM"), "{chain:?}");
+    assert_eq!(sim.request_count(Endpoint::CreateSession), 0);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_request_exposes_what_went_wrong_as_its_source() {
+    let sim = https_simulator().start().await.expect("simulator starts");
+    let client = https_builder(&sim).build().expect("client");
+    client.credits().await.expect("a token first");
+    sim.fail_next(
+        Endpoint::CreateSession,
+        1,
+        nemo_video::simulator::Failure::Status(503),
+    );
+    let err = client.create_session(None).await.expect_err("a 503");
+    assert!(err.needs_reconcile(), "{err:?}");
+    let source = std::error::Error::source(&err).expect("a source");
+    let cause = source
+        .downcast_ref::<Box<nemo_video::Error>>()
+        .expect("the cause is the source");
+    assert_eq!(cause.http_status(), Some(503));
+    assert_eq!(source.to_string(), cause.to_string());
+}

@@ -156,8 +156,8 @@ pub struct HttpsStats {
     pub http2_connections: u64,
     /// GOAWAY frames sent to rotate a connection.
     pub goaways: u64,
-    /// Requests refused unprocessed (above a GOAWAY's last stream id), as `"METHOD /path"`,
-    /// in arrival order.
+    /// Requests refused unprocessed (above a GOAWAY's last stream id, or by
+    /// [`SimulatorHandle::refuse_next_streams`]), as `"METHOD /path"`, in arrival order.
     pub refused: Vec<String>,
 }
 
@@ -168,6 +168,19 @@ pub(crate) struct TlsState {
     http2_connections: AtomicU64,
     goaways: AtomicU64,
     refused: Mutex<Vec<String>>,
+    /// Streams still to refuse with `REFUSED_STREAM` (see `refuse_next_streams`).
+    refuse_next: AtomicU64,
+}
+
+impl TlsState {
+    /// Takes one of the streams [`SimulatorHandle::refuse_next_streams`] asked to refuse.
+    fn take_refusal(&self) -> bool {
+        self.refuse_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
 }
 
 impl SimulatorHandle {
@@ -177,6 +190,17 @@ impl SimulatorHandle {
     /// never install it anywhere else (the server's key is public).
     pub fn ca_certificate_pem(&self) -> &'static str {
         TEST_CA_PEM
+    }
+
+    /// The next `streams` HTTP/2 requests to the API origin are reset with `REFUSED_STREAM`
+    /// before they are processed, as a server shedding load does; they never reach the
+    /// simulated service and are listed in [`HttpsStats::refused`]. HTTP/1.1 requests are
+    /// not affected (HTTP/1 has no such answer).
+    pub fn refuse_next_streams(&self, streams: u64) {
+        self.shared
+            .tls
+            .refuse_next
+            .fetch_add(streams, Ordering::Relaxed);
     }
 
     /// Connections, GOAWAYs and refused requests of the HTTPS origin so far (all zero
@@ -280,7 +304,8 @@ async fn serve_connection(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<
             // Decided here, when hyper accepts the stream, not in the future: hyper calls
             // the service in stream order, the order the frame watch counts.
             let number = served.fetch_add(1, Ordering::Relaxed) + 1;
-            let refused = config.goaway_after.is_some_and(|limit| number > limit);
+            let refused = config.goaway_after.is_some_and(|limit| number > limit)
+                || shared.tls.take_refusal();
             let shared = shared.clone();
             async move {
                 if refused {

@@ -45,6 +45,12 @@ use crate::error::{Error, Result};
 /// Most clients (so HTTP/2 connections) the transport keeps per origin.
 pub(crate) const MAX_CLIENTS_PER_ORIGIN: usize = 64;
 
+/// Resends of one request refused by a connection going away (GOAWAY, or hyper handing it
+/// back unsent), on top of the retry budget: each goes at once to a connection that is not
+/// closing, and none of them reached the service. Bounded for a server that turns every
+/// connection away.
+pub(crate) const MAX_RESENDS_AFTER_GOAWAY: u32 = 10;
+
 /// Longest wait for an origin's first answer before a request goes without knowing what the
 /// origin speaks (see [`Connections::checkout`]).
 pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(2);
@@ -491,14 +497,16 @@ pub(crate) fn refusal_of(err: &reqwest::Error) -> Option<Refusal> {
     None
 }
 
-/// Whether `err` is a request the protocol refused (see [`refusal_of`]).
-pub(crate) fn is_refused(err: &Error) -> bool {
+/// How the protocol refused the request behind `err`, if it did (see [`refusal_of`]).
+pub(crate) fn refusal_in(err: &Error) -> Option<Refusal> {
     match err {
         Error::Network {
             may_have_reached_server: false,
             source,
-        } => source.downcast_ref::<Refused>().is_some(),
-        _ => false,
+        } => source
+            .downcast_ref::<Refused>()
+            .map(|refused| refused.refusal),
+        _ => None,
     }
 }
 

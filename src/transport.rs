@@ -13,6 +13,13 @@
 //!   transient failures → exponential backoff with jitter, but a request that is not safe to
 //!   replay (a message, an upload) is re-sent only when it certainly never reached the server
 //!   or the server refused it before doing any work.
+//! - What HTTP/2 proves was not processed is sent again, POSTs included (a streamed body is
+//!   rebuilt by its factory): a request above a GOAWAY's last stream id, or handed back unsent
+//!   by hyper, at once and up to 10 times outside the retry budget (connections rotate; each
+//!   resend goes to one that is not closing); one refused with `REFUSED_STREAM`, with backoff
+//!   within the budget. What counts as proof is in `connections.rs` (`refusal_of`).
+//! - Requests go out through the connection pool of `connections.rs`: several HTTP/2
+//!   connections per origin, each under a cap of requests in flight.
 //! - Each attempt runs in a `tracing` span `nemo.request` with method, path, attempt and status;
 //!   bodies and tokens are never logged.
 
@@ -34,7 +41,9 @@ use url::Url;
 
 use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
-use crate::connections::{is_refused, refusal_of, Connections, Refused};
+use crate::connections::{
+    refusal_in, refusal_of, Connections, Refusal, Refused, MAX_RESENDS_AFTER_GOAWAY,
+};
 use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
@@ -518,6 +527,7 @@ impl Transport {
         let mut backoff_retries: u32 = 0;
         let mut refreshed = false;
         let mut waited = false;
+        let mut resent_after_goaway: u32 = 0;
         loop {
             attempt += 1;
             let span = tracing::info_span!(
@@ -553,6 +563,18 @@ impl Transport {
                 Err(Attempt::NoToken(err)) => return Err(err),
                 Err(Attempt::Failed(err)) => err,
             };
+            let refusal = refusal_in(&err);
+            if matches!(refusal, Some(Refusal::GoAway | Refusal::NotSent))
+                && resent_after_goaway < MAX_RESENDS_AFTER_GOAWAY
+            {
+                // A connection going away says nothing about the service's health, and a
+                // burst can be turned away more than once while connections rotate (every
+                // 100 requests on nginx with `keepalive_requests 100`): sent again at once,
+                // outside the retry budget, on a connection that is not closing.
+                resent_after_goaway += 1;
+                tracing::info!(path = url.path(), error = %err, "not processed: the connection went away; sending again");
+                continue;
+            }
             let replayable = request.replay == Replay::Safe
                 || err.never_reached_server()
                 || err.rejected_before_processing();
@@ -588,13 +610,8 @@ impl Transport {
                 }
                 RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
                     backoff_retries += 1;
-                    if is_refused(&err) {
-                        // A connection going away (GOAWAY) or a refused stream says nothing
-                        // about the service's health: send it again at once; the pool and
-                        // hyper put it on a connection that is not closing.
-                        tracing::info!(path = url.path(), error = %err, "refused by HTTP/2 before processing; sending again");
-                        continue;
-                    }
+                    // A stream refused with REFUSED_STREAM (a server shedding load) waits
+                    // like any transient failure.
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
@@ -670,7 +687,7 @@ impl Transport {
             Ok(response) => response,
             Err(err) => {
                 let err = self.map_send_error(err, url, timeout);
-                if !is_refused(&err) {
+                if refusal_in(&err).is_none() {
                     lease.failed();
                 }
                 return Err(err);

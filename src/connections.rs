@@ -45,10 +45,10 @@ use crate::error::{Error, Result};
 /// Most clients (so HTTP/2 connections) the transport keeps per origin.
 pub(crate) const MAX_CLIENTS_PER_ORIGIN: usize = 64;
 
-/// Resends of one request refused by a connection going away (GOAWAY, or hyper handing it
-/// back unsent), on top of the retry budget: each goes at once to a connection that is not
-/// closing, and none of them reached the service. Bounded for a server that turns every
-/// connection away.
+/// Resends of one request refused by a connection going away (above a GOAWAY's last stream
+/// id), on top of the retry budget: each goes at once to a connection that is not closing,
+/// and none of them reached the service. Bounded for a server that turns every connection
+/// away.
 pub(crate) const MAX_RESENDS_AFTER_GOAWAY: u32 = 10;
 
 /// Longest wait for an origin's first answer before a request goes without knowing what the

@@ -14,10 +14,11 @@
 //!   replay (a message, an upload) is re-sent only when it certainly never reached the server
 //!   or the server refused it before doing any work.
 //! - What HTTP/2 proves was not processed is sent again, POSTs included (a streamed body is
-//!   rebuilt by its factory): a request above a GOAWAY's last stream id, or handed back unsent
-//!   by hyper, at once and up to 10 times outside the retry budget (connections rotate; each
-//!   resend goes to one that is not closing); one refused with `REFUSED_STREAM`, with backoff
-//!   within the budget. What counts as proof is in `connections.rs` (`refusal_of`).
+//!   rebuilt by its factory): a request above a GOAWAY's last stream id at once, up to 10
+//!   times outside the retry budget (connections rotate; each resend goes to one that is not
+//!   closing); one refused with `REFUSED_STREAM`, or handed back unsent by hyper because a
+//!   fresh connection closed first, with backoff within the budget. What counts as proof is
+//!   in `connections.rs` (`refusal_of`).
 //! - Requests go out through the connection pool of `connections.rs`: several HTTP/2
 //!   connections per origin, each under a cap of requests in flight.
 //! - Each attempt runs in a `tracing` span `nemo.request` with method, path, attempt and status;
@@ -564,9 +565,7 @@ impl Transport {
                 Err(Attempt::Failed(err)) => err,
             };
             let refusal = refusal_in(&err);
-            if matches!(refusal, Some(Refusal::GoAway | Refusal::NotSent))
-                && resent_after_goaway < MAX_RESENDS_AFTER_GOAWAY
-            {
+            if refusal == Some(Refusal::GoAway) && resent_after_goaway < MAX_RESENDS_AFTER_GOAWAY {
                 // A connection going away says nothing about the service's health, and a
                 // burst can be turned away more than once while connections rotate (every
                 // 100 requests on nginx with `keepalive_requests 100`): sent again at once,
@@ -610,8 +609,9 @@ impl Transport {
                 }
                 RetryPolicy::Backoff if backoff_retries < self.retry.max_retries && replayable => {
                     backoff_retries += 1;
-                    // A stream refused with REFUSED_STREAM (a server shedding load) waits
-                    // like any transient failure.
+                    // A stream refused with REFUSED_STREAM (a server shedding load), or a
+                    // fresh connection that closed before the request went out (hyper-util
+                    // resends those itself on a reused one), waits like any transient failure.
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)

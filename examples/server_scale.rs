@@ -251,7 +251,8 @@ struct Options {
     /// Serve over HTTPS (the simulator's test certificate), ALPN choosing HTTP/2 or HTTP/1.1
     #[arg(long)]
     tls: bool,
-    /// With --tls, offer only HTTP/1.1 (no h2 in ALPN)
+    /// With --tls, offer only HTTP/1.1 (no h2 in ALPN); with an https --base-url, say that
+    /// the server speaks HTTP/1.1 (for the targets)
     #[arg(long)]
     http1: bool,
     /// The simulator's limit on concurrent streams per HTTP/2 connection
@@ -393,13 +394,23 @@ fn protocol_args(options: &Options) -> Vec<String> {
     args
 }
 
-/// What the run measures, in words.
+/// ` against <url>` for a server started elsewhere.
+fn against(options: &Options) -> String {
+    options
+        .base_url
+        .as_ref()
+        .map(|url| format!(" against {url}"))
+        .unwrap_or_default()
+}
+
+/// What the run measures, in words (with --base-url, --http1 says what that server speaks).
 fn protocol_label(options: &Options, base_url: &str) -> String {
-    if let Some(url) = &options.base_url {
-        return format!("against {url}");
-    }
     if !base_url.starts_with("https") {
-        return "plain HTTP/1.1".to_string();
+        return format!("plain HTTP/1.1{}", against(options));
+    }
+    if options.base_url.is_some() {
+        let protocol = if options.http1 { "HTTP/1.1" } else { "HTTP/2" };
+        return format!("{protocol} over TLS{}", against(options));
     }
     let rotation = options
         .goaway_after
@@ -919,7 +930,7 @@ async fn run_users(
     );
     if users == 1000 {
         let verdict = |met: bool| if met { "met" } else { "missed" };
-        let http2 = https && !options.http1 && options.base_url.is_none();
+        let http2 = https && !options.http1;
         let kib = if http2 {
             TARGET_KIB_PER_USER_HTTP2
         } else {
@@ -1048,7 +1059,12 @@ fn sweep(options: &Options) -> Result<(), BoxError> {
                 .iter()
                 .map(|row| row[1])
                 .fold(f64::NEG_INFINITY, f64::max);
-            let http2 = options.tls && !options.http1 && options.base_url.is_none();
+            let http2 = (options.tls
+                || options
+                    .base_url
+                    .as_deref()
+                    .is_some_and(|url| url.starts_with("https")))
+                && !options.http1;
             let kib = if http2 {
                 TARGET_KIB_PER_USER_HTTP2
             } else {

@@ -12,6 +12,9 @@
 //!   request on the least loaded one, and builds another client when every one carries the
 //!   cap. A request counts from the moment it is sent until its response body ends or is
 //!   dropped, so a stream counts for its whole life.
+//! - Over HTTP/2, streams (the message stream, downloads) and calls go on connections of their
+//!   own (see [`Lane`]), so connection rotation counts a stream connection's requests in
+//!   streams, not in the state reads in between.
 //! - An origin that answers over HTTP/1 keeps one client, exactly as before: its pool opens a
 //!   connection per concurrent request, and spreading would only split its idle connections.
 //!   Until an origin has answered once its protocol is unknown and the pool spreads as for
@@ -59,6 +62,23 @@ pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(2);
 /// `true` asks for one that speaks HTTP/2 only (prior knowledge).
 pub(crate) type ClientFactory = Arc<dyn Fn(bool) -> Result<reqwest::Client> + Send + Sync>;
 
+/// Which of an HTTP/2 origin's connections a request goes on.
+///
+/// Streams (a turn's `/run_sse`, downloads) and calls (JSON requests, uploads) get connections
+/// of their own. A gateway that rotates connections after so many requests (nginx's
+/// `keepalive_requests`) counts every request, and a turn makes a state read for each stream:
+/// on shared connections, 1,000 streams of 20 s with a GOAWAY every 100 requests were held on
+/// 22–24 connections (each had carried about as many reads as streams before its GOAWAY); apart,
+/// a stream connection carries streams only. Over HTTP/1 there is one lane: a connection left
+/// idle by a call is reused by the next stream, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Requests answered at once: JSON calls, uploads.
+    Calls = 0,
+    /// Responses read for a long time: the message stream, downloads.
+    Streams = 1,
+}
+
 /// Where the clients come from.
 enum Source {
     /// Built by the SDK, as many as the load needs.
@@ -89,7 +109,9 @@ struct OriginPool {
     /// A request is finding out what the origin speaks; others wait for it (see `checkout`).
     probing: AtomicBool,
     probed: Notify,
-    clients: Mutex<Vec<Arc<Pooled>>>,
+    /// The clients of each [`Lane`], by its index; over HTTP/1 (or before the protocol is
+    /// known) only the first lane's.
+    lanes: [Mutex<Vec<Arc<Pooled>>>; 2],
 }
 
 impl OriginPool {
@@ -237,7 +259,7 @@ impl Connections {
             protocol: AtomicU8::new(UNKNOWN),
             probing: AtomicBool::new(false),
             probed: Notify::new(),
-            clients: Mutex::new(Vec::new()),
+            lanes: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
         });
         origins.push(Arc::clone(&pool));
         pool
@@ -252,7 +274,7 @@ impl Connections {
     /// HTTP/2 gateway made about 60 TLS handshakes where one connection was kept. Once the
     /// answer is in they go: over HTTP/2 to a client that connects once; over HTTP/1 each
     /// on a connection of its own, as before.
-    pub(crate) async fn checkout(&self, url: &Url) -> Result<(reqwest::Client, Lease)> {
+    pub(crate) async fn checkout(&self, url: &Url, lane: Lane) -> Result<(reqwest::Client, Lease)> {
         let origin = self.origin_pool(url);
         let mut probe = false;
         if self.spreads() && origin.protocol.load(Ordering::Relaxed) == UNKNOWN {
@@ -268,8 +290,9 @@ impl Connections {
             }
         }
         let pooled = {
-            let mut clients = lock(&origin.clients);
             let protocol = origin.protocol.load(Ordering::Relaxed);
+            let lane = if protocol == HTTP2 { lane } else { Lane::Calls };
+            let mut clients = lock(&origin.lanes[lane as usize]);
             if self.spreads() {
                 self.adapt(&mut clients, protocol);
             }
@@ -350,18 +373,23 @@ impl Connections {
         }
     }
 
-    /// Requests in flight per client for `url`'s origin, and which are for HTTP/2 only.
+    /// Requests in flight per client of `url`'s origin in `lane`.
     #[cfg(test)]
-    fn loads(&self, url: &Url) -> Vec<usize> {
-        lock(&self.origin_pool(url).clients)
+    fn lane_loads(&self, url: &Url, lane: Lane) -> Vec<usize> {
+        lock(&self.origin_pool(url).lanes[lane as usize])
             .iter()
             .map(|pooled| pooled.in_flight.load(Ordering::Relaxed))
             .collect()
     }
 
     #[cfg(test)]
+    fn loads(&self, url: &Url) -> Vec<usize> {
+        self.lane_loads(url, Lane::Calls)
+    }
+
+    #[cfg(test)]
     fn http2_only(&self, url: &Url) -> Vec<bool> {
-        lock(&self.origin_pool(url).clients)
+        lock(&self.origin_pool(url).lanes[Lane::Calls as usize])
             .iter()
             .map(|pooled| pooled.http2_only)
             .collect()
@@ -523,7 +551,7 @@ mod tests {
             .start_paused(true)
             .build()
             .expect("runtime")
-            .block_on(connections.checkout(url))
+            .block_on(connections.checkout(url, Lane::Calls))
             .expect("lease")
     }
 
@@ -602,11 +630,20 @@ mod tests {
         let (factory, built) = counting_factory();
         let connections = Arc::new(Connections::new(factory, 100).expect("pool"));
         let url = Url::parse("https://api.example.test/x").expect("url");
-        let (_, mut probe) = connections.checkout(&url).await.expect("lease");
+        let (_, mut probe) = connections
+            .checkout(&url, Lane::Calls)
+            .await
+            .expect("lease");
         let started = tokio::time::Instant::now();
         let waiting = tokio::spawn({
             let (connections, url) = (connections.clone(), url.clone());
-            async move { connections.checkout(&url).await.expect("lease").1 }
+            async move {
+                connections
+                    .checkout(&url, Lane::Calls)
+                    .await
+                    .expect("lease")
+                    .1
+            }
         });
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -624,11 +661,52 @@ mod tests {
 
         // A first request that never answers holds the others for PROBE_WAIT at most.
         let other = Url::parse("https://cdn.example.test/y").expect("url");
-        let (_, _silent) = connections.checkout(&other).await.expect("lease");
+        let (_, _silent) = connections
+            .checkout(&other, Lane::Calls)
+            .await
+            .expect("lease");
         let started = tokio::time::Instant::now();
-        let _late = connections.checkout(&other).await.expect("lease");
+        let _late = connections
+            .checkout(&other, Lane::Calls)
+            .await
+            .expect("lease");
         assert_eq!(started.elapsed(), PROBE_WAIT);
         drop((probe, second));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_get_connections_apart_from_calls_over_http2_only() {
+        let (factory, _) = counting_factory();
+        let connections = Connections::new(factory, 100).expect("pool");
+        let url = Url::parse("https://api.example.test/x").expect("url");
+        let (_, mut call) = connections
+            .checkout(&url, Lane::Calls)
+            .await
+            .expect("lease");
+        call.observe(reqwest::Version::HTTP_11);
+        let (_, stream) = connections
+            .checkout(&url, Lane::Streams)
+            .await
+            .expect("lease");
+        assert_eq!(
+            connections.lane_loads(&url, Lane::Calls),
+            vec![2],
+            "HTTP/1: one pool"
+        );
+        assert!(connections.lane_loads(&url, Lane::Streams).is_empty());
+        drop(stream);
+        call.observe(reqwest::Version::HTTP_2);
+        let (_, stream) = connections
+            .checkout(&url, Lane::Streams)
+            .await
+            .expect("lease");
+        let (_, other) = connections
+            .checkout(&url, Lane::Calls)
+            .await
+            .expect("lease");
+        assert_eq!(connections.lane_loads(&url, Lane::Streams), vec![1]);
+        assert_eq!(connections.lane_loads(&url, Lane::Calls), vec![1]);
+        drop((call, stream, other));
     }
 
     #[test]

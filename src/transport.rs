@@ -43,7 +43,7 @@ use url::Url;
 use crate::auth::{Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
 use crate::connections::{
-    refusal_in, refusal_of, Connections, Refusal, Refused, MAX_RESENDS_AFTER_GOAWAY,
+    refusal_in, refusal_of, Connections, Lane, Refusal, Refused, MAX_RESENDS_AFTER_GOAWAY,
 };
 use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
@@ -675,7 +675,14 @@ impl Transport {
         }
         let timeout = self.attempt_timeout(request);
         *http_request.timeout_mut() = timeout;
-        let (http, mut lease) = self.connections.checkout(url).await?;
+        // Requests with a head limit and no overall one are the long reads (the message stream,
+        // downloads).
+        let lane = if request.head_timeout.is_some() {
+            Lane::Streams
+        } else {
+            Lane::Calls
+        };
+        let (http, mut lease) = self.connections.checkout(url, lane).await?;
         let sent = http.execute(http_request);
         let response = match request.head_timeout {
             Some((limit, kind)) => tokio::time::timeout(limit, sent)

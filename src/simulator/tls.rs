@@ -50,8 +50,14 @@ use super::server::{self, Origin};
 use super::state::Shared;
 use super::{SimulatorBuilder, SimulatorHandle};
 
-/// The test CA (PEM) that issued the certificate the simulator serves in HTTPS mode. Test
-/// use only: see the [module docs](self) and [`SimulatorHandle::ca_certificate_pem`].
+/// The test CA (PEM) that issued the certificate the simulator serves in HTTPS mode
+/// ([`SimulatorBuilder::https`]), for `localhost`, `127.0.0.1` and `::1`, valid 2025 to 2125.
+///
+/// **Test use only.** The server's private key is committed with the crate
+/// (`assets/test-tls/`, made by `scripts/make-test-certs`), so anyone can impersonate localhost
+/// to a client that trusts this CA: give it to a test's own client
+/// ([`NemoClientBuilder::add_root_certificate`](crate::NemoClientBuilder::add_root_certificate)),
+/// never to a system trust store.
 pub const TEST_CA_PEM: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/assets/test-tls/ca.pem"

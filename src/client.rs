@@ -11,8 +11,10 @@ use crate::auth::{
 };
 use crate::config::{
     detect_platform, parse_base, Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_SKILL_SOURCE,
+    DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
+use crate::connections::{ClientFactory, Connections};
 use crate::error::{Error, Result};
 use crate::transport::Transport;
 
@@ -221,11 +223,18 @@ pub struct NemoClientBuilder {
     max_response_bytes: Option<usize>,
     max_upload_bytes: Option<u64>,
     http_client: Option<reqwest::Client>,
+    root_certificates: Vec<reqwest::Certificate>,
+    configure_http_client: Option<HttpClientHook>,
+    max_streams_per_connection: Option<usize>,
     credential_store: Option<Arc<dyn CredentialStore>>,
     store_timeout: Option<Duration>,
     lease_ttl: Option<Duration>,
     on_identity_event: Option<IdentityEventFn>,
 }
+
+/// What [`NemoClientBuilder::configure_http_client`] keeps.
+type HttpClientHook =
+    Arc<dyn Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static>;
 
 impl fmt::Debug for NemoClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -451,12 +460,79 @@ impl NemoClientBuilder {
         self
     }
 
-    /// Reuse an existing `reqwest::Client` (connection pool, proxies, TLS settings). Default:
-    /// a new client with the connect timeout above. The connect timeout setting does not
-    /// apply to a client you pass in. Build it with [`crate::reqwest`], the re-exported
+    /// Send everything through this one `reqwest::Client` (its connection pool, proxies and
+    /// TLS settings). Default: the SDK builds its own clients, as many per origin as HTTP/2
+    /// needs (see [`max_streams_per_connection`](Self::max_streams_per_connection)), each
+    /// with the connect timeout above, the [root certificates](Self::add_root_certificate)
+    /// and the [hook](Self::configure_http_client).
+    ///
+    /// What a client of your own gives up: **spreading** (a `reqwest::Client`'s pool cannot
+    /// be copied, so over HTTP/2 every request of every identity shares its one connection,
+    /// and past the server's stream limit, 128 on nginx, requests wait in hyper until a
+    /// stream ends: a turn can wait for another turn to finish), the **connect timeout**
+    /// setting (set your own with `connect_timeout` on its builder), and the transport's
+    /// resend of requests HTTP/2 refused goes through that client's own retry policy as well
+    /// as the SDK's. Prefer [`configure_http_client`](Self::configure_http_client) for
+    /// proxies and TLS settings. Build the client with [`crate::reqwest`], the re-exported
     /// `reqwest` of the right version, to need no `reqwest` dependency of your own.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http_client = Some(client);
+        self
+    }
+
+    /// Trust `certificate` as a root, in addition to the built-in roots: a corporate proxy
+    /// that inspects TLS, a private gateway, the [simulator's HTTPS
+    /// mode](crate::simulator::SimulatorBuilder::https). May be called several times. It
+    /// applies to every client the SDK builds. Default: the built-in roots only (webpki roots
+    /// with `rustls`, the system's with `native-tls`).
+    ///
+    /// ```no_run
+    /// # fn demo(pem: &[u8]) -> nemo_video::Result<()> {
+    /// let ca = nemo_video::reqwest::Certificate::from_pem(pem)
+    ///     .map_err(|err| nemo_video::Error::Config { message: err.to_string() })?;
+    /// let client = nemo_video::NemoClient::builder().add_root_certificate(ca).build()?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn add_root_certificate(mut self, certificate: reqwest::Certificate) -> Self {
+        self.root_certificates.push(certificate);
+        self
+    }
+
+    /// Adjust every `reqwest::ClientBuilder` the SDK builds (one per HTTP/2 connection it
+    /// opens, see [`max_streams_per_connection`](Self::max_streams_per_connection)): proxies,
+    /// TLS settings, local address, anything `reqwest` offers. The hook gets a builder that
+    /// already has the SDK's settings (the connect timeout, the [root
+    /// certificates](Self::add_root_certificate), reqwest's own replays turned off because
+    /// the SDK resends what HTTP/2 refused itself) and may change any of them. Default: none.
+    ///
+    /// ```no_run
+    /// # fn demo() -> nemo_video::Result<()> {
+    /// use nemo_video::reqwest;
+    ///
+    /// let proxy = reqwest::Proxy::https("http://proxy.internal:3128")
+    ///     .map_err(|err| nemo_video::Error::Config { message: err.to_string() })?;
+    /// let client = nemo_video::NemoClient::builder()
+    ///     .configure_http_client(move |http| http.proxy(proxy.clone()).tcp_nodelay(true))
+    ///     .build()?;
+    /// # let _ = client; Ok(()) }
+    /// ```
+    pub fn configure_http_client(
+        mut self,
+        hook: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure_http_client = Some(Arc::new(hook));
+        self
+    }
+
+    /// Requests in flight on one HTTP/2 connection before the transport opens another (each
+    /// new request goes to the least loaded connection; a stream counts until its body ends).
+    /// Keep it at or below the stream limit your gateway announces: reqwest does not expose
+    /// that limit, and requests past it wait for a stream to end. Has no effect over HTTP/1
+    /// (a connection per request in flight, as always) or with
+    /// [`http_client`](Self::http_client). Default 100
+    /// ([`DEFAULT_MAX_STREAMS_PER_CONNECTION`](crate::DEFAULT_MAX_STREAMS_PER_CONNECTION)).
+    pub fn max_streams_per_connection(mut self, streams: usize) -> Self {
+        self.max_streams_per_connection = Some(streams.max(1));
         self
     }
 
@@ -501,6 +577,9 @@ impl NemoClientBuilder {
                 .lease_ttl
                 .unwrap_or(crate::auth::DEFAULT_LEASE_TTL)
                 .max(Duration::from_millis(30)),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(DEFAULT_MAX_STREAMS_PER_CONNECTION),
         };
         for (name, value) in [
             ("X-Skill-Source", &config.skill_source),
@@ -516,15 +595,22 @@ impl NemoClientBuilder {
         if let Some(client_id) = &self.client_id {
             crate::auth::validate_client_id(client_id)?;
         }
-        let (http, known_connect_timeout) = match self.http_client {
-            Some(client) => (client, None),
+        let (connections, known_connect_timeout) = match self.http_client {
+            Some(_) if !self.root_certificates.is_empty() || self.configure_http_client.is_some() => {
+                return Err(Error::config(
+                    "add_root_certificate and configure_http_client apply to the HTTP clients the SDK builds, not to one passed to http_client: configure that client yourself, or drop http_client",
+                ))
+            }
+            Some(client) => (Connections::fixed(client), None),
             None => (
-                reqwest::Client::builder()
-                    .connect_timeout(connect_timeout)
-                    .build()
-                    .map_err(|err| {
-                        Error::config(format!("could not build the HTTP client: {err}"))
-                    })?,
+                Connections::new(
+                    http_client_factory(
+                        connect_timeout,
+                        self.root_certificates,
+                        self.configure_http_client,
+                    ),
+                    config.max_streams_per_connection,
+                )?,
                 Some(connect_timeout),
             ),
         };
@@ -539,7 +625,7 @@ impl NemoClientBuilder {
             store,
             identity_options(&config, self.on_identity_event),
         );
-        let transport = Transport::new(http, &config, identity, known_connect_timeout)?;
+        let transport = Transport::new(connections, &config, identity, known_connect_timeout)?;
         Ok(NemoClient {
             inner: Arc::new(Inner {
                 config: Arc::new(config),
@@ -547,6 +633,35 @@ impl NemoClientBuilder {
             }),
         })
     }
+}
+
+/// What builds each `reqwest::Client` of the pool: the SDK's settings, then the caller's.
+fn http_client_factory(
+    connect_timeout: Duration,
+    root_certificates: Vec<reqwest::Certificate>,
+    hook: Option<HttpClientHook>,
+) -> ClientFactory {
+    Arc::new(move |http2_only| {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            // The transport resends what HTTP/2 refused itself, through its pool and within
+            // its retry budget; reqwest's replays would do it a second time, on the same
+            // client, unseen.
+            .retry(reqwest::retry::never());
+        for certificate in &root_certificates {
+            builder = builder.add_root_certificate(certificate.clone());
+        }
+        if let Some(hook) = &hook {
+            builder = hook(builder);
+        }
+        if http2_only {
+            // For an origin that answered over HTTP/2 (see connections.rs).
+            builder = builder.http2_prior_knowledge();
+        }
+        builder
+            .build()
+            .map_err(|err| Error::config(format!("could not build the HTTP client: {err}")))
+    })
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub const DEFAULT_SKILL_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 500 * 1024 * 1024;
 /// Default cap on a JSON response body: 64 MiB (state documents can be large).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Default cap on requests in flight on one HTTP/2 connection before the transport opens
+/// another: 100, at or under the stream limits gateways announce (nginx and cloud load
+/// balancers 128, others 100 to 256).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Retry settings for transient failures.
 ///
@@ -127,6 +131,8 @@ pub struct Config {
     pub store_timeout: Duration,
     /// Time to live of the identity leases this client takes in the credential store.
     pub lease_ttl: Duration,
+    /// Requests in flight on one HTTP/2 connection before the transport opens another.
+    pub max_streams_per_connection: usize,
 }
 
 impl fmt::Debug for Config {
@@ -146,6 +152,10 @@ impl fmt::Debug for Config {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("store_timeout", &self.store_timeout)
             .field("lease_ttl", &self.lease_ttl)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
             .finish()
     }
 }

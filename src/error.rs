@@ -391,7 +391,8 @@ pub enum Error {
     Unconfirmed {
         /// The request, e.g. `POST /run_sse`.
         request: String,
-        /// What went wrong.
+        /// What went wrong; also the error's `source()` (a `Box<Error>`, for `downcast_ref`).
+        #[source]
         cause: Box<Error>,
     },
     /// A call to a credential or job store (a file, a database, Redis) failed. Nothing was

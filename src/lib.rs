@@ -68,6 +68,7 @@
 pub mod auth;
 mod client;
 mod config;
+mod connections;
 mod credits;
 pub mod draft;
 pub mod error;
@@ -118,8 +119,9 @@ pub use reqwest;
 pub use auth::{AnonymousCredentials, CredentialStore, FileStore, MemoryStore, SecretToken};
 pub use client::{NemoClient, NemoClientBuilder};
 pub use config::{
-    Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MAX_UPLOAD_BYTES,
-    DEFAULT_RATE_LIMIT_WAIT, DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
+    Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RATE_LIMIT_WAIT,
+    DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
 pub use draft::{Draft, Track, TrackKind};

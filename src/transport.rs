@@ -13,6 +13,14 @@
 //!   transient failures → exponential backoff with jitter, but a request that is not safe to
 //!   replay (a message, an upload) is re-sent only when it certainly never reached the server
 //!   or the server refused it before doing any work.
+//! - What HTTP/2 proves was not processed is sent again, POSTs included (a streamed body is
+//!   rebuilt by its factory): a request above a GOAWAY's last stream id at once, up to 10
+//!   times outside the retry budget (connections rotate; each resend goes to one that is not
+//!   closing); one refused with `REFUSED_STREAM`, or handed back unsent by hyper because a
+//!   fresh connection closed first, with backoff within the budget. What counts as proof is
+//!   in `connections.rs` (`refusal_of`).
+//! - Requests go out through the connection pool of `connections.rs`: several HTTP/2
+//!   connections per origin, each under a cap of requests in flight.
 //! - Each attempt runs in a `tracing` span `nemo.request` with method, path, attempt and status;
 //!   bodies and tokens are never logged.
 
@@ -34,6 +42,9 @@ use url::Url;
 
 use crate::auth::{Chosen, Identity, Invalidated, SecretToken, TokenEndpoint};
 use crate::config::{Config, RetryConfig};
+use crate::connections::{
+    refusal_in, refusal_of, Connections, Lane, Refusal, Refused, MAX_RESENDS_AFTER_GOAWAY,
+};
 use crate::error::{ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind};
 
 /// Produces a fresh streaming body for each attempt (a body can be sent only once).
@@ -251,7 +262,7 @@ pub(crate) struct Transport {
 /// What every identity's transport shares: the connection pool and the settings. A server
 /// with a client per end user holds one of these.
 pub(crate) struct Settings {
-    http: reqwest::Client,
+    connections: Connections,
     base_url: Url,
     web_url: Url,
     static_headers: HeaderMap,
@@ -307,10 +318,10 @@ const REQUEST_ID_HEADERS: &[&str] = &[
 ];
 
 impl Transport {
-    /// `connect_timeout` is the limit `http` was built with, or `None` for a caller's client
-    /// whose limit is unknown; it only goes into error messages.
+    /// `connect_timeout` is the limit the clients were built with, or `None` for a caller's
+    /// client whose limit is unknown; it only goes into error messages.
     pub(crate) fn new(
-        http: reqwest::Client,
+        connections: Connections,
         config: &Config,
         identity: Identity,
         connect_timeout: Option<Duration>,
@@ -340,7 +351,7 @@ impl Transport {
             bearer_header(token)?;
         }
         let settings = Arc::new(Settings {
-            http,
+            connections,
             base_url: config.base_url.clone(),
             web_url: config.web_url.clone(),
             static_headers,
@@ -533,6 +544,7 @@ impl Transport {
         let mut backoff_retries: u32 = 0;
         let mut refreshed = false;
         let mut waited = false;
+        let mut resent_after_goaway: u32 = 0;
         loop {
             attempt += 1;
             let span = tracing::info_span!(
@@ -584,6 +596,16 @@ impl Transport {
                 Err(Attempt::NoToken(err)) => return Err(err),
                 Err(Attempt::Failed(err)) => err,
             };
+            let refusal = refusal_in(&err);
+            if refusal == Some(Refusal::GoAway) && resent_after_goaway < MAX_RESENDS_AFTER_GOAWAY {
+                // A connection going away says nothing about the service's health, and a
+                // burst can be turned away more than once while connections rotate (every
+                // 100 requests on nginx with `keepalive_requests 100`): sent again at once,
+                // outside the retry budget, on a connection that is not closing.
+                resent_after_goaway += 1;
+                tracing::info!(path = url.path(), error = %err, "not processed: the connection went away; sending again");
+                continue;
+            }
             let replayable = request.replay == Replay::Safe
                 || err.never_reached_server()
                 || err.rejected_before_processing();
@@ -631,13 +653,16 @@ impl Transport {
                         && replayable
                         && (request.retry_silence || !matches!(err, Error::Timeout { .. })) =>
                 {
+                    backoff_retries += 1;
+                    // A stream refused with REFUSED_STREAM (a server shedding load), or a
+                    // fresh connection that closed before the request went out (hyper-util
+                    // resends those itself on a reused one), waits like any transient failure.
                     let delay = err
                         .info()
                         .and_then(|info| info.retry_after)
-                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries))
+                        .unwrap_or_else(|| self.retry.delay_for(backoff_retries - 1))
                         .min(self.retry.max_server_wait);
                     tracing::info!(path = url.path(), delay_ms = delay.as_millis() as u64, error = %err, "transient failure; retrying");
-                    backoff_retries += 1;
                     tokio::time::sleep(delay).await;
                 }
                 _ => return Err(unconfirmed_if_work(request, &url, err)),
@@ -695,14 +720,35 @@ impl Transport {
         }
         let timeout = self.attempt_timeout(request);
         *http_request.timeout_mut() = timeout;
-        let sent = self.http.execute(http_request);
+        // Requests with a head limit and no overall one are the long reads (the message stream,
+        // downloads).
+        let lane = if request.head_timeout.is_some() {
+            Lane::Streams
+        } else {
+            Lane::Calls
+        };
+        let (http, mut lease) = self.connections.checkout(url, lane).await?;
+        let sent = http.execute(http_request);
         let response = match request.head_timeout {
             Some((limit, kind)) => tokio::time::timeout(limit, sent)
                 .await
                 .map_err(|_| Error::Timeout { kind, after: limit })?,
             None => sent.await,
         };
-        response.map_err(|err| self.map_reqwest(err, url, timeout))
+        let response = match response {
+            Ok(response) => response,
+            Err(err) => {
+                let err = self.map_send_error(err, url, timeout);
+                if refusal_in(&err).is_none() {
+                    lease.failed();
+                }
+                return Err(err);
+            }
+        };
+        lease.observe(response.version());
+        // The request keeps its place on the connection until its body is done: a stream
+        // counts against the connection's stream limit for its whole life.
+        Ok(lease.hold_until_body_ends(response))
     }
 
     /// The limit on one attempt of `request` (response and body), if it has one.
@@ -712,6 +758,20 @@ impl Transport {
         } else {
             request.timeout
         }
+    }
+
+    /// [`map_reqwest`](Self::map_reqwest) for a failure before any response head, where HTTP/2
+    /// can prove the request was never processed (see [`refusal_of`]).
+    fn map_send_error(&self, err: reqwest::Error, url: &Url, timeout: Option<Duration>) -> Error {
+        if !err.is_connect() && !err.is_timeout() {
+            if let Some(refusal) = refusal_of(&err) {
+                return Error::Network {
+                    may_have_reached_server: false,
+                    source: Box::new(Refused::new(refusal, err.without_url())),
+                };
+            }
+        }
+        self.map_reqwest(err, url, timeout)
     }
 
     /// Turns a reqwest failure into an error that names its cause. `timeout` is the attempt's
@@ -780,10 +840,9 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(err) => {
-                    let url = response.url().clone();
-                    return Err(self.map_reqwest(err, &url, Some(idle)));
-                }
+                // After the head: whatever broke, the request was received. (The URL only
+                // matters for connect errors, which cannot happen here.)
+                Err(err) => return Err(self.map_reqwest(err, &self.base_url, Some(idle))),
             }
         }
         // Let the connection go back to the pool before the caller's next request: hyper-util

@@ -111,6 +111,7 @@ mod log;
 mod multipart;
 mod server;
 mod state;
+mod tls;
 mod web;
 
 use std::fmt;
@@ -127,6 +128,7 @@ use tokio::task::JoinHandle;
 use state::Shared;
 
 pub use self::log::{ClientCounters, Counters, RecordedBody, RecordedPart, SessionCounters};
+pub use tls::{HttpsStats, TEST_CA_PEM};
 
 /// The MP4 served as every render's output: the sample scene with a solid blue box where the
 /// walking "person" was (320x180, 5 s, H.264).
@@ -538,15 +540,25 @@ impl SimulatorBuilder {
         // Every port is known before the first is bound, so a bad choice binds nothing.
         let cdn_port = self.listen.port_after(self.listen.cdn_port, 1)?;
         let web_port = self.listen.port_after(self.listen.web_port, 2)?;
+        let https = self.config.tls.enabled();
+        if https {
+            tls::check(&self.config.tls)?;
+        }
         let api = listen(self.listen.api, "API")?;
         let cdn = listen(SocketAddr::new(ip, cdn_port), "CDN")?;
         let web = listen(SocketAddr::new(ip, web_port), "web")?;
-        let base_url = self.listen.url(api.local_addr()?);
-        let cdn_base_url = self.listen.url(cdn.local_addr()?);
-        let web_url = self.listen.url(web.local_addr()?);
+        let base_url = self
+            .listen
+            .url(api.local_addr()?, if https { "https" } else { "http" });
+        let cdn_base_url = self.listen.url(cdn.local_addr()?, "http");
+        let web_url = self.listen.url(web.local_addr()?, "http");
         let shared = Arc::new(Shared::new(self.config, base_url, cdn_base_url, web_url));
         let tasks = vec![
-            tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api)),
+            if https {
+                tokio::spawn(tls::serve(api, shared.clone()))
+            } else {
+                tokio::spawn(server::serve(api, shared.clone(), server::Origin::Api))
+            },
             tokio::spawn(server::serve(cdn, shared.clone(), server::Origin::Cdn)),
             tokio::spawn(web::serve(web, shared.clone())),
         ];
@@ -608,8 +620,8 @@ impl Listen {
         }
     }
 
-    /// `http://<public host>:<port>` for a bound listener.
-    fn url(&self, bound: SocketAddr) -> String {
+    /// `<scheme>://<public host>:<port>` for a bound listener.
+    fn url(&self, bound: SocketAddr, scheme: &str) -> String {
         let host = match &self.public_host {
             Some(host) => host.clone(),
             None => match bound.ip() {
@@ -619,7 +631,7 @@ impl Listen {
                 IpAddr::V6(ip) => format!("[{ip}]"),
             },
         };
-        format!("http://{host}:{}", bound.port())
+        format!("{scheme}://{host}:{}", bound.port())
     }
 }
 
@@ -720,7 +732,8 @@ impl fmt::Debug for SimulatorHandle {
 }
 
 impl SimulatorHandle {
-    /// The API origin, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    /// The API origin, e.g. `http://127.0.0.1:41234` (no trailing slash); `https://` with
+    /// [`SimulatorBuilder::https`].
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
     }

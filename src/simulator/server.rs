@@ -457,7 +457,7 @@ fn record(
     })
 }
 
-async fn handle(shared: &Arc<Shared>, origin: Origin, req: Request<Incoming>) -> Resp {
+pub(super) async fn handle(shared: &Arc<Shared>, origin: Origin, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     if origin == Origin::Api && super::admin::is_admin_path(&path) {
         return super::admin::handle(shared, req).await;

@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) transfer_pace: Option<Duration>,
     pub(crate) token_answer_delay: Duration,
     pub(crate) request_log_size: usize,
+    pub(crate) tls: super::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             transfer_pace: None,
             token_answer_delay: Duration::ZERO,
             request_log_size: DEFAULT_LOG_SIZE,
+            tls: super::tls::TlsConfig::default(),
         }
     }
 }
@@ -61,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) cdn_base_url: String,
     /// The stand-in for the web site (registration and claim pages).
     pub(crate) web_url: String,
+    /// What the HTTPS listener counts (see `tls.rs`).
+    pub(crate) tls: super::tls::TlsState,
     inner: Mutex<Inner>,
 }
 
@@ -77,6 +81,7 @@ impl Shared {
             base_url,
             cdn_base_url,
             web_url,
+            tls: super::tls::TlsState::default(),
             inner: Mutex::new(inner),
         }
     }

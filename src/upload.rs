@@ -13,7 +13,11 @@
 //!   upload, so memory stays flat (about 1.5 MiB of buffers) whatever the size.
 //! - Uploading is not idempotent (a second upload adds a second copy): it is re-sent only when
 //!   the request certainly never reached the server.
-//! - Time limit: the request timeout plus 4 s per MiB (a 500 MiB clip gets about 34 minutes).
+//! - Time limit: the upload follows its progress, not an assumed bandwidth. It fails when
+//!   the connection accepts no bytes for the request timeout (60 s by default), or when no
+//!   answer comes within the request timeout after the last byte; a slow uplink that keeps
+//!   moving finishes, however long it takes. The body is handed to the connection in 16 KiB
+//!   pieces, so that progress is seen at that grain.
 //! - URL imports accept only `http`/`https` URLs with a host.
 
 use std::fmt;
@@ -36,6 +40,11 @@ use crate::transport::{Request, StreamBody};
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks buffered between the reader thread and the connection.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// The pieces each chunk is handed to the connection in: the grain at which an upload's
+/// progress (and its stall limit) is seen. The connection asks for the next piece only when
+/// it has written the last ones, so a 256 KiB chunk would hide a slow uplink's progress for
+/// seconds; 16 KiB slices of it (no copy) keep that under a second down to some 20 KiB/s.
+const PIECE: usize = 16 * 1024;
 
 /// Progress of an upload, passed to the progress callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,7 +358,7 @@ impl MultipartPlan {
     }
 
     /// Starts a reader thread that produces the body's chunks, and wraps them as a body.
-    fn body(&self, progress: Option<ProgressFn>) -> Result<StreamBody> {
+    fn body(&self, progress: Option<ProgressFn>, watch: Arc<Watch>) -> Result<StreamBody> {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
         let heads = self.heads.clone();
@@ -366,20 +375,39 @@ impl MultipartPlan {
                 ))),
             })?;
         let total = self.total;
+        watch.set(Phase::Sending(tokio::time::Instant::now()));
         let stream = async_stream::stream! {
             let mut receiver = receiver;
             let mut sent = 0u64;
+            // The attempt's body, however it ends: dropped before its end, the attempt is
+            // over (the transport may wait, then send a new body).
+            let _attempt = AttemptGuard(Arc::clone(&watch));
             while let Some(chunk) = receiver.recv().await {
-                if let Ok(bytes) = &chunk {
-                    sent += bytes.len() as u64;
+                let bytes = match chunk {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        yield Err(err);
+                        continue;
+                    }
+                };
+                let mut at = 0;
+                while at < bytes.len() {
+                    let end = (at + PIECE).min(bytes.len());
+                    let piece = bytes.slice(at..end);
+                    at = end;
+                    // Asked for: the connection wrote what it had.
+                    watch.set(Phase::Sending(tokio::time::Instant::now()));
+                    sent += piece.len() as u64;
                     if let Some(progress) = &progress {
                         progress(UploadProgress { sent, total });
                     }
+                    yield Ok(piece);
                 }
-                yield chunk;
             }
             if sent != total {
                 yield Err(std::io::Error::other("the upload body ended early"));
+            } else {
+                watch.set(Phase::Sent(tokio::time::Instant::now()));
             }
         };
         Ok(StreamBody {
@@ -589,21 +617,27 @@ impl NemoClient {
             .map(|path| check_file(path.as_ref(), limit))
             .collect::<Result<Vec<_>>>()?;
         let plan = Arc::new(MultipartPlan::new(files));
-        let mib = plan.total.div_ceil(1024 * 1024);
-        // Saturating: a request timeout of `Duration::MAX` means "no limit", not a panic.
-        let timeout = self.config().request_timeout.saturating_add(
-            Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX)),
-        );
+        let stall = self.config().request_timeout;
+        let watch = Arc::new(Watch::default());
         let factory_plan = Arc::clone(&plan);
+        let factory_watch = Arc::clone(&watch);
+        // No overall limit: the watch below limits silence instead (see the module docs).
         let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
-            .stream_body(Arc::new(move || factory_plan.body(progress.clone())))
-            .timeout(Some(timeout))
+            .stream_body(Arc::new(move || {
+                factory_plan.body(progress.clone(), Arc::clone(&factory_watch))
+            }))
+            .timeout(None)
             .session(session.id())
             .expect("an upload result");
-        self.transport()
-            .call(request)
-            .await
-            .map_err(|err| attach_file(err, &plan.files))
+        let path = format!("/api/upload-video/nemo_agent/me/{}", session.id());
+        tokio::select! {
+            result = self.transport().call(request) => result,
+            stalled = watch.stalled(stall) => Err(Error::Unconfirmed {
+                request: format!("POST {path}"),
+                cause: Box::new(stalled),
+            }),
+        }
+        .map_err(|err| attach_file(err, &plan.files))
     }
 
     /// Imports media by URL (`{"urls": [...], "source_type": "url"}`). Only `http`/`https`
@@ -645,6 +679,81 @@ impl NemoClient {
             .expect("an upload result");
         self.transport().call(request).await
     }
+}
+
+/// Where an upload attempt is, for its stall limit.
+#[derive(Clone, Copy, Default)]
+enum Phase {
+    /// No attempt's body is out (before the first, or between two while the transport waits).
+    #[default]
+    Idle,
+    /// The connection last took a piece of the body at this time.
+    Sending(tokio::time::Instant),
+    /// The whole body was handed over at this time; the answer is awaited.
+    Sent(tokio::time::Instant),
+}
+
+/// What an upload's bodies report of their progress.
+#[derive(Default)]
+struct Watch {
+    phase: std::sync::Mutex<Phase>,
+}
+
+impl Watch {
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when the connection has taken nothing for `stall`, or no answer came within
+    /// `stall` of the last byte: the timeout error.
+    async fn stalled(&self, stall: Duration) -> Error {
+        loop {
+            let since = match self.phase() {
+                Phase::Idle => None,
+                Phase::Sending(at) | Phase::Sent(at) => Some(at),
+            };
+            match since {
+                Some(at) if at.elapsed() >= stall => {
+                    return Error::Timeout {
+                        kind: crate::error::TimeoutKind::Request,
+                        after: stall,
+                    }
+                }
+                Some(at) => {
+                    tokio::time::sleep_until(at.checked_add(stall).unwrap_or_else(far_future)).await
+                }
+                // Connecting and authenticating have limits of their own.
+                None => tokio::time::sleep(stall.min(Duration::from_secs(1))).await,
+            }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// Marks the attempt over when its body goes before it was all sent.
+struct AttemptGuard(Arc<Watch>);
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if let Phase::Sending(_) = self.0.phase() {
+            self.0.set(Phase::Idle);
+        }
+    }
+}
+
+/// The file name as the multipart header carries it (quotes and line breaks
+/// percent-encoded, as browsers do): what the service stores, and so what finds an upload
+/// again in the session's media.
+pub(crate) fn name_as_sent(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|name| quote_filename(&name.to_string_lossy()))
 }
 
 /// Names the local file in a 4001/4002 from the server when only one file was sent.

@@ -14,10 +14,13 @@
 //! - Uploading is not idempotent (a second upload adds a second copy): it is re-sent only when
 //!   the request certainly never reached the server.
 //! - Time limit: the upload follows its progress, not an assumed bandwidth. It fails when
-//!   the connection accepts no bytes for the request timeout (60 s by default), or when no
-//!   answer comes within the request timeout after the last byte; a slow uplink that keeps
-//!   moving finishes, however long it takes. The body is handed to the connection in 16 KiB
-//!   pieces, so that progress is seen at that grain.
+//!   the connection accepts no bytes for the request timeout (60 s by default); a slow uplink
+//!   that keeps moving finishes, however long it takes. The body is handed to the connection
+//!   in 16 KiB pieces, so that progress is seen at that grain. The operating system takes the
+//!   last few megabytes into its socket buffers at once and sends them on unseen, so after
+//!   the last byte the answer may take the request timeout plus 1 s per 32 KiB of what those
+//!   buffers can hold (at most 4 MiB: 128 s), the one place a floor on the uplink (32 KiB/s)
+//!   is assumed.
 //! - URL imports accept only `http`/`https` URLs with a host.
 
 use std::fmt;
@@ -395,9 +398,11 @@ impl MultipartPlan {
                     let end = (at + PIECE).min(bytes.len());
                     let piece = bytes.slice(at..end);
                     at = end;
-                    // Asked for: the connection wrote what it had.
-                    watch.set(Phase::Sending(tokio::time::Instant::now()));
                     sent += piece.len() as u64;
+                    // Asked for: the connection wrote what it had. The last piece completes
+                    // the body (the connection may not ask for more: it knows the length).
+                    let now = tokio::time::Instant::now();
+                    watch.set(if sent == total { Phase::Sent(now) } else { Phase::Sending(now) });
                     if let Some(progress) = &progress {
                         progress(UploadProgress { sent, total });
                     }
@@ -406,8 +411,6 @@ impl MultipartPlan {
             }
             if sent != total {
                 yield Err(std::io::Error::other("the upload body ended early"));
-            } else {
-                watch.set(Phase::Sent(tokio::time::Instant::now()));
             }
         };
         Ok(StreamBody {
@@ -618,7 +621,7 @@ impl NemoClient {
             .collect::<Result<Vec<_>>>()?;
         let plan = Arc::new(MultipartPlan::new(files));
         let stall = self.config().request_timeout;
-        let watch = Arc::new(Watch::default());
+        let watch = Arc::new(Watch::new(plan.total));
         let factory_plan = Arc::clone(&plan);
         let factory_watch = Arc::clone(&watch);
         // No overall limit: the watch below limits silence instead (see the module docs).
@@ -694,12 +697,26 @@ enum Phase {
 }
 
 /// What an upload's bodies report of their progress.
-#[derive(Default)]
 struct Watch {
     phase: std::sync::Mutex<Phase>,
+    /// The longest the bytes of the body may still be on their way once all were handed
+    /// over: sitting in socket buffers, sent on at no rate this client can see.
+    unseen: Duration,
 }
 
+/// What the operating system's socket buffers hold at most (Linux grows a TCP send buffer up
+/// to 4 MiB by default), and the slowest uplink they are allowed to drain at.
+const MAX_BUFFERED: u64 = 4 * 1024 * 1024;
+const SLOWEST_UPLINK_PER_SEC: u64 = 32 * 1024;
+
 impl Watch {
+    fn new(total: u64) -> Watch {
+        Watch {
+            phase: std::sync::Mutex::new(Phase::Idle),
+            unseen: Duration::from_secs(total.min(MAX_BUFFERED).div_ceil(SLOWEST_UPLINK_PER_SEC)),
+        }
+    }
+
     fn set(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
     }
@@ -709,22 +726,23 @@ impl Watch {
     }
 
     /// Resolves when the connection has taken nothing for `stall`, or no answer came within
-    /// `stall` of the last byte: the timeout error.
+    /// `stall` (plus what buffered bytes may need) of the last byte: the timeout error.
     async fn stalled(&self, stall: Duration) -> Error {
         loop {
             let since = match self.phase() {
                 Phase::Idle => None,
-                Phase::Sending(at) | Phase::Sent(at) => Some(at),
+                Phase::Sending(at) => Some((at, stall)),
+                Phase::Sent(at) => Some((at, stall.saturating_add(self.unseen))),
             };
             match since {
-                Some(at) if at.elapsed() >= stall => {
+                Some((at, limit)) if at.elapsed() >= limit => {
                     return Error::Timeout {
                         kind: crate::error::TimeoutKind::Request,
-                        after: stall,
+                        after: limit,
                     }
                 }
-                Some(at) => {
-                    tokio::time::sleep_until(at.checked_add(stall).unwrap_or_else(far_future)).await
+                Some((at, limit)) => {
+                    tokio::time::sleep_until(at.checked_add(limit).unwrap_or_else(far_future)).await
                 }
                 // Connecting and authenticating have limits of their own.
                 None => tokio::time::sleep(stall.min(Duration::from_secs(1))).await,

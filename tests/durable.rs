@@ -1083,3 +1083,103 @@ async fn resumable_jobs_lists_what_nobody_runs() {
         "done jobs are not listed"
     );
 }
+
+/// Answers the session state in steps: `steps[i]` for the i-th read, the last one after.
+struct StateSteps {
+    reads: AtomicUsize,
+    steps: Vec<serde_json::Value>,
+}
+
+impl wiremock::Respond for StateSteps {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let read = self.reads.fetch_add(1, Ordering::SeqCst);
+        let draft = &self.steps[read.min(self.steps.len() - 1)];
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "code": 0, "data": {"state": {"draft": draft}}
+        }))
+    }
+}
+
+fn draft_with_tracks(names: &[&str]) -> serde_json::Value {
+    let tracks: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            serde_json::json!({"id": format!("t{i}"), "tt": 0, "m": {"name": name},
+                "sg": [{"id": format!("s{i}"), "st": 0, "d": 5000, "m": {"name": name}}]})
+        })
+        .collect();
+    serde_json::json!({"t": tracks})
+}
+
+/// A job that sent its message before a crash, whose stream never confirmed anything, on a
+/// service at `base`.
+fn job_at_message_sent(base: &str, dir: &Path) -> EditJob {
+    let job = EditJob::new(sample_input(), REMOVE, dir.join("out.mp4")).unwrap();
+    let mut value = serde_json::to_value(&job).unwrap();
+    let before = serde_json::json!({"state": {"draft": draft_with_tracks(&["clip"])}});
+    value["stage"] = "message_sent".into();
+    value["identity"] = serde_json::json!({"origin": base, "client_id": null});
+    value["session"] =
+        serde_json::to_value(nemo_video::Session::from_id("7301234567890123456")).unwrap();
+    value["message"] = serde_json::json!({
+        "text": REMOVE,
+        "sent_at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        "state_before": before,
+        "answered": true,
+    });
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn a_resumed_edit_counts_as_landed_only_once_the_timeline_settles() {
+    let server = MockServer::start().await;
+    // The turn applies its edit in two steps: a first change (the mask), then a second
+    // (the fill) a few reads later, then nothing more.
+    Mock::given(method("GET"))
+        .and(path_regex("^/api/state/"))
+        .respond_with(StateSteps {
+            reads: AtomicUsize::new(0),
+            steps: vec![
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask", "fill"]),
+            ],
+        })
+        .mount(&server)
+        .await;
+    let client = ephemeral_builder(&server.uri())
+        .token("nmv_usr_FIXED")
+        .build()
+        .unwrap();
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    let mut job = job_at_message_sent(&server.uri(), dir.path());
+    // Renders are not served here: the run stops at the render, after the edit is settled.
+    let options = job_options()
+        .reconcile_interval(Duration::from_millis(20))
+        .settle(Duration::from_secs(2));
+    let err = job.run(&client, &store, &options).await.unwrap_err();
+    assert!(
+        err.http_status().is_some(),
+        "stopped at the render: {err:?}"
+    );
+    let saved = store.load(&job.id).await.unwrap().unwrap().job;
+    assert_eq!(saved.stage, Stage::RenderSubmitted);
+    let answer = saved.answer.unwrap();
+    assert!(
+        answer.contains("fill"),
+        "the whole edit, not its first step: {answer}"
+    );
+    assert!(saved.timeline.unwrap().contains("fill"));
+    let sent = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path() == "/run_sse")
+        .count();
+    assert_eq!(sent, 0, "nothing sent again");
+}

@@ -240,7 +240,9 @@ impl JobStore for JobFile {
             file.exclusive(&id, || {
                 let current = file.read()?;
                 if current.as_ref().map(|c| c.version) != expected_version {
-                    return Ok(JobSaveOutcome::Conflict { current });
+                    return Ok(JobSaveOutcome::Conflict {
+                        current: current.map(Box::new),
+                    });
                 }
                 let version = expected_version.unwrap_or(0) + 1;
                 file.write(version, &job)

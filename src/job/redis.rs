@@ -128,7 +128,12 @@ impl JobStore for RedisJobStore {
                 }
                 Put::Conflict(None) => Ok(JobSaveOutcome::Conflict { current: None }),
                 Put::Conflict(Some(record)) => Ok(JobSaveOutcome::Conflict {
-                    current: Some(decode_job(SAVE, id, record.version, &record.data)?),
+                    current: Some(Box::new(decode_job(
+                        SAVE,
+                        id,
+                        record.version,
+                        &record.data,
+                    )?)),
                 }),
             }
         })

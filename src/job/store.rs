@@ -45,7 +45,7 @@ pub enum JobSaveOutcome {
     /// since it was read). What it holds now.
     Conflict {
         /// The record now, `None` when there is none.
-        current: Option<StoredJob>,
+        current: Option<Box<StoredJob>>,
     },
 }
 
@@ -370,7 +370,7 @@ impl JobStore for MemoryJobStore {
                 }),
                 Some(current) => Ok(JobSaveOutcome::Conflict {
                     current: current
-                        .map(|(v, json)| decode_job("save the job", id, v, &json))
+                        .map(|(v, json)| decode_job("save the job", id, v, &json).map(Box::new))
                         .transpose()?,
                 }),
             }

@@ -820,10 +820,10 @@ async fn an_upload_that_stops_moving_fails_after_the_stall_limit() {
         err.needs_reconcile(),
         "it may have reached the service: {err}"
     );
-    // The old limit gave this file 128 s on top of the request timeout.
+    // The old limit gave this file 132 s on top of the request timeout.
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}: {err}",
         started.elapsed()
     );
 }

@@ -829,6 +829,14 @@ async fn a_question_is_kept_and_a_resume_never_sends_the_prompt_again() {
     assert!(question.contains("Which object"), "{question}");
     assert_eq!(job.stage, Stage::AwaitingAnswer);
     assert_eq!(job.question(), Some(question.as_str()));
+    assert!(job.waits_for_a_person());
+    assert!(
+        nemo_video::job::resumable_jobs(&store, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a worker does not pick up a job that waits for a person"
+    );
 
     // Resumed without an answer: the question again, nothing sent.
     for _ in 0..2 {

@@ -622,6 +622,18 @@ impl EditJob {
         self.version
     }
 
+    /// True when the job cannot go on without a person: the agent's question is not answered
+    /// yet, or a turn ran and changed nothing ([`Error::EditNotApplied`]).
+    pub fn waits_for_a_person(&self) -> bool {
+        let unanswered = self.stage == Stage::AwaitingAnswer && self.reply.is_none();
+        let unapplied = self.stage == Stage::MessageSent
+            && self
+                .message
+                .as_ref()
+                .is_some_and(|m| m.ended_unchanged.is_some());
+        unanswered || unapplied
+    }
+
     /// The agent's question, while the job waits for an answer ([`Stage::AwaitingAnswer`]).
     pub fn question(&self) -> Option<&str> {
         self.question.as_deref()

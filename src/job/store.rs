@@ -214,7 +214,9 @@ pub(crate) async fn store_call<T>(
 }
 
 /// The jobs of `store` that nobody runs and that are not done: a dead worker's, or ones
-/// never started. Run each with [`EditJob::run`], which takes its lease first: when another
+/// never started. Jobs that wait for a person's decision are left out: a question not
+/// answered yet ([`EditJob::answer_question`]), or a turn that ran and changed nothing
+/// ([`EditJob::send_again`]). Run each with [`EditJob::run`], which takes its lease first: when another
 /// worker was quicker, that run fails with
 /// [`Error::JobRunningElsewhere`](crate::Error::JobRunningElsewhere) and sends nothing, so
 /// workers can race for the same list safely. Every store call is limited by `store_timeout`.
@@ -260,7 +262,9 @@ pub async fn resumable_jobs(
             store.load(&id),
         )
         .await?;
-        if let Some(stored) = stored.filter(|s| s.job.stage != Stage::Done) {
+        if let Some(stored) =
+            stored.filter(|s| !s.job.waits_for_a_person() && s.job.stage != Stage::Done)
+        {
             jobs.push(stored);
         }
     }

@@ -14,8 +14,9 @@
 //! `credits`, `export`. End with Ctrl-D. A file is checked before it is uploaded, and the
 //! output folder before the first request. Exit status: 0 at the end of input, 1 when the
 //! conversation cannot start (one `error: ...` line on stderr), 2 bad usage, 130 interrupted
-//! by Ctrl-C or SIGTERM (a video being written is not kept); a failed command in the
-//! conversation is answered with "Sorry: ..." and the conversation goes on.
+//! by Ctrl-C, SIGTERM or SIGHUP, at the prompt or mid-command (a video being written is not
+//! kept); a failed command in the conversation is answered with "Sorry: ..." and the
+//! conversation goes on.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -89,12 +90,14 @@ async fn run(args: Args) -> Result<(), String> {
         poll_interval,
     };
 
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut lines = input_lines();
     loop {
         print!("> ");
         let _ = std::io::stdout().flush();
-        let Some(line) = lines.next() else { break };
+        // Awaited, not a blocking read: a signal at the prompt is seen at once.
+        let Some(line) = lines.recv().await else {
+            break;
+        };
         let line = line.map_err(|err| format!("could not read input: {err}"))?;
         let line = line.trim();
         if line.is_empty() {
@@ -107,6 +110,25 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("Bye.");
     Ok(())
+}
+
+/// The lines of standard input, read on a thread of their own: a blocking read on the
+/// runtime's only thread would keep it from seeing Ctrl-C. (Tokio's own stdin reads on its
+/// blocking pool, which the runtime waits for when it shuts down: the process would not exit
+/// until the next line.) The thread is left blocked in its read when the process exits.
+fn input_lines() -> tokio::sync::mpsc::UnboundedReceiver<std::io::Result<String>> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("chat-stdin".to_string())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok();
+    receiver
 }
 
 impl Bot {

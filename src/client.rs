@@ -435,7 +435,8 @@ impl NemoClientBuilder {
     }
 
     /// Limit on one ordinary request, per attempt (streams have their own limits; a download
-    /// gets it for the response head and for each chunk, not for the whole body). Default 60 s.
+    /// gets it for the response head and for each chunk, not for the whole body; an upload, as
+    /// the longest time without progress). Default 60 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
         self

@@ -447,6 +447,42 @@ pub enum Error {
         /// The server's error text.
         message: String,
     },
+    /// Another process or worker holds the job's lease: it is running the job right now (or
+    /// died less than a lease's time to live ago). Nothing was sent.
+    #[error("job {job_id} is running elsewhere ({}); nothing was sent: wait for it to finish, or stop it and run the job again", holder.as_deref().unwrap_or("another process"))]
+    JobRunningElsewhere {
+        /// The job.
+        job_id: String,
+        /// Who holds it, as its store describes it (`pid 4242 on host worker-3`), when known.
+        holder: Option<String>,
+    },
+    /// This worker lost the job's lease while running it (the job store did not confirm it
+    /// within its time to live, or another worker saved the job meanwhile), and stopped so
+    /// that two workers never run one job.
+    #[error("job {job_id} was stopped here: {reason}; another worker may be running it now, otherwise run it again to resume")]
+    JobLeaseLost {
+        /// The job.
+        job_id: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The agent asked a question instead of editing. The job keeps the question; answer it
+    /// ([`EditJob::answer`](crate::job::EditJob::answer)) and run the job again. The
+    /// instruction is never sent again by itself.
+    #[error("the agent asks before editing: {question:?}; answer it to go on (the instruction was not sent again)")]
+    NeedsAnswer {
+        /// The agent's question.
+        question: String,
+    },
+    /// The agent's turn ended (with an error, when `agent_error` says so) and the timeline did
+    /// not change. The instruction was not sent again, since a turn that ran may have been
+    /// charged: send it once more deliberately
+    /// ([`EditJob::send_again`](crate::job::EditJob::send_again)), or change it.
+    #[error("the agent's turn ended{} without changing the timeline; the instruction was not sent again (a turn that ran may have been charged): send it again deliberately, or rephrase it", agent_error.as_deref().map(|e| format!(" with an error ({e})")).unwrap_or_default())]
+    EditNotApplied {
+        /// The error the agent reported, when it reported one.
+        agent_error: Option<String>,
+    },
     /// The render did not finish within the maximum wait.
     #[error("render {job_id} did not finish within {} s (last status: {last_status}); it may still finish: resume waiting with the job id", waited.as_secs())]
     RenderTimedOut {
@@ -906,6 +942,20 @@ impl Error {
             Error::RenderFailed { job_id, message } => Error::RenderFailed {
                 job_id: job_id.clone(),
                 message: message.clone(),
+            },
+            Error::JobRunningElsewhere { job_id, holder } => Error::JobRunningElsewhere {
+                job_id: job_id.clone(),
+                holder: holder.clone(),
+            },
+            Error::JobLeaseLost { job_id, reason } => Error::JobLeaseLost {
+                job_id: job_id.clone(),
+                reason: reason.clone(),
+            },
+            Error::NeedsAnswer { question } => Error::NeedsAnswer {
+                question: question.clone(),
+            },
+            Error::EditNotApplied { agent_error } => Error::EditNotApplied {
+                agent_error: agent_error.clone(),
             },
             Error::RenderTimedOut {
                 job_id,

@@ -13,7 +13,9 @@
 //! Stores grant leases in their own way: [`RedisStore`](crate::auth::RedisStore) with
 //! `SET NX PX` and compare-and-delete scripts, [`FileStore`](crate::auth::FileStore) with an
 //! operating-system file lock (which ends the moment its process dies, whatever the time to
-//! live), [`MemoryStore`](crate::auth::MemoryStore) with a map of holders and deadlines.
+//! live), [`MemoryStore`](crate::auth::MemoryStore) with a map of holders and deadlines. Job
+//! stores ([`crate::job::JobStore`]) lease jobs the same ways, and keep who holds each lease
+//! ([`crate::job::LeaseHolder`]: process id and host).
 
 use std::fmt;
 use std::time::Duration;

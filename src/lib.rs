@@ -47,8 +47,9 @@
 //!   limits; [`turn`] runs one message to an answer; [`events`] are the typed events.
 //! - [`state`] and [`draft`]: the timeline, its summary, and diffs between two states.
 //! - [`render`]: submit (with an id you save first), wait, resume, cancel, download.
-//! - [`job`]: the whole job (upload → edit → render → download), saved after every step and
-//!   resumable after a crash without paying twice.
+//! - [`job`]: the whole job (upload → edit → render → download), saved in a job store after
+//!   every step, leased to one runner at a time, and resumable after a crash, on any machine,
+//!   without paying twice.
 //! - [`intent`]: routing a bot user's words, and translating the agent's GUI phrasing.
 //! - [`sse`]: the SSE parser, usable on its own.
 //! - `simulator` (feature `simulator`, on by default): a fake service on loopback to test your
@@ -100,6 +101,11 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/serving-many-users.md")]
 pub struct ServingManyUsersDoctests;
+
+/// The examples of `docs/work-that-survives-a-crash.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/work-that-survives-a-crash.md")]
+pub struct WorkThatSurvivesACrashDoctests;
 
 /// The `reqwest` this crate is built with, so that [`NemoClientBuilder::http_client`] can be
 /// given a configured `reqwest::Client` (proxy, extra root certificates, a shared connection

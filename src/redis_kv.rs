@@ -11,6 +11,9 @@
 //!   compare-and-delete), so a holder whose lease lapsed can neither extend nor delete a
 //!   newer holder's.
 //!
+//! - An index is a set of record names (every job's id), so a worker can find records whose
+//!   lease lapsed.
+//!
 //! Every key starts with the store's prefix (default `nemo`), so one Redis database can hold
 //! several applications' keys.
 
@@ -256,6 +259,79 @@ impl RedisKv {
             .await
             .map_err(|err| self.error(operation, err))?;
         Ok(released == 1)
+    }
+
+    /// The string at `key` (a lease's holder), if any.
+    pub(crate) async fn get_string(
+        &self,
+        operation: &'static str,
+        key: &str,
+    ) -> Result<Option<String>> {
+        let mut connection = self.connection(operation).await?;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.error(operation, err))
+    }
+
+    /// Deletes `key`.
+    pub(crate) async fn delete(&self, operation: &'static str, key: &str) -> Result<()> {
+        let mut connection = self.connection(operation).await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.error(operation, err))?;
+        Ok(())
+    }
+
+    /// Adds `member` to the set `key` (an index of records, such as every job's id).
+    pub(crate) async fn set_add(
+        &self,
+        operation: &'static str,
+        key: &str,
+        member: &str,
+    ) -> Result<()> {
+        let mut connection = self.connection(operation).await?;
+        let _: i64 = redis::cmd("SADD")
+            .arg(key)
+            .arg(member)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.error(operation, err))?;
+        Ok(())
+    }
+
+    /// Removes `member` from the set `key`.
+    pub(crate) async fn set_remove(
+        &self,
+        operation: &'static str,
+        key: &str,
+        member: &str,
+    ) -> Result<()> {
+        let mut connection = self.connection(operation).await?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(key)
+            .arg(member)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.error(operation, err))?;
+        Ok(())
+    }
+
+    /// The members of the set `key`.
+    pub(crate) async fn set_members(
+        &self,
+        operation: &'static str,
+        key: &str,
+    ) -> Result<Vec<String>> {
+        let mut connection = self.connection(operation).await?;
+        redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| self.error(operation, err))
     }
 
     /// The string at `key`, set to `value` first if there is none (whoever comes first wins).

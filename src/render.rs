@@ -705,6 +705,7 @@ impl NemoClient {
             response,
             self.transport().request_timeout(),
             target,
+            None,
             progress,
         )
         .await
@@ -725,11 +726,40 @@ impl NemoClient {
         path: impl AsRef<Path>,
         progress: impl Fn(DownloadProgress) + Send + Sync,
     ) -> Result<u64> {
-        let path = output_target(path.as_ref())?;
+        self.download_render_as(job, output_url, path.as_ref(), None, progress)
+            .await
+    }
+
+    /// [`download_render`](Self::download_render) through the temporary file
+    /// `.nemo-download-<temp_name>.part` (when given) instead of a random one, so that a
+    /// resumed job finds (and replaces) what a killed process left behind.
+    pub(crate) async fn download_render_as(
+        &self,
+        job: &RenderJob,
+        output_url: Option<&str>,
+        path: &Path,
+        temp_name: Option<&str>,
+        progress: impl Fn(DownloadProgress) + Send + Sync,
+    ) -> Result<u64> {
+        let path = output_target(path)?;
         let path = path.as_path();
         if let Some(url) = output_url {
             let url = download_url(url)?;
-            match self.download_to(&url, path, &progress).await {
+            let response = self.transport().open_url(&url).await;
+            let saved = match response {
+                Ok(response) => {
+                    save_response(
+                        response,
+                        self.transport().request_timeout(),
+                        path,
+                        temp_name,
+                        &progress,
+                    )
+                    .await
+                }
+                Err(err) => Err(err),
+            };
+            match saved {
                 Ok(bytes) => return Ok(bytes),
                 Err(err @ (Error::InvalidInput { .. } | Error::Io { .. })) => return Err(err),
                 Err(err) => {
@@ -745,10 +775,20 @@ impl NemoClient {
             response,
             self.transport().request_timeout(),
             path,
+            temp_name,
             &progress,
         )
         .await
     }
+}
+
+/// The temporary file a download named `temp_name` goes through, beside `target`.
+pub(crate) fn named_part(target: &Path, temp_name: &str) -> PathBuf {
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    dir.join(format!(".nemo-download-{temp_name}.part"))
 }
 
 /// `url` as an http(s) URL to download from.
@@ -965,6 +1005,7 @@ async fn save_response(
     response: RawResponse,
     idle_limit: Duration,
     target: &Path,
+    temp_name: Option<&str>,
     progress: &(impl Fn(DownloadProgress) + Send + Sync),
 ) -> Result<u64> {
     let RawResponse { mut response, .. } = response;
@@ -974,12 +1015,32 @@ async fn save_response(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let total = response.content_length();
-    let (file, temp_path) = tempfile::Builder::new()
-        .prefix(".nemo-download-")
-        .suffix(".part")
-        .tempfile_in(&dir)
-        .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?
-        .into_parts();
+    let (file, temp_path) = match temp_name {
+        None => tempfile::Builder::new()
+            .prefix(".nemo-download-")
+            .suffix(".part")
+            .tempfile_in(&dir)
+            .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?
+            .into_parts(),
+        Some(name) => {
+            // A fixed name, replacing whatever an earlier (killed) run left there; private,
+            // like tempfile's.
+            let path = named_part(&target, name);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let file = options
+                .open(&path)
+                .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
+            let temp = tempfile::TempPath::try_from_path(&path)
+                .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
+            (file, temp)
+        }
+    };
     // `temp_path` stays with this future: dropping it on any early return (error or
     // cancellation) deletes the file at once, even while the writer thread still holds it
     // open.

@@ -353,6 +353,7 @@ pub struct MediaInfo {
     height: Option<f64>,
     fps: Option<f64>,
     hash: Option<String>,
+    size: Option<u64>,
 }
 
 impl MediaInfo {
@@ -370,6 +371,7 @@ impl MediaInfo {
             height: None,
             fps: None,
             hash: None,
+            size: None,
         }
     }
 
@@ -400,6 +402,9 @@ impl MediaInfo {
         info.height = number(wire.height).filter(|h| *h >= 0.0);
         info.fps = number(wire.fps).filter(|f| *f >= 0.0);
         info.hash = text(wire.hash);
+        info.size = number(wire.size)
+            .filter(|s| *s >= 0.0 && s.fract() == 0.0 && *s < 2f64.powi(53))
+            .map(|s| s as u64);
         info
     }
 
@@ -458,6 +463,11 @@ impl MediaInfo {
         self.hash.as_deref()
     }
 
+    /// `size` in bytes, when the service reports it (a whole number).
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
     /// A name to show: `name`, else the file name, else the URL's last path component.
     pub fn display_name(&self) -> Option<&str> {
         self.name
@@ -491,6 +501,7 @@ struct MediaWire {
     height: Option<Number>,
     fps: Option<Number>,
     hash: Option<Text>,
+    size: Option<Number>,
 }
 
 enum MediaKey {
@@ -506,6 +517,7 @@ enum MediaKey {
     Height,
     Fps,
     Hash,
+    Size,
     Other,
 }
 
@@ -524,6 +536,7 @@ impl FieldKey for MediaKey {
             "height" => MediaKey::Height,
             "fps" => MediaKey::Fps,
             "hash" => MediaKey::Hash,
+            "size" => MediaKey::Size,
             _ => MediaKey::Other,
         }
     }
@@ -561,6 +574,7 @@ impl Lenient for MediaWire {
                 MediaKey::Height => wire.height = map.next_value::<Tolerant<Number>>()?.0,
                 MediaKey::Fps => wire.fps = map.next_value::<Tolerant<Number>>()?.0,
                 MediaKey::Hash => wire.hash = map.next_value::<Tolerant<Text>>()?.0,
+                MediaKey::Size => wire.size = map.next_value::<Tolerant<Number>>()?.0,
                 MediaKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -6,8 +6,16 @@
 //!   that drops mid-stream ends the stream with [`Error::StreamDisconnected`] (events seen, last
 //!   event id) and is never retried, because a second send starts the work again and charges
 //!   credits twice. Reconcile by reading the state ([`NemoClient::run_turn`] does).
-//! - An error before the stream starts (HTTP status, a body code such as 2001, a response that
-//!   is not `text/event-stream`) is returned by [`NemoClient::send_message`] itself.
+//! - What the answer proves (the verdict): an error answer head (any HTTP status but 504, a
+//!   body code such as 2001) means the agent never began, because its stream opens before it
+//!   works: [`NemoClient::send_message`] returns that error as it is, and sending the message
+//!   again cannot repeat work. No head within the idle limit, a 504, a connection lost before
+//!   the head, or a success head that is not `text/event-stream` leave it unknown:
+//!   [`Error::Unconfirmed`], to reconcile. A stream that opened means the turn ran, whatever
+//!   its end.
+//! - One turn per session at a time, as the service runs them (it refuses a second one): a
+//!   second `send_message` on a session, from any client of this process, waits until the
+//!   first one's stream ends or is dropped.
 //! - Idle limit 10 minutes, reset by any bytes (heartbeats included) and also applied to the
 //!   wait for the response head; total limit 15 minutes;
 //!   an [`AgentEvent::StillWorking`] every 2 minutes without text, so an app can tell its user.
@@ -16,8 +24,10 @@
 //! - Events larger than 16 MiB end the stream with an error instead of growing memory.
 //! - Dropping the stream closes the connection.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -116,6 +126,8 @@ struct TextPart<'a> {
 /// stream. Dropping it closes the connection.
 pub struct MessageStream {
     inner: Pin<Box<dyn Stream<Item = Result<AgentEvent>> + Send>>,
+    /// Held for as long as the stream lives: the session's turn.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl fmt::Debug for MessageStream {
@@ -200,6 +212,11 @@ impl NemoClient {
             .head_timeout(options.idle_timeout, TimeoutKind::StreamIdle)
             .session(session.id())
             .expect("the agent's event stream");
+        // One turn per session at a time, as the service runs them: a second one waits here
+        // until the first one's stream ends or is dropped.
+        let turn = session_turn(self.config().base_url.as_str(), session.id())
+            .lock_owned()
+            .await;
         let opened_at = Instant::now();
         let raw = tokio::time::timeout(
             options.total_timeout,
@@ -211,11 +228,50 @@ impl NemoClient {
                 kind: TimeoutKind::StreamTotal,
                 after: options.total_timeout,
             })
-        })??;
+        })?
+        .map_err(refused_by_error_head)?;
         Ok(MessageStream {
             inner: Box::pin(event_stream(raw.response, options.clone(), opened_at)),
+            _turn: Some(turn),
         })
     }
+}
+
+/// The verdict of an error answer head on `/run_sse`. The agent's stream opens (a `200
+/// text/event-stream` head) before the agent begins, so any other answer head proves the
+/// message was refused before any work: the error as it is, whose policy is not
+/// "reconcile", so nothing waits for a turn that never ran. The exception is 504, which a
+/// gateway sends when the service did not answer it in time: the service may have begun.
+fn refused_by_error_head(err: Error) -> Error {
+    match err {
+        Error::Unconfirmed { cause, .. } if matches!(*cause, Error::Http { status, .. } if status != 504) => {
+            *cause
+        }
+        other => other,
+    }
+}
+
+/// The lock that keeps two turns off one session (keyed by API base URL and session id),
+/// shared by every client in the process. Entries go when no turn holds or waits for them.
+fn session_turn(base_url: &str, session_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Turns = HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>;
+    static TURNS: OnceLock<Mutex<Turns>> = OnceLock::new();
+    let mut turns = TURNS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = (base_url.to_string(), session_id.to_string());
+    if let Some(lock) = turns.get(&key).and_then(Weak::upgrade) {
+        return lock;
+    }
+    // Forget sessions nobody is using, so the map stays as small as the turns in flight
+    // (amortised: only when it may have doubled).
+    if turns.len() >= 64 && turns.len().is_power_of_two() {
+        turns.retain(|_, lock| lock.strong_count() > 0);
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    turns.insert(key, Arc::downgrade(&lock));
+    lock
 }
 
 /// `from + limit`, or a time too far away to matter when the limit is "no limit"

@@ -12,12 +12,17 @@
 //!   the message. The state is read up to 4 times, 1 s, 2 s, 4 s apart, before concluding that
 //!   nothing changed (the service may apply an edit a moment after the stream closes).
 //!
-//! The message is never sent twice. A cut-off stream, a stream that timed out, and a request
-//! that may have reached the service without an answer (no response head within the idle
-//! limit, a connection lost while sending, a 5xx) end the turn with [`TurnEnd::Disconnected`]
-//! and what the state says changed. Errors that certainly left the message unprocessed (the
-//! connection refused, 2001 no credits, 1002, ...) and agent errors inside the stream are
-//! returned as `Err`.
+//! The message is never sent twice. What the wire proves decides how a turn ends:
+//! - **refused before any work** (an error answer head other than 504: 2001 no credits, 1002,
+//!   a gateway's 502, a refused connection, ...): returned as `Err`; the agent never began, so
+//!   sending the message again cannot repeat work;
+//! - **answered** (the stream opened): the turn ran, whatever its end. A clean end is
+//!   [`TurnEnd::Completed`] (or [`TurnEnd::WaitingForUser`]); an error the agent reports inside
+//!   the stream is [`TurnEnd::AgentError`], and a stream cut off or timed out is
+//!   [`TurnEnd::Disconnected`]. Both come with what the state says changed: the agent may have
+//!   edited before it failed;
+//! - **unknown** (no answer head within the idle limit, a 504, the connection lost before the
+//!   head): [`TurnEnd::Disconnected`] with what the state says changed.
 //!
 //! ## Crash-safe turns
 //!
@@ -29,6 +34,13 @@
 //! 2. after a restart, pass the saved state to [`NemoClient::reconcile_turn`]: it reads the
 //!    state again (a few times, as a turn does) and says what changed since, sending nothing.
 //!    [`TurnCheck::landed`] is true when the timeline changed.
+//!
+//! Sending the message again is safe only when the turn cannot be running any more and did
+//! not land: it was refused (an error head), or the longest a turn can take (the stream's
+//! total limit, 15 minutes by default) has passed since it was sent and the timeline still
+//! shows no change. A few seconds of unchanged state prove nothing: a turn can run for 15
+//! minutes, and the agent may apply its edit at the end. [`crate::job::EditJob`] follows these
+//! rules (and waits for a changing timeline to settle before it calls an edit landed).
 //!
 //! Comparing two big states takes a while (tens of milliseconds for hundreds of thousands of
 //! segments), so when the two reads hold more than 1,000 segments together a turn compares
@@ -46,13 +58,14 @@ use crate::error::{Error, Result};
 use crate::events::{AgentEvent, ToolCall, ToolResult};
 use crate::session::Session;
 use crate::state::{SessionState, StateDiff};
-use crate::stream::MessageOptions;
+use crate::stream::{MessageOptions, MessageStream};
 
 /// Callback receiving each event as it arrives (for live display).
 pub type EventFn = Arc<dyn Fn(&AgentEvent) + Send + Sync>;
 
-/// Callback receiving the state read before the message is sent (to save it).
-pub type StateFn = Arc<dyn Fn(&SessionState) + Send + Sync>;
+/// Callback receiving the state read before the message is sent (to save it). An error stops
+/// the turn before the message leaves.
+pub type StateFn = Arc<dyn Fn(&SessionState) -> Result<()> + Send + Sync>;
 
 /// Settings for [`NemoClient::run_turn_with`].
 #[derive(Clone)]
@@ -62,8 +75,8 @@ pub struct TurnOptions {
     pub message: MessageOptions,
     /// Called with every event as it arrives. Default: none.
     pub on_event: Option<EventFn>,
-    /// Called with the state read before the message, before the message is sent. Default:
-    /// none.
+    /// Called with the state read before the message, before the message is sent; an error
+    /// stops the turn (nothing is sent). Default: none.
     pub on_before_send: Option<StateFn>,
     /// State reads when looking for what changed. Default 4.
     pub reconcile_attempts: u32,
@@ -110,10 +123,12 @@ impl TurnOptions {
 
     /// Sets a callback that receives the state read before the message, just before the
     /// message is sent: save it there to reconcile the turn after a crash with
-    /// [`NemoClient::reconcile_turn`]. It runs on the calling task; keep it quick.
+    /// [`NemoClient::reconcile_turn`]. When it fails (the state could not be saved), the turn
+    /// ends with its error and the message is not sent. It runs on the calling task; keep it
+    /// quick. Default: none.
     pub fn on_before_send(
         mut self,
-        callback: impl Fn(&SessionState) + Send + Sync + 'static,
+        callback: impl Fn(&SessionState) -> Result<()> + Send + Sync + 'static,
     ) -> Self {
         self.on_before_send = Some(Arc::new(callback));
         self
@@ -144,6 +159,10 @@ pub enum TurnEnd {
     /// without an answer; the message was not re-sent. [`Turn::changes`] says what the state
     /// shows.
     Disconnected(Error),
+    /// The agent reported an error inside the stream ([`Error::Agent`]): the turn ran and is
+    /// over. It may have edited before it failed: [`Turn::changes`] says what the state shows.
+    /// The message was not re-sent.
+    AgentError(Error),
 }
 
 /// The outcome of one message.
@@ -188,7 +207,7 @@ impl Turn {
         } else {
             "The agent finished without changing the timeline.".to_string()
         };
-        if let TurnEnd::Disconnected(err) = &self.end {
+        if let TurnEnd::Disconnected(err) | TurnEnd::AgentError(err) = &self.end {
             answer.push_str(&format!("\n({err})"));
         }
         answer
@@ -304,7 +323,7 @@ impl NemoClient {
     ) -> Result<Turn> {
         let before = self.state(session).await?;
         if let Some(callback) = &options.on_before_send {
-            callback(&before);
+            callback(&before)?;
         }
         self.run_turn_after(session, before, text, options).await
     }
@@ -318,7 +337,7 @@ impl NemoClient {
         text: &str,
         options: &TurnOptions,
     ) -> Result<Turn> {
-        let mut stream = match self
+        let stream = match self
             .send_message_with(session, text, &options.message)
             .await
         {
@@ -336,6 +355,17 @@ impl NemoClient {
             }
             Err(err) => return Err(err),
         };
+        Ok(self.follow_turn(session, before, stream, options).await)
+    }
+
+    /// Follows an opened stream to the end of its turn.
+    pub(crate) async fn follow_turn(
+        &self,
+        session: &Session,
+        before: SessionState,
+        mut stream: MessageStream,
+        options: &TurnOptions,
+    ) -> Turn {
         let mut collector = TurnCollector::default();
         let mut cut_off: Option<Error> = None;
         while let Some(item) = stream.next_event().await {
@@ -346,17 +376,18 @@ impl NemoClient {
                     }
                     collector.add(&event);
                 }
-                Err(err) if err.needs_reconcile() => {
+                // The stream opened, so the turn ran: whatever ends it, the state says what it
+                // did, and the message is never sent again from here.
+                Err(err) => {
                     cut_off = Some(err);
                     break;
                 }
-                Err(err) => return Err(err),
             }
         }
         drop(stream);
         // Boxed: inline, the ending (the turn, the state re-reads) made this future 4.6 KiB,
         // held by every user for the whole stream; boxed, it is allocated once at the end.
-        Ok(Box::pin(self.finish_turn(session, before, collector, cut_off, options)).await)
+        Box::pin(self.finish_turn(session, before, collector, cut_off, options)).await
     }
 
     /// Ends a turn whose message was sent: how it ended, and, when the words do not say what
@@ -371,6 +402,7 @@ impl NemoClient {
     ) -> Turn {
         let text = collector.text();
         let end = match (cut_off, collector.unanswered_call()) {
+            (Some(err @ Error::Agent { .. }), _) => TurnEnd::AgentError(err),
             (Some(err), _) => TurnEnd::Disconnected(err),
             (None, Some(call)) => TurnEnd::WaitingForUser {
                 question: call.question_text(),
@@ -381,7 +413,7 @@ impl NemoClient {
         // A question needs the user's answer, not a timeline check; a silent or cut-off turn
         // is explained by what changed.
         let needs_state = match end {
-            TurnEnd::Disconnected(_) => true,
+            TurnEnd::Disconnected(_) | TurnEnd::AgentError(_) => true,
             TurnEnd::WaitingForUser { .. } => false,
             _ => text.is_empty(),
         };
@@ -423,6 +455,13 @@ impl NemoClient {
     /// turns](crate::turn#crash-safe-turns)) changed the timeline, without sending anything:
     /// reads the state (up to 4 times, 1 s, 2 s, 4 s apart, until it differs) and compares.
     ///
+    /// "No change" after these few seconds does **not** mean the message can be sent again:
+    /// the turn may still be running (a turn can take the stream's total limit, 15 minutes by
+    /// default). Sending again is safe only once that long has passed since the message was
+    /// sent with still no change, or when the message was refused before any work (an error
+    /// answer head). A change may also be the first of several: the turn is over when the
+    /// timeline stops changing.
+    ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
     /// // `saved` was written by TurnOptions::on_before_send before the process died.
@@ -432,7 +471,9 @@ impl NemoClient {
     /// if check.landed() {
     ///     println!("the edit landed: {}", check.changes);
     /// } else {
-    ///     println!("nothing changed: the message can be sent again");
+    ///     // Not yet proof that it never landed: the turn may still be running. Send it again
+    ///     // only once the stream's total limit (15 min) has passed since it was sent.
+    ///     println!("no change yet");
     /// }
     /// # Ok(()) }
     /// ```

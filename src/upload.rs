@@ -13,7 +13,15 @@
 //!   upload, so memory stays flat (about 1.5 MiB of buffers) whatever the size.
 //! - Uploading is not idempotent (a second upload adds a second copy): it is re-sent only when
 //!   the request certainly never reached the server.
-//! - Time limit: the request timeout plus 4 s per MiB (a 500 MiB clip gets about 34 minutes).
+//! - Time limit: the upload follows its progress, not an assumed bandwidth. It fails when
+//!   the connection accepts no bytes for the request timeout (60 s by default); a slow uplink
+//!   that keeps moving finishes, however long it takes. Progress is seen at the grain of the
+//!   body's 256 KiB chunks (8 s apart at 32 KiB/s; slicing them finer cost a 500 MiB upload
+//!   on loopback 13% more CPU and showed no more, since the kernel's send buffer takes bytes
+//!   in bursts anyway). The operating system takes the last few megabytes into its socket
+//!   buffers at once and sends them on unseen, so after the last byte the answer may take
+//!   the request timeout plus 1 s per 32 KiB of what those buffers can hold (at most 4 MiB:
+//!   128 s), the one place a floor on the uplink (32 KiB/s) is assumed.
 //! - URL imports accept only `http`/`https` URLs with a host.
 
 use std::fmt;
@@ -349,7 +357,7 @@ impl MultipartPlan {
     }
 
     /// Starts a reader thread that produces the body's chunks, and wraps them as a body.
-    fn body(&self, progress: Option<ProgressFn>) -> Result<StreamBody> {
+    fn body(&self, progress: Option<ProgressFn>, watch: Arc<Watch>) -> Result<StreamBody> {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CHUNKS_IN_FLIGHT);
         let heads = self.heads.clone();
@@ -366,17 +374,30 @@ impl MultipartPlan {
                 ))),
             })?;
         let total = self.total;
+        watch.set(Phase::Sending(tokio::time::Instant::now()));
         let stream = async_stream::stream! {
             let mut receiver = receiver;
             let mut sent = 0u64;
+            // The attempt's body, however it ends: dropped before its end, the attempt is
+            // over (the transport may wait, then send a new body).
+            let _attempt = AttemptGuard(Arc::clone(&watch));
             while let Some(chunk) = receiver.recv().await {
-                if let Ok(bytes) = &chunk {
-                    sent += bytes.len() as u64;
-                    if let Some(progress) = &progress {
-                        progress(UploadProgress { sent, total });
+                let bytes = match chunk {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        yield Err(err);
+                        continue;
                     }
+                };
+                sent += bytes.len() as u64;
+                // Asked for: the connection took what it had. The last chunk completes the
+                // body (the connection may not ask for more: it knows the length).
+                let now = tokio::time::Instant::now();
+                watch.set(if sent == total { Phase::Sent(now) } else { Phase::Sending(now) });
+                if let Some(progress) = &progress {
+                    progress(UploadProgress { sent, total });
                 }
-                yield chunk;
+                yield Ok(bytes);
             }
             if sent != total {
                 yield Err(std::io::Error::other("the upload body ended early"));
@@ -589,21 +610,27 @@ impl NemoClient {
             .map(|path| check_file(path.as_ref(), limit))
             .collect::<Result<Vec<_>>>()?;
         let plan = Arc::new(MultipartPlan::new(files));
-        let mib = plan.total.div_ceil(1024 * 1024);
-        // Saturating: a request timeout of `Duration::MAX` means "no limit", not a panic.
-        let timeout = self.config().request_timeout.saturating_add(
-            Duration::from_secs(4).saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX)),
-        );
+        let stall = self.config().request_timeout;
+        let watch = Arc::new(Watch::new(plan.total));
         let factory_plan = Arc::clone(&plan);
+        let factory_watch = Arc::clone(&watch);
+        // No overall limit: the watch below limits silence instead (see the module docs).
         let request = Request::post(&["api", "upload-video", "nemo_agent", "me", session.id()])
-            .stream_body(Arc::new(move || factory_plan.body(progress.clone())))
-            .timeout(Some(timeout))
+            .stream_body(Arc::new(move || {
+                factory_plan.body(progress.clone(), Arc::clone(&factory_watch))
+            }))
+            .timeout(None)
             .session(session.id())
             .expect("an upload result");
-        self.transport()
-            .call(request)
-            .await
-            .map_err(|err| attach_file(err, &plan.files))
+        let path = format!("/api/upload-video/nemo_agent/me/{}", session.id());
+        tokio::select! {
+            result = self.transport().call(request) => result,
+            stalled = watch.stalled(stall) => Err(Error::Unconfirmed {
+                request: format!("POST {path}"),
+                cause: Box::new(stalled),
+            }),
+        }
+        .map_err(|err| attach_file(err, &plan.files))
     }
 
     /// Imports media by URL (`{"urls": [...], "source_type": "url"}`). Only `http`/`https`
@@ -645,6 +672,120 @@ impl NemoClient {
             .expect("an upload result");
         self.transport().call(request).await
     }
+}
+
+/// Where an upload attempt is, for its stall limit.
+#[derive(Clone, Copy, Default)]
+enum Phase {
+    /// No attempt's body is out (before the first, or between two while the transport waits).
+    #[default]
+    Idle,
+    /// The connection last took a piece of the body at this time.
+    Sending(tokio::time::Instant),
+    /// The whole body was handed over at this time; the answer is awaited.
+    Sent(tokio::time::Instant),
+}
+
+/// What an upload's bodies report of their progress: the phase, in one atomic word (it is
+/// set for every piece of the body): 0 for idle, else the time since `base` in nanoseconds
+/// plus one, with the top bit set once the body was all sent.
+struct Watch {
+    base: tokio::time::Instant,
+    phase: std::sync::atomic::AtomicU64,
+    /// The longest the bytes of the body may still be on their way once all were handed
+    /// over: sitting in socket buffers, sent on at no rate this client can see.
+    unseen: Duration,
+}
+
+/// What the operating system's socket buffers hold at most (Linux grows a TCP send buffer up
+/// to 4 MiB by default), and the slowest uplink they are allowed to drain at.
+const MAX_BUFFERED: u64 = 4 * 1024 * 1024;
+const SLOWEST_UPLINK_PER_SEC: u64 = 32 * 1024;
+/// The top bit of [`Watch`]'s word: the body was all sent.
+const SENT: u64 = 1 << 63;
+
+impl Watch {
+    fn new(total: u64) -> Watch {
+        Watch {
+            base: tokio::time::Instant::now(),
+            phase: std::sync::atomic::AtomicU64::new(0),
+            unseen: Duration::from_secs(total.min(MAX_BUFFERED).div_ceil(SLOWEST_UPLINK_PER_SEC)),
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        let since = |at: tokio::time::Instant| {
+            let nanos = at.saturating_duration_since(self.base).as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX >> 1).min(SENT - 2) + 1
+        };
+        let word = match phase {
+            Phase::Idle => 0,
+            Phase::Sending(at) => since(at),
+            Phase::Sent(at) => since(at) | SENT,
+        };
+        self.phase.store(word, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> Phase {
+        let word = self.phase.load(std::sync::atomic::Ordering::Relaxed);
+        if word == 0 {
+            return Phase::Idle;
+        }
+        let at = self.base + Duration::from_nanos((word & !SENT) - 1);
+        if word & SENT != 0 {
+            Phase::Sent(at)
+        } else {
+            Phase::Sending(at)
+        }
+    }
+
+    /// Resolves when the connection has taken nothing for `stall`, or no answer came within
+    /// `stall` (plus what buffered bytes may need) of the last byte: the timeout error.
+    async fn stalled(&self, stall: Duration) -> Error {
+        loop {
+            let since = match self.phase() {
+                Phase::Idle => None,
+                Phase::Sending(at) => Some((at, stall)),
+                Phase::Sent(at) => Some((at, stall.saturating_add(self.unseen))),
+            };
+            match since {
+                Some((at, limit)) if at.elapsed() >= limit => {
+                    return Error::Timeout {
+                        kind: crate::error::TimeoutKind::Request,
+                        after: limit,
+                    }
+                }
+                Some((at, limit)) => {
+                    tokio::time::sleep_until(at.checked_add(limit).unwrap_or_else(far_future)).await
+                }
+                // Connecting and authenticating have limits of their own.
+                None => tokio::time::sleep(stall.min(Duration::from_secs(1))).await,
+            }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// Marks the attempt over when its body goes before it was all sent.
+struct AttemptGuard(Arc<Watch>);
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if let Phase::Sending(_) = self.0.phase() {
+            self.0.set(Phase::Idle);
+        }
+    }
+}
+
+/// The file name as the multipart header carries it (quotes and line breaks
+/// percent-encoded, as browsers do): what the service stores, and so what finds an upload
+/// again in the session's media.
+pub(crate) fn name_as_sent(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|name| quote_filename(&name.to_string_lossy()))
 }
 
 /// Names the local file in a 4001/4002 from the server when only one file was sent.

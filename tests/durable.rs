@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nemo_video::job::{EditJob, JobFile, JobOptions, Stage};
+use nemo_video::job::{
+    EditJob, JobFile, JobOptions, JobSaveOutcome, JobStore, LeaseAttempt, LeaseHolder,
+    MemoryJobStore, Stage, StoreFuture, StoredJob,
+};
+use nemo_video::lease::Lease;
 use nemo_video::render::{RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::stream::MessageOptions;
@@ -35,8 +39,11 @@ async fn quick_simulator() -> Simulator {
 /// A client of `sim` whose identity lives in `config`: a new client over the same folder is
 /// "the same user in a new process".
 fn client_of(sim: &Simulator, config: &Path) -> NemoClient {
+    // A short request timeout: it is also an upload's stall limit, and so how long a resumed
+    // job waits for an upload sent before a crash that could still land.
     ephemeral_builder(sim.base_url())
         .config_dir(config)
+        .request_timeout(Duration::from_secs(2))
         .build()
         .expect("client builds")
 }
@@ -56,6 +63,8 @@ fn job_options_with_window(window: Duration) -> JobOptions {
     JobOptions::default()
         .turn(quick_turn().message(MessageOptions::default().total_timeout(window)))
         .wait(fast_wait())
+        .reconcile_interval(Duration::from_millis(50))
+        .settle(Duration::from_millis(200))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -198,6 +207,7 @@ async fn the_state_before_a_message_is_handed_out_before_the_message_leaves() {
             serde_json::to_string(state).unwrap(),
             handle.request_count(Endpoint::RunSse),
         ));
+        Ok(())
     });
     let turn = client
         .run_turn_with(&session, REMOVE, &options)
@@ -379,6 +389,25 @@ async fn an_error_head_followed_by_silence_ends_within_the_idle_limit() {
 }
 
 // ---------------------------------------------------------------------------------------
+// On-before-send
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_failed_save_before_sending_stops_the_message() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let session = session_with_clip(&client).await;
+    let options = quick_turn().on_before_send(|_| Err(crash("disk full")));
+    let err = client
+        .run_turn_with(&session, REMOVE, &options)
+        .await
+        .expect_err("the save failed");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(sim.request_count(Endpoint::RunSse), 0, "nothing was sent");
+}
+
+// ---------------------------------------------------------------------------------------
 // The durable job
 // ---------------------------------------------------------------------------------------
 
@@ -390,46 +419,118 @@ fn crash(what: &str) -> Error {
     }
 }
 
-/// Saves the job into `slot` as a file would; the `crash_at`-th save (1-based) ends the run
-/// like a killed process: `persist_then_die` keeps that save (died right after saving),
-/// otherwise it is lost (died after the request, before its answer was saved).
-fn crashing_saver(
-    slot: Arc<Mutex<Option<String>>>,
+/// A job store that dies like a killed process at its `crash_at`-th save (1-based):
+/// `persist_then_die` keeps that save (died right after saving), otherwise it is lost (died
+/// after the request, before its answer was saved).
+struct CrashingStore {
+    inner: MemoryJobStore,
+    saves: AtomicUsize,
     crash_at: usize,
     persist_then_die: bool,
-) -> impl FnMut(&EditJob) -> nemo_video::Result<()> + Send {
-    let mut saves = 0;
-    move |job| {
-        saves += 1;
-        if saves == crash_at && !persist_then_die {
-            return Err(crash("simulated crash before saving"));
+    stages: Mutex<Vec<Stage>>,
+}
+
+impl CrashingStore {
+    fn new(crash_at: usize, persist_then_die: bool) -> CrashingStore {
+        CrashingStore {
+            inner: MemoryJobStore::new(),
+            saves: AtomicUsize::new(0),
+            crash_at,
+            persist_then_die,
+            stages: Mutex::new(Vec::new()),
         }
-        *slot.lock().unwrap() = Some(serde_json::to_string(job).unwrap());
-        if saves == crash_at {
-            return Err(crash("simulated crash after saving"));
-        }
-        Ok(())
     }
+
+    fn never() -> CrashingStore {
+        CrashingStore::new(usize::MAX, false)
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        self.stages.lock().unwrap().clone()
+    }
+}
+
+impl JobStore for CrashingStore {
+    fn load<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<StoredJob>> {
+        self.inner.load(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        job: &'a EditJob,
+        expected_version: Option<u64>,
+    ) -> StoreFuture<'a, JobSaveOutcome> {
+        Box::pin(async move {
+            let save = self.saves.fetch_add(1, Ordering::SeqCst) + 1;
+            if save == self.crash_at && !self.persist_then_die {
+                return Err(crash("simulated crash before saving"));
+            }
+            let outcome = self.inner.save(id, job, expected_version).await?;
+            self.stages.lock().unwrap().push(job.stage);
+            if save == self.crash_at {
+                return Err(crash("simulated crash after saving"));
+            }
+            Ok(outcome)
+        })
+    }
+    fn remove<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.remove(id)
+    }
+    fn job_ids(&self) -> StoreFuture<'_, Vec<String>> {
+        self.inner.job_ids()
+    }
+    fn try_lease<'a>(
+        &'a self,
+        id: &'a str,
+        ttl: Duration,
+        holder: &'a LeaseHolder,
+    ) -> StoreFuture<'a, LeaseAttempt> {
+        self.inner.try_lease(id, ttl, holder)
+    }
+    fn renew_lease<'a>(&'a self, lease: &'a Lease) -> StoreFuture<'a, bool> {
+        self.inner.renew_lease(lease)
+    }
+    fn release_lease(&self, lease: Lease) -> StoreFuture<'_, ()> {
+        self.inner.release_lease(lease)
+    }
+    fn lease_holder<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<LeaseHolder>> {
+        self.inner.lease_holder(id)
+    }
+}
+
+/// What the simulator did over a test: sessions, upload requests, clips on the first
+/// session, messages, render ids.
+fn counts(sim: &Simulator) -> (usize, usize, usize, usize, usize) {
+    let sessions = sim.session_ids();
+    let clips = sessions
+        .iter()
+        .map(|s| sim.media(s).len())
+        .max()
+        .unwrap_or(0);
+    (
+        sim.session_count(),
+        sim.request_count(Endpoint::Upload),
+        clips,
+        sim.request_count(Endpoint::RunSse),
+        sim.render_ids().len(),
+    )
 }
 
 #[tokio::test]
 async fn a_job_resumed_after_a_crash_at_any_point_pays_once() {
-    // A clean run saves this many times (one per stage reached; the last one is "done").
-    const SAVES: usize = 8;
+    // A clean run saves this many times: the new record, then one per stage reached, and
+    // once more when the agent's stream opens; the last one is "done".
+    const SAVES: usize = 10;
     for crash_at in 1..=SAVES {
         for persist_then_die in [true, false] {
             let sim = quick_simulator().await;
             let dir = tempdir();
             let config = dir.path().join("config");
             let output = dir.path().join("out.mp4");
-            let slot = Arc::new(Mutex::new(None));
+            let store = CrashingStore::new(crash_at, persist_then_die);
             let mut job = EditJob::new(sample_input(), REMOVE, &output).unwrap();
             let first = job
-                .run(
-                    &client_of(&sim, &config),
-                    &job_options(),
-                    crashing_saver(slot.clone(), crash_at, persist_then_die),
-                )
+                .run(&client_of(&sim, &config), &store, &job_options())
                 .await;
             let label = format!("crash at save {crash_at} (kept: {persist_then_die})");
             assert!(first.is_err(), "{label}: the run should have died");
@@ -438,16 +539,13 @@ async fn a_job_resumed_after_a_crash_at_any_point_pays_once() {
             }
 
             // A new process: a new client, the job as it was last saved (or a new one).
-            let saved = slot.lock().unwrap().clone();
+            let saved = store.inner.load(&job.id).await.unwrap();
             let mut job = match saved {
-                Some(json) => serde_json::from_str::<EditJob>(&json).unwrap(),
+                Some(saved) => saved.job,
                 None => EditJob::new(sample_input(), REMOVE, &output).unwrap(),
             };
-            let file = JobFile::new(dir.path().join("job.json"));
             let outcome = job
-                .run(&client_of(&sim, &config), &job_options(), |job| {
-                    file.save(job)
-                })
+                .run(&client_of(&sim, &config), &store.inner, &job_options())
                 .await
                 .unwrap_or_else(|err| panic!("{label}: {err}"));
             assert_eq!(job.stage, Stage::Done);
@@ -457,26 +555,22 @@ async fn a_job_resumed_after_a_crash_at_any_point_pays_once() {
                 "{label}"
             );
             assert_eq!(
-                outcome.bytes,
-                nemo_video::simulator::SAMPLE_OUTPUT_MP4.len() as u64
+                support::file_names(dir.path()),
+                ["config", "out.mp4"],
+                "{label}: only the result"
             );
-            let counts = (
-                sim.session_count(),
-                sim.request_count(Endpoint::Upload),
-                sim.request_count(Endpoint::RunSse),
-                sim.render_ids().len(),
-            );
+            let (sessions, _, clips, messages, renders) = counts(&sim);
             // A crash between the session request and its save may leave one empty session
             // behind (creating one is free); nothing else is ever done twice.
-            let sessions_allowed = if crash_at == 1 && !persist_then_die {
+            let sessions_allowed = if crash_at <= 2 && !persist_then_die {
                 2
             } else {
                 1
             };
-            assert!(counts.0 <= sessions_allowed, "{label}: sessions {counts:?}");
-            assert_eq!(counts.1, 1, "{label}: uploads {counts:?}");
-            assert_eq!(counts.2, 1, "{label}: messages {counts:?}");
-            assert_eq!(counts.3, 1, "{label}: renders {counts:?}");
+            assert!(sessions <= sessions_allowed, "{label}: sessions {sessions}");
+            assert_eq!(clips, 1, "{label}: clips on the session");
+            assert_eq!(messages, 1, "{label}: messages");
+            assert_eq!(renders, 1, "{label}: renders");
             assert_eq!(outcome.render_job.id, sim.render_ids()[0], "{label}");
         }
     }
@@ -491,25 +585,23 @@ async fn a_clean_job_saves_at_every_stage_and_its_file_round_trips() {
     let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4"))
         .unwrap()
         .language("en");
-    let stages = Arc::new(Mutex::new(Vec::new()));
-    let seen = stages.clone();
     let events = Arc::new(AtomicUsize::new(0));
     let counter = events.clone();
     let options = job_options().on_event(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    job.run(&client_of(&sim, &config), &options, |job| {
-        seen.lock().unwrap().push(job.stage);
-        file.save(job)
-    })
-    .await
-    .unwrap();
+    let store = CrashingStore::never();
+    job.run(&client_of(&sim, &config), &store, &options)
+        .await
+        .unwrap();
     assert_eq!(
-        *stages.lock().unwrap(),
+        store.stages(),
         [
+            Stage::New,
             Stage::SessionCreated,
             Stage::UploadSent,
             Stage::Uploaded,
+            Stage::MessageSent,
             Stage::MessageSent,
             Stage::Edited,
             Stage::RenderSubmitted,
@@ -518,15 +610,28 @@ async fn a_clean_job_saves_at_every_stage_and_its_file_round_trips() {
         ]
     );
     assert!(events.load(Ordering::SeqCst) >= 6);
-    let reloaded = file.load().unwrap().expect("saved");
-    assert_eq!(reloaded.stage, Stage::Done);
-    assert!(reloaded.timeline.as_deref().unwrap().contains(MASK_TRACK));
-    assert!(reloaded.input_unchanged());
-    // Private folder, no temporaries.
+
+    // The same job through a file.
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out2.mp4")).unwrap();
+    job.run(&client_of(&sim, &config), &file, &job_options())
+        .await
+        .unwrap();
+    let reloaded = file.read().unwrap().expect("saved");
+    assert_eq!(reloaded.job.stage, Stage::Done);
+    assert_eq!(reloaded.version, 10);
+    assert_eq!(reloaded.job.version(), Some(10));
+    assert!(reloaded
+        .job
+        .timeline
+        .as_deref()
+        .unwrap()
+        .contains(MASK_TRACK));
+    assert!(reloaded.job.input_unchanged());
+    // Private folder, no temporaries, no lock left behind.
     assert_eq!(support::file_names(&dir.path().join("jobs")), ["one.json"]);
-    file.remove().unwrap();
-    assert!(file.load().unwrap().is_none());
-    file.remove().expect("removing twice is fine");
+    file.delete().unwrap();
+    assert!(file.read().unwrap().is_none());
+    file.delete().expect("removing twice is fine");
 }
 
 #[tokio::test]
@@ -538,27 +643,22 @@ async fn a_message_sent_without_a_visible_change_is_not_sent_again_until_a_turn_
     let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
     // Died right after saving "message sent", before the message left: the timeline shows
     // no change.
-    let slot = Arc::new(Mutex::new(None));
-    let _ = job
-        .run(
-            &client,
-            &job_options(),
-            crashing_saver(slot.clone(), 4, true),
-        )
-        .await;
-    let saved: EditJob = serde_json::from_str(&slot.lock().unwrap().clone().unwrap()).unwrap();
+    let store = CrashingStore::new(5, true);
+    let _ = job.run(&client, &store, &job_options()).await;
+    let saved = store.inner.load(&job.id).await.unwrap().unwrap().job;
     assert_eq!(saved.stage, Stage::MessageSent);
 
     // Within the window a turn can take, a resumed job watches the timeline and sends
     // nothing (the agent may still be working).
     let mut job = saved.clone();
+    // A short lease: the watching run is dropped (as a killed process would stop), and its
+    // lease lapses by itself.
+    let options = job_options_with_window(Duration::from_secs(3600))
+        .lease_ttl(Duration::from_millis(300))
+        .wait_if_running(Duration::from_secs(30));
     let watching = tokio::time::timeout(
         Duration::from_millis(500),
-        job.run(
-            &client,
-            &job_options_with_window(Duration::from_secs(3600)),
-            |_| Ok(()),
-        ),
+        job.run(&client, &store.inner, &options),
     )
     .await;
     assert!(watching.is_err(), "still watching: {watching:?}");
@@ -569,15 +669,525 @@ async fn a_message_sent_without_a_visible_change_is_not_sent_again_until_a_turn_
     );
 
     // Once a turn could no longer be running and nothing changed, it is sent (once).
-    let mut job = saved;
-    job.message_sent_at = job.message_sent_at.map(|at| at - 7200);
-    job.run(
-        &client,
-        &job_options_with_window(Duration::from_secs(3600)),
-        |_| Ok(()),
-    )
-    .await
-    .unwrap();
+    let mut stored = store.inner.load(&saved.id).await.unwrap().unwrap();
+    let message = stored.job.message.as_mut().unwrap();
+    message.sent_at_ms -= 7_200_000;
+    let mut job = stored.job;
+    job.run(&client, &store.inner, &options).await.unwrap();
     assert_eq!(sim.request_count(Endpoint::RunSse), 1);
     assert_eq!(job.stage, Stage::Done);
+}
+
+#[tokio::test]
+async fn an_error_head_on_the_message_fails_at_once_and_the_next_run_sends_it_once_more() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    sim.fail_next(
+        Endpoint::RunSse,
+        1,
+        nemo_video::simulator::Failure::PlainText {
+            status: 502,
+            body: "Bad Gateway".into(),
+        },
+    );
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    // A window of an hour: a job that watched for this refused message would hang here.
+    let options = job_options_with_window(Duration::from_secs(3600));
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), job.run(&client, &store, &options))
+        .await
+        .expect("a refused message fails at once, it is not watched")
+        .expect_err("502");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(err.http_status(), Some(502), "{err:?}");
+    assert!(!err.needs_reconcile(), "{err}");
+    assert_eq!(job.stage, Stage::Uploaded, "back to before the message");
+    assert!(job.message.is_none());
+    assert_eq!(sim.request_count(Endpoint::RunSse), 1);
+
+    let mut job = store.load(&job.id).await.unwrap().unwrap().job;
+    job.run(&client, &store, &options).await.unwrap();
+    assert_eq!(sim.request_count(Endpoint::RunSse), 2, "sent once more");
+    let (sessions, uploads, clips, _, renders) = counts(&sim);
+    assert_eq!((sessions, uploads, clips, renders), (1, 1, 1, 1));
+}
+
+#[tokio::test]
+async fn a_gateway_timeout_on_the_message_is_reconciled_not_refused() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let session = session_with_clip(&client).await;
+    sim.fail_next(
+        Endpoint::RunSse,
+        1,
+        nemo_video::simulator::Failure::Status(504),
+    );
+    let err = client
+        .send_message(&session, REMOVE)
+        .await
+        .expect_err("504");
+    assert!(err.needs_reconcile(), "{err}");
+    sim.fail_next(
+        Endpoint::RunSse,
+        1,
+        nemo_video::simulator::Failure::Status(503),
+    );
+    let err = client
+        .send_message(&session, REMOVE)
+        .await
+        .expect_err("503");
+    assert!(!err.needs_reconcile(), "{err}");
+    assert_eq!(err.http_status(), Some(503));
+}
+
+#[tokio::test]
+async fn an_agent_error_after_the_edit_landed_never_sends_the_message_again() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    // The agent's tools ran (the edit is applied and charged), then it reports an error.
+    sim.fail_next_stream_after(2, "model overloaded");
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    let outcome = job.run(&client, &store, &job_options()).await.unwrap();
+    assert!(
+        job.answer.as_deref().unwrap().contains(MASK_TRACK),
+        "{:?}",
+        job.answer
+    );
+    assert!(outcome.bytes > 0);
+    // Any number of reruns of the saved job send nothing more.
+    for _ in 0..3 {
+        let mut again = store.load(&job.id).await.unwrap().unwrap().job;
+        again.run(&client, &store, &job_options()).await.unwrap();
+    }
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn an_agent_error_that_changed_nothing_is_kept_and_sent_again_only_when_asked() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    // A turn that edits nothing (a chat reply), failing before its first event.
+    sim.fail_next_stream_after(0, "model overloaded");
+    let mut job = EditJob::new(sample_input(), "hello there", dir.path().join("out.mp4")).unwrap();
+    let err = job.run(&client, &store, &job_options()).await.unwrap_err();
+    let Error::EditNotApplied { agent_error } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(agent_error.as_deref(), Some("model overloaded"));
+    assert_eq!(job.stage, Stage::MessageSent, "never rolled back");
+    for _ in 0..2 {
+        let mut again = store.load(&job.id).await.unwrap().unwrap().job;
+        let err = again
+            .run(&client, &store, &job_options())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::EditNotApplied { .. }), "{err:?}");
+    }
+    assert_eq!(
+        sim.request_count(Endpoint::RunSse),
+        1,
+        "not sent again by itself"
+    );
+
+    let mut again = store.load(&job.id).await.unwrap().unwrap().job;
+    again.send_again().unwrap();
+    again.run(&client, &store, &job_options()).await.unwrap();
+    assert_eq!(
+        sim.request_count(Endpoint::RunSse),
+        2,
+        "sent once more, as asked"
+    );
+}
+
+#[tokio::test]
+async fn a_question_is_kept_and_a_resume_never_sends_the_prompt_again() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    let vague = "can you make it better?";
+    let mut job = EditJob::new(sample_input(), vague, dir.path().join("out.mp4")).unwrap();
+    let err = job.run(&client, &store, &job_options()).await.unwrap_err();
+    let Error::NeedsAnswer { question } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(question.contains("Which object"), "{question}");
+    assert_eq!(job.stage, Stage::AwaitingAnswer);
+    assert_eq!(job.question(), Some(question.as_str()));
+    assert!(job.waits_for_a_person());
+    assert!(
+        nemo_video::job::resumable_jobs(&store, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a worker does not pick up a job that waits for a person"
+    );
+
+    // Resumed without an answer: the question again, nothing sent.
+    for _ in 0..2 {
+        let mut again = store.load(&job.id).await.unwrap().unwrap().job;
+        let err = again
+            .run(&client, &store, &job_options())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NeedsAnswer { .. }), "{err:?}");
+    }
+    assert_eq!(
+        sim.request_count(Endpoint::RunSse),
+        1,
+        "the prompt was not sent again"
+    );
+
+    // Answered: the answer is the next message, and the job finishes.
+    let mut again = store.load(&job.id).await.unwrap().unwrap().job;
+    again.answer_question(REMOVE).unwrap();
+    again.run(&client, &store, &job_options()).await.unwrap();
+    assert_eq!(sim.request_count(Endpoint::RunSse), 2);
+    let messages: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Some(Endpoint::RunSse))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(messages.len(), 2);
+    assert!(again.timeline.as_deref().unwrap().contains(MASK_TRACK));
+    assert!(
+        again.answer_question("more").is_err(),
+        "nothing left to answer"
+    );
+}
+
+#[tokio::test]
+async fn the_same_job_run_twice_at_once_runs_once() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let dir = tempdir();
+    let file = JobFile::new(dir.path().join("jobs/job.json"));
+    let job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    let (mut first, mut second) = (job.clone(), job);
+    let (a, b) = (
+        client_of(&sim, config.path()),
+        client_of(&sim, config.path()),
+    );
+    let options = job_options();
+    let (one, two) = tokio::join!(
+        first.run(&a, &file, &options),
+        second.run(&b, &file, &options)
+    );
+    let (done, refused) = match (one, two) {
+        (Ok(done), Err(refused)) | (Err(refused), Ok(done)) => (done, refused),
+        other => panic!("one run, one refusal: {other:?}"),
+    };
+    assert!(done.bytes > 0);
+    let Error::JobRunningElsewhere { holder, .. } = &refused else {
+        panic!("{refused:?}");
+    };
+    let holder = holder.as_deref().unwrap();
+    assert!(
+        holder.contains(&format!("pid {}", std::process::id())),
+        "{holder}"
+    );
+    assert!(
+        refused.to_string().contains("nothing was sent"),
+        "{refused}"
+    );
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_can_wait_for_the_first_and_reports_it_done() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    let job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    let (mut first, mut second) = (job.clone(), job);
+    let client = client_of(&sim, config.path());
+    let waiting = job_options().wait_if_running(Duration::from_secs(60));
+    let plain = job_options();
+    let (one, two) = tokio::join!(first.run(&client, &store, &plain), async {
+        // Starts once the first holds the lease.
+        while store.lease_holder(&second.id).await.unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        second.run(&client, &store, &waiting).await
+    });
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_eq!(one.render_job.id, two.render_job.id);
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_quoted_file_name_is_found_again_on_resume() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let clip = dir.path().join("take \"2\".mp4");
+    std::fs::copy(sample_input(), &clip).unwrap();
+    // Died after the upload landed, before its answer was saved (the 4th save: "uploaded").
+    let store = CrashingStore::new(4, false);
+    let mut job = EditJob::new(&clip, REMOVE, dir.path().join("out.mp4")).unwrap();
+    assert!(job.run(&client, &store, &job_options()).await.is_err());
+    assert_eq!(sim.request_count(Endpoint::Upload), 1);
+    let mut job = store.inner.load(&job.id).await.unwrap().unwrap().job;
+    assert_eq!(job.stage, Stage::UploadSent);
+    assert_eq!(job.upload.as_ref().unwrap().name, "take %222%22.mp4");
+    job.run(&client, &store.inner, &job_options())
+        .await
+        .unwrap();
+    assert_eq!(sim.request_count(Endpoint::Upload), 1, "not uploaded again");
+    let (_, _, clips, messages, _) = counts(&sim);
+    assert_eq!((clips, messages), (1, 1));
+}
+
+#[tokio::test]
+async fn a_done_job_whose_output_is_gone_downloads_it_again() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    job.run(&client, &store, &job_options()).await.unwrap();
+    // Resumed on another machine: its output is not there.
+    let mut elsewhere = store.load(&job.id).await.unwrap().unwrap().job;
+    elsewhere.output = dir.path().join("elsewhere").join("out.mp4");
+    std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+    let outcome = elsewhere
+        .run(&client, &store, &job_options())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&outcome.output).unwrap(),
+        nemo_video::simulator::SAMPLE_OUTPUT_MP4
+    );
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+    assert_eq!(
+        sim.request_count(Endpoint::CdnOutput),
+        2,
+        "downloaded again"
+    );
+}
+
+#[tokio::test]
+async fn a_job_moves_to_another_machine_by_its_content_and_keeps_its_identity() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = CrashingStore::new(2, true);
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    assert!(job.run(&client, &store, &job_options()).await.is_err());
+    let saved = store.inner.load(&job.id).await.unwrap().unwrap().job;
+    assert_eq!(saved.stage, Stage::SessionCreated);
+    let identity = saved.identity.clone().unwrap();
+    assert_eq!(identity.origin, sim.base_url());
+    assert_eq!(identity.client_id, client.client_id().await.unwrap());
+
+    // The other machine has the clip elsewhere, under another name.
+    let copy = dir.path().join("copy-of-the-clip.mp4");
+    std::fs::copy(sample_input(), &copy).unwrap();
+    let other = dir.path().join("other.mp4");
+    std::fs::write(&other, b"not the clip").unwrap();
+    assert!(saved.clone().with_input_at(&other).is_err(), "another file");
+    let moved = saved.clone().with_input_at(&copy).unwrap();
+    assert_eq!(moved.input, copy);
+
+    // Another identity may not run it: the session is not theirs.
+    let stranger = ephemeral_builder(sim.base_url())
+        .config_dir(tempdir().path())
+        .build()
+        .unwrap();
+    let mut wrong = moved.clone();
+    let err = wrong
+        .run(&stranger, &store.inner, &job_options())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to"), "{err}");
+
+    let mut moved = moved;
+    moved
+        .run(&client, &store.inner, &job_options())
+        .await
+        .unwrap();
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn resumable_jobs_lists_what_nobody_runs() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let dir = tempdir();
+    let store = Arc::new(CrashingStore::new(6, true));
+    let mut job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    assert!(job
+        .run(&client, store.as_ref(), &job_options())
+        .await
+        .is_err());
+    let resumable = nemo_video::job::resumable_jobs(&store.inner, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(resumable.len(), 1);
+    assert_eq!(resumable[0].job.id, job.id);
+
+    // Two workers race for it: one runs it, the other is told it runs elsewhere.
+    let (mut a, mut b) = (resumable[0].job.clone(), resumable[0].job.clone());
+    let options = job_options();
+    let (one, two) = tokio::join!(
+        a.run(&client, &store.inner, &options),
+        b.run(&client, &store.inner, &options)
+    );
+    assert!(
+        matches!(
+            (&one, &two),
+            (Ok(_), Err(Error::JobRunningElsewhere { .. }))
+                | (Err(Error::JobRunningElsewhere { .. }), Ok(_))
+        ),
+        "{one:?} {two:?}"
+    );
+    let (sessions, uploads, clips, messages, renders) = counts(&sim);
+    assert_eq!(
+        (sessions, uploads, clips, messages, renders),
+        (1, 1, 1, 1, 1)
+    );
+    assert!(
+        nemo_video::job::resumable_jobs(&store.inner, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "done jobs are not listed"
+    );
+}
+
+/// Answers the session state in steps: `steps[i]` for the i-th read, the last one after.
+struct StateSteps {
+    reads: AtomicUsize,
+    steps: Vec<serde_json::Value>,
+}
+
+impl wiremock::Respond for StateSteps {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let read = self.reads.fetch_add(1, Ordering::SeqCst);
+        let draft = &self.steps[read.min(self.steps.len() - 1)];
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "code": 0, "data": {"state": {"draft": draft}}
+        }))
+    }
+}
+
+fn draft_with_tracks(names: &[&str]) -> serde_json::Value {
+    let tracks: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            serde_json::json!({"id": format!("t{i}"), "tt": 0, "m": {"name": name},
+                "sg": [{"id": format!("s{i}"), "st": 0, "d": 5000, "m": {"name": name}}]})
+        })
+        .collect();
+    serde_json::json!({"t": tracks})
+}
+
+/// A job that sent its message before a crash, whose stream never confirmed anything, on a
+/// service at `base`.
+fn job_at_message_sent(base: &str, dir: &Path) -> EditJob {
+    let job = EditJob::new(sample_input(), REMOVE, dir.join("out.mp4")).unwrap();
+    let mut value = serde_json::to_value(&job).unwrap();
+    let before = serde_json::json!({"state": {"draft": draft_with_tracks(&["clip"])}});
+    value["stage"] = "message_sent".into();
+    value["identity"] = serde_json::json!({"origin": base, "client_id": null});
+    value["session"] =
+        serde_json::to_value(nemo_video::Session::from_id("7301234567890123456")).unwrap();
+    value["message"] = serde_json::json!({
+        "text": REMOVE,
+        "sent_at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        "state_before": before,
+        "answered": true,
+    });
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn a_resumed_edit_counts_as_landed_only_once_the_timeline_settles() {
+    let server = MockServer::start().await;
+    // The turn applies its edit in two steps: a first change (the mask), then a second
+    // (the fill) a few reads later, then nothing more.
+    Mock::given(method("GET"))
+        .and(path_regex("^/api/state/"))
+        .respond_with(StateSteps {
+            reads: AtomicUsize::new(0),
+            steps: vec![
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask"]),
+                draft_with_tracks(&["clip", "mask", "fill"]),
+            ],
+        })
+        .mount(&server)
+        .await;
+    let client = ephemeral_builder(&server.uri())
+        .token("nmv_usr_FIXED")
+        .build()
+        .unwrap();
+    let dir = tempdir();
+    let store = MemoryJobStore::new();
+    let mut job = job_at_message_sent(&server.uri(), dir.path());
+    // Renders are not served here: the run stops at the render, after the edit is settled.
+    let options = job_options()
+        .reconcile_interval(Duration::from_millis(20))
+        .settle(Duration::from_secs(2));
+    let err = job.run(&client, &store, &options).await.unwrap_err();
+    assert!(
+        err.http_status().is_some(),
+        "stopped at the render: {err:?}"
+    );
+    let saved = store.load(&job.id).await.unwrap().unwrap().job;
+    assert_eq!(saved.stage, Stage::RenderSubmitted);
+    let answer = saved.answer.unwrap();
+    assert!(
+        answer.contains("fill"),
+        "the whole edit, not its first step: {answer}"
+    );
+    assert!(saved.timeline.unwrap().contains("fill"));
+    let sent = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.url.path() == "/run_sse")
+        .count();
+    assert_eq!(sent, 0, "nothing sent again");
 }

@@ -396,16 +396,18 @@ fn rows() -> Vec<Row> {
         ],
     );
 
-    // The message stream: never re-sent once it may have reached the server.
+    // The message stream: never re-sent once it may have reached the server. An error answer
+    // head (other than 504) proves the agent never began, since its stream opens first: the
+    // error is returned as it is (refused, not "reconcile"), and not re-sent either.
     add(
         Ep::RunSse,
         vec![
             (Refused, reconnected()),
             (Reset, err("stream: StreamDisconnected")),
             (Stall, err("Unconfirmed: Timeout(StreamIdle)")),
-            (Status500, err("Unconfirmed: Http 500")),
-            (PlainText502, err("Unconfirmed: Http 502")),
-            (RetryAfter503, err("Unconfirmed: Http 503")),
+            (Status500, err("Http 500")),
+            (PlainText502, err("Http 502")),
+            (RetryAfter503, err("Http 503")),
             (RateLimited429, waited()),
             (Code1001, reauthed()),
             (Truncated, err("stream: StreamDisconnected")),

@@ -690,3 +690,140 @@ fn check_upload_file_runs_the_upload_checks_alone() {
         assert_eq!(err.to_string(), expected);
     }
 }
+
+/// A service on loopback whose uplink is slow: it reads each upload body `piece` bytes at a
+/// time with `pause` after each (from a socket with a small receive buffer, so the client's
+/// progress follows), then answers a one-file upload result. `pause: None` never reads the
+/// body at all (a stalled link). Returns the base URL and the body bytes read so far.
+async fn slow_uplink(
+    piece: usize,
+    pause: Option<std::time::Duration>,
+) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let address = listener.local_addr().unwrap();
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = read.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok((head, rest)) = support::raw_http::read_head(&mut socket).await else {
+                    return;
+                };
+                let length: u64 = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let Some(pause) = pause else {
+                    // Never reads: the client's buffers fill, and nothing moves any more.
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                let mut got = rest.len() as u64;
+                counter.store(got, Ordering::SeqCst);
+                let mut buffer = vec![0u8; piece];
+                while got < length {
+                    tokio::time::sleep(pause).await;
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n as u64,
+                    }
+                    counter.store(got, Ordering::SeqCst);
+                }
+                let body = r#"{"code":0,"data":{"files":[{"filename":"big.mp4"}]}}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{address}"), read)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_uplink_finishes_a_big_upload() {
+    use std::time::{Duration, Instant};
+    // 704 KiB at about 80 KiB/s takes some 9 s; the limit that assumed 4 s per MiB on top of
+    // the request timeout (3 s here) would have cut it at 7 s. The connection takes bytes in
+    // bursts (as the kernel's send buffer drains), about a second apart here: well within the
+    // 3 s the upload may go without progress.
+    let (base, read) = slow_uplink(16 * 1024, Some(Duration::from_millis(70))).await;
+    let dir = support::tempdir();
+    let clip = dir.path().join("big.mp4");
+    std::fs::write(&clip, patterned_bytes(704 * 1024)).unwrap();
+    let client = support::client_builder(&base)
+        .token("nmv_usr_FIXED")
+        .no_persistence()
+        .request_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let gaps = Arc::new(Mutex::new((Instant::now(), Duration::ZERO)));
+    let seen = gaps.clone();
+    let started = Instant::now();
+    let result = client
+        .upload_files_with_progress(
+            &Session::from_id("7301234567890123456"),
+            &[&clip],
+            move |_| {
+                let mut gaps = seen.lock().unwrap();
+                let gap = gaps.0.elapsed();
+                gaps.1 = gaps.1.max(gap);
+                gaps.0 = Instant::now();
+            },
+        )
+        .await;
+    let longest = gaps.lock().unwrap().1;
+    let result = result.unwrap_or_else(|err| {
+        panic!("a slow upload that keeps moving finishes (longest silence {longest:?}): {err}")
+    });
+    assert_eq!(result.files.len(), 1);
+    assert!(read.load(std::sync::atomic::Ordering::SeqCst) > 704 * 1024);
+    assert!(
+        started.elapsed() > Duration::from_secs(7),
+        "the link was slower than the old limit allowed: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stops_moving_fails_after_the_stall_limit() {
+    use std::time::{Duration, Instant};
+    let (base, _) = slow_uplink(16 * 1024, None).await;
+    let dir = support::tempdir();
+    let clip = dir.path().join("big.mp4");
+    // More than loopback buffers hold, so the body stops moving.
+    std::fs::write(&clip, patterned_bytes(32 * 1024 * 1024)).unwrap();
+    let client = support::client_builder(&base)
+        .token("nmv_usr_FIXED")
+        .no_persistence()
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = client
+        .upload_files(&Session::from_id("7301234567890123456"), &[&clip])
+        .await
+        .expect_err("stalled");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(
+        err.needs_reconcile(),
+        "it may have reached the service: {err}"
+    );
+    // The old limit gave this file 132 s on top of the request timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}: {err}",
+        started.elapsed()
+    );
+}

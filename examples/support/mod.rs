@@ -313,20 +313,25 @@ impl AgentActivity {
 /// Exit status for a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM. Once this future has been polled, those
-/// signals no longer kill the process: the caller decides what to clean up and how to exit.
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM or SIGHUP (a closed terminal, handled
+/// like SIGTERM). Once this future has been polled, those signals no longer kill the process:
+/// the caller decides what to clean up and how to exit.
 pub async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut terminate), Ok(mut hangup)) => {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
+                    _ = hangup.recv() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
@@ -337,7 +342,7 @@ pub async fn interrupted() {
     }
 }
 
-/// Runs `work` to its exit status, unless Ctrl-C or SIGTERM comes first: then the work is
+/// Runs `work` to its exit status, unless Ctrl-C, SIGTERM or SIGHUP comes first: then the work is
 /// dropped where it stands (a download in progress takes its temporary file with it, so
 /// nothing half-written is left in the output folder) and the run ends with `next` and 130.
 pub async fn exit_or_interrupted(

@@ -499,9 +499,16 @@ impl CredentialStore for FileStore {
 /// A held lock on a file that is removed when the lock ends, so lock files do not pile up.
 /// Removing a lock file is safe only because every acquirer checks, after locking, that the
 /// path still names the file it locked (see [`try_lock_removable`]).
-struct RemovableLock {
+pub(crate) struct RemovableLock {
     path: PathBuf,
     file: Option<File>,
+}
+
+impl RemovableLock {
+    /// The locked file (job leases write their holder's description into it).
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
 }
 
 impl Drop for RemovableLock {
@@ -513,7 +520,7 @@ impl Drop for RemovableLock {
     }
 }
 
-enum LockAttempt {
+pub(crate) enum LockAttempt {
     Held(RemovableLock),
     Busy,
     /// The directory cannot hold lock files (read-only): no coordination is possible, and
@@ -533,7 +540,7 @@ fn lock_options() -> std::fs::OpenOptions {
 }
 
 /// One non-blocking attempt at the lock file `path`.
-fn try_lock_removable(path: &Path) -> Result<LockAttempt> {
+pub(crate) fn try_lock_removable(path: &Path) -> Result<LockAttempt> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     for _ in 0..16 {
         let file = match create_private_dir(dir).and_then(|()| lock_options().open(path)) {
@@ -638,16 +645,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

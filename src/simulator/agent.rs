@@ -573,10 +573,12 @@ fn trim_track(track: &mut Value, ms: u64) {
 }
 
 /// Stream faults taken for this turn.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct StreamFaults {
     pub(crate) drop_after: Option<usize>,
     pub(crate) stall: Option<(usize, Duration)>,
+    /// After this many data events, an ADK error event, then the end of the stream.
+    pub(crate) error_after: Option<(usize, String)>,
 }
 
 struct Timeline {
@@ -769,6 +771,16 @@ fn weave_faults(steps: Vec<(Step, bool)>, faults: StreamFaults) -> Vec<Step> {
         out.extend(abort());
         return out;
     }
+    let agent_error = |out: &mut Vec<Step>, message: &str| {
+        // As ADK reports a failed turn: an event with `errorCode`, then the stream ends.
+        let event =
+            json!({"errorCode": "INTERNAL", "errorMessage": message, "author": "nemo_agent"});
+        out.push(Step::Send(Bytes::from(format!("data: {event}\n\n"))));
+    };
+    if let Some((0, message)) = &faults.error_after {
+        agent_error(&mut out, message);
+        return out;
+    }
     for (step, is_event) in steps {
         out.push(step);
         if is_event {
@@ -776,6 +788,12 @@ fn weave_faults(steps: Vec<(Step, bool)>, faults: StreamFaults) -> Vec<Step> {
             if check(events, &mut out) {
                 out.extend(abort());
                 return out;
+            }
+            if let Some((after, message)) = &faults.error_after {
+                if events == *after {
+                    agent_error(&mut out, message);
+                    return out;
+                }
             }
         }
     }

@@ -44,6 +44,8 @@ pub(crate) enum SimBody {
     Scheduled {
         steps: VecDeque<Step>,
         sleep: Option<Pin<Box<Sleep>>>,
+        /// Dropped with the body: when the response ends or its connection goes.
+        guard: Option<Box<dyn Send + Sync>>,
     },
 }
 
@@ -61,7 +63,16 @@ impl SimBody {
         SimBody::Scheduled {
             steps: steps.into_iter().collect(),
             sleep: None,
+            guard: None,
         }
+    }
+
+    /// Keeps `guard` alive for as long as the body (a session's running turn).
+    pub(crate) fn guarded(mut self, held: impl Send + Sync + 'static) -> Self {
+        if let SimBody::Scheduled { guard, .. } = &mut self {
+            *guard = Some(Box::new(held));
+        }
+        self
     }
 }
 
@@ -75,7 +86,7 @@ impl Body for SimBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
         match self.get_mut() {
             SimBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            SimBody::Scheduled { steps, sleep } => loop {
+            SimBody::Scheduled { steps, sleep, .. } => loop {
                 if let Some(timer) = sleep.as_mut() {
                     if timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
@@ -99,7 +110,7 @@ impl Body for SimBody {
     fn is_end_stream(&self) -> bool {
         match self {
             SimBody::Full(bytes) => bytes.is_none(),
-            SimBody::Scheduled { steps, sleep } => steps.is_empty() && sleep.is_none(),
+            SimBody::Scheduled { steps, sleep, .. } => steps.is_empty() && sleep.is_none(),
         }
     }
 

@@ -25,7 +25,10 @@
 //!
 //! Work happens on the "server" whatever the client does: a `/run_sse` turn changes the draft
 //! and charges its credits when the request is accepted, so a client whose stream breaks can
-//! reconcile by reading session state, as the API notes require.
+//! reconcile by reading session state, as the API notes require. One turn runs per session at
+//! a time, as on the service: a `/run_sse` request while the session's stream is still open
+//! is refused (HTTP 409, `{"detail": "the session already has a turn running; ..."}`) before
+//! anything of it is accepted or charged.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -805,6 +808,16 @@ impl SimulatorHandle {
     pub fn stall_next_stream(&self, after_events: usize, for_: Duration) {
         self.shared
             .with(|inner| inner.faults.stall_stream = Some((after_events, for_)));
+    }
+
+    /// The next accepted `/run_sse` stream reports an agent error (an ADK event with
+    /// `errorCode` and `errorMessage: message`) after `events` data events, then ends
+    /// normally. The turn itself was accepted: its edit is applied and charged, as when the
+    /// service's agent fails after its tools ran.
+    pub fn fail_next_stream_after(&self, events: usize, message: impl Into<String>) {
+        let message = message.into();
+        self.shared
+            .with(|inner| inner.faults.error_stream_after = Some((events, message)));
     }
 
     /// Forces every edit turn to carry no text (`true`) or always carry text (`false`),

@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use super::log::{self, RecordedBody, RecordedPart};
 use super::multipart;
 use super::state::{
     iso8601_after, random_hex, random_session_id, Fnv64, Render, RenderPhase, Session, Shared,
-    Token, User,
+    Token, TurnGuard, User,
 };
 use super::{Endpoint, Failure, RecordedRequest, StatusShape, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4};
 
@@ -654,6 +655,7 @@ fn create_session(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
                 edit_turns: 0,
                 last_track: 0,
                 last_segment: 0,
+                turn_running: Default::default(),
             },
         );
         inner.tally.session_created(user, &session_id);
@@ -1039,6 +1041,15 @@ fn run_sse(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
         else {
             return Err(code_error(200, 1002, "session not found"));
         };
+        // One turn per session, refused (not queued) as the service does: nothing of this
+        // request is accepted or charged.
+        if session.turn_running.swap(true, Ordering::SeqCst) {
+            return Err(detail(
+                409,
+                json!("the session already has a turn running; wait for it to end"),
+            ));
+        }
+        let guard = TurnGuard(Arc::clone(&session.turn_running));
         if available == 0 || available < config.credits_per_edit {
             return Err(code_error(
                 200,
@@ -1056,16 +1067,17 @@ fn run_sse(ctx: &Ctx<'_>, user: &str, body: &[u8]) -> Resp {
         let faults = StreamFaults {
             drop_after: inner.faults.drop_stream_after.take(),
             stall: inner.faults.stall_stream.take(),
+            error_after: inner.faults.error_stream_after.take(),
         };
         inner.tally.message_accepted(user, &req.session_id);
-        Ok((turn, draft, faults))
+        Ok((turn, draft, faults, guard))
     });
-    let (turn, draft, faults) = match planned {
+    let (turn, draft, faults, guard) = match planned {
         Ok(p) => p,
         Err(resp) => return resp,
     };
     let steps = agent::stream_steps(&turn, &draft, config, faults);
-    let mut resp = Response::new(SimBody::scheduled(steps));
+    let mut resp = Response::new(SimBody::scheduled(steps).guarded(guard));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -2,7 +2,8 @@
 //! request log. One mutex guards it all; no lock is ever held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // Tokio's clock, so tests that pause time (`tokio::time::pause`) also fast-forward renders
@@ -180,6 +181,7 @@ pub(crate) struct Faults {
     pub(crate) failures: HashMap<Endpoint, VecDeque<(usize, Failure)>>,
     pub(crate) drop_stream_after: Option<usize>,
     pub(crate) stall_stream: Option<(usize, Duration)>,
+    pub(crate) error_stream_after: Option<(usize, String)>,
     pub(crate) text_less: Option<bool>,
     pub(crate) fail_next_render: Option<String>,
 }
@@ -215,6 +217,17 @@ pub(crate) struct Session {
     /// Last numbers used in `track_N` and `seg_N` ids.
     pub(crate) last_track: u64,
     pub(crate) last_segment: u64,
+    /// Set while a turn's stream runs: the service runs one turn per session at a time.
+    pub(crate) turn_running: Arc<AtomicBool>,
+}
+
+/// Marks a session's turn over when its stream body goes (ended, or its connection closed).
+pub(crate) struct TurnGuard(pub(crate) Arc<AtomicBool>);
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -209,7 +209,10 @@ pub enum ConnectFailure {
 ///
 /// Match on the variant for the cases you handle; use [`Error::retry_policy`] and the `is_*`
 /// accessors for the rest. New variants may be added in minor releases.
-#[derive(Debug, thiserror::Error)]
+/// `Debug` leads with the message (what happened and what to do), so that an error returned
+/// from `fn main() -> Result<(), nemo_video::Error>` reads as well as its `Display`; then the
+/// chain of causes, and the variant (`Error::Http`), for logs.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Code 1001 or HTTP 401: the token is invalid or expired.
@@ -495,6 +498,64 @@ pub enum Error {
     },
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(current) = cause {
+            write!(f, "\n  caused by: {current}")?;
+            cause = current.source();
+        }
+        f.write_str("\n  (")?;
+        self.variant(f)?;
+        f.write_str(")")
+    }
+}
+
+impl Error {
+    /// The variant, with what tells its kinds apart: `Error::Http(503)`,
+    /// `Error::Timeout(StreamIdle)`, `Error::Unconfirmed, cause Error::Timeout(Request)`.
+    fn variant(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unauthorized { .. } => f.write_str("Error::Unauthorized"),
+            Error::SessionNotFound { .. } => f.write_str("Error::SessionNotFound"),
+            Error::NoCredits { .. } => f.write_str("Error::NoCredits"),
+            Error::UnsupportedFile { .. } => f.write_str("Error::UnsupportedFile"),
+            Error::FileTooLarge { .. } => f.write_str("Error::FileTooLarge"),
+            Error::MissingClientId { .. } => f.write_str("Error::MissingClientId"),
+            Error::ExportBlocked { .. } => f.write_str("Error::ExportBlocked"),
+            Error::RateLimited { .. } => f.write_str("Error::RateLimited"),
+            Error::TokenQuotaExceeded { .. } => f.write_str("Error::TokenQuotaExceeded"),
+            Error::Api { code, .. } => write!(f, "Error::Api({code})"),
+            Error::Rejected { .. } => f.write_str("Error::Rejected"),
+            Error::Http { status, .. } => write!(f, "Error::Http({status})"),
+            Error::Connect { .. } => f.write_str("Error::Connect"),
+            Error::Timeout { kind, .. } => write!(f, "Error::Timeout({kind:?})"),
+            Error::Network { .. } => f.write_str("Error::Network"),
+            Error::Decode { .. } => f.write_str("Error::Decode"),
+            Error::ResponseTooLarge { .. } => f.write_str("Error::ResponseTooLarge"),
+            Error::InvalidInput { .. } => f.write_str("Error::InvalidInput"),
+            Error::Config { .. } => f.write_str("Error::Config"),
+            Error::Io { .. } => f.write_str("Error::Io"),
+            Error::Unconfirmed { cause, .. } => {
+                f.write_str("Error::Unconfirmed, cause ")?;
+                cause.variant(f)
+            }
+            Error::Store { .. } => f.write_str("Error::Store"),
+            Error::StoreTimeout { .. } => f.write_str("Error::StoreTimeout"),
+            Error::StreamDisconnected { .. } => f.write_str("Error::StreamDisconnected"),
+            Error::Agent { .. } => f.write_str("Error::Agent"),
+            Error::NothingToExport { .. } => f.write_str("Error::NothingToExport"),
+            Error::RenderFailed { .. } => f.write_str("Error::RenderFailed"),
+            Error::JobRunningElsewhere { .. } => f.write_str("Error::JobRunningElsewhere"),
+            Error::JobLeaseLost { .. } => f.write_str("Error::JobLeaseLost"),
+            Error::NeedsAnswer { .. } => f.write_str("Error::NeedsAnswer"),
+            Error::EditNotApplied { .. } => f.write_str("Error::EditNotApplied"),
+            Error::RenderTimedOut { .. } => f.write_str("Error::RenderTimedOut"),
+        }
+    }
+}
+
 fn file_label(file: Option<&PathBuf>, extension: Option<&str>) -> String {
     match (file, extension) {
         (Some(path), _) => path.display().to_string(),
@@ -701,26 +762,6 @@ impl Error {
         }
     }
 
-    /// True for 1001/401: the token was rejected.
-    pub fn is_unauthorized(&self) -> bool {
-        matches!(self, Error::Unauthorized { .. })
-    }
-
-    /// True for 2001: no credits left.
-    pub fn is_no_credits(&self) -> bool {
-        matches!(self, Error::NoCredits { .. })
-    }
-
-    /// True for 1002: the session is gone.
-    pub fn is_session_not_found(&self) -> bool {
-        matches!(self, Error::SessionNotFound { .. })
-    }
-
-    /// True for 402: export blocked by the plan.
-    pub fn is_export_blocked(&self) -> bool {
-        matches!(self, Error::ExportBlocked { .. })
-    }
-
     /// True for 429, including [`Error::TokenQuotaExceeded`] (which is not transient).
     pub fn is_rate_limited(&self) -> bool {
         matches!(
@@ -745,13 +786,8 @@ impl Error {
 
     /// True when a request that does work may have reached the service without its outcome
     /// being known ([`RetryPolicy::Reconcile`]): read the state before sending it again.
-    pub fn needs_reconcile(&self) -> bool {
+    pub(crate) fn needs_reconcile(&self) -> bool {
         self.retry_policy() == RetryPolicy::Reconcile
-    }
-
-    /// True when no connection could be made (the request never reached the service).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Error::Connect { .. })
     }
 
     /// Why no connection could be made, for [`Error::Connect`].
@@ -763,7 +799,7 @@ impl Error {
     }
 
     /// True when the failure is worth retrying later (see [`Error::retry_policy`]).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self.retry_policy(),
             RetryPolicy::Backoff | RetryPolicy::WaitThenRetryOnce(_)
@@ -785,7 +821,7 @@ impl Error {
 
     /// True when the service refused the request before doing any work, so re-sending it
     /// cannot repeat work: 1001/401, 429, and the missing-client-id 400.
-    pub fn rejected_before_processing(&self) -> bool {
+    pub(crate) fn rejected_before_processing(&self) -> bool {
         matches!(
             self,
             Error::Unauthorized { .. } | Error::RateLimited { .. } | Error::MissingClientId { .. }
@@ -1004,3 +1040,29 @@ impl fmt::Display for Described {
 }
 
 impl std::error::Error for Described {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leads_with_the_message_then_the_causes_and_the_variant() {
+        let err = Error::Unconfirmed {
+            request: "POST /run_sse".to_string(),
+            cause: Box::new(Error::Timeout {
+                kind: TimeoutKind::Request,
+                after: Duration::from_secs(60),
+            }),
+        };
+        let debug = format!("{err:?}");
+        assert!(debug.starts_with(&err.to_string()), "{debug}");
+        assert!(
+            debug.contains("\n  caused by: the service did not answer within 60 s"),
+            "{debug}"
+        );
+        assert!(
+            debug.ends_with("\n  (Error::Unconfirmed, cause Error::Timeout(Request))"),
+            "{debug}"
+        );
+    }
+}

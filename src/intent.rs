@@ -275,7 +275,7 @@ pub struct TranslatedReply {
 /// Rewrites the GUI instructions in an agent's reply into what the client does instead,
 /// following the service's translation table, in English and Chinese; see the
 /// [module rules](self). The raw reply stays with the caller (for example
-/// [`Turn::text`](crate::Turn::text)).
+/// [`Turn::text`](crate::turn::Turn::text)).
 ///
 /// ```
 /// use nemo_video::intent::{translate_reply, GuiAction};

@@ -72,7 +72,7 @@ mod config;
 mod connections;
 mod credits;
 pub mod draft;
-pub mod error;
+mod error;
 pub mod events;
 pub mod intent;
 pub mod job;
@@ -122,7 +122,9 @@ pub struct WorkThatSurvivesACrashDoctests;
 /// ```
 pub use reqwest;
 
-pub use auth::{AnonymousCredentials, CredentialStore, FileStore, MemoryStore, SecretToken};
+// The root holds the client, its configuration, its errors and the session: what every
+// program names. Every other type lives in its module only (one path per item; see
+// CONTRIBUTING.md).
 pub use client::{NemoClient, NemoClientBuilder};
 pub use config::{
     Config, RetryConfig, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES,
@@ -130,17 +132,10 @@ pub use config::{
     DEFAULT_SKILL_SOURCE, DEFAULT_SKILL_VERSION, DEFAULT_WEB_URL,
 };
 pub use credits::Credits;
-pub use draft::{Draft, Track, TrackKind};
 pub use error::{
     ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
 };
-pub use events::AgentEvent;
-pub use render::{RenderJob, RenderOptions, RenderStatus, WaitOptions};
 pub use session::{ClaimLink, Session};
-pub use state::{SessionState, StateDiff};
-pub use stream::{MessageOptions, MessageStream};
-pub use turn::{Turn, TurnCheck, TurnEnd, TurnOptions};
-pub use upload::{UploadProgress, UploadResult, UploadedFile};
 
 /// Entry points for the fuzz targets under `fuzz/`, which live in their own crate and so
 /// cannot reach crate-private decoders. **Not public API**: hidden from the docs, exempt from

@@ -118,7 +118,7 @@ impl RenderJob {
     ///
     /// ```
     /// let session = nemo_video::Session::from_id("7301234567890123456");
-    /// let job = nemo_video::RenderJob::new(&session);
+    /// let job = nemo_video::render::RenderJob::new(&session);
     /// assert!(job.id.starts_with("render_"));
     /// ```
     pub fn new(session: &Session) -> RenderJob {
@@ -420,7 +420,7 @@ impl NemoClient {
     /// id already exists (HTTP 409) counts as submitted.
     ///
     /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, draft: nemo_video::Draft) -> nemo_video::Result<()> {
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, draft: nemo_video::draft::Draft) -> nemo_video::Result<()> {
     /// use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
     /// let job = RenderJob::new(&session);
     /// std::fs::write("render.json", serde_json::to_vec(&job).expect("a job serializes"))

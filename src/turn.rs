@@ -466,7 +466,7 @@ impl NemoClient {
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
     /// // `saved` was written by TurnOptions::on_before_send before the process died.
     /// let saved = std::fs::read_to_string("before.json").expect("the saved state");
-    /// let saved: nemo_video::SessionState = serde_json::from_str(&saved).expect("a state");
+    /// let saved: nemo_video::state::SessionState = serde_json::from_str(&saved).expect("a state");
     /// let check = client.reconcile_turn(&session, &saved).await?;
     /// if check.landed() {
     ///     println!("the edit landed: {}", check.changes);
@@ -490,7 +490,7 @@ impl NemoClient {
     /// `options` ([`TurnOptions::reconcile`]).
     ///
     /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, saved: nemo_video::SessionState) -> nemo_video::Result<()> {
+    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session, saved: nemo_video::state::SessionState) -> nemo_video::Result<()> {
     /// use std::time::Duration;
     /// use nemo_video::turn::TurnOptions;
     /// let options = TurnOptions::default().reconcile(2, Duration::from_millis(500));

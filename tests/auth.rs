@@ -168,7 +168,10 @@ async fn code_1001_twice_is_replayed_only_once_then_reported() {
     mount_two_tokens(&server, ANON_TOKEN, SECOND_TOKEN).await;
     mount_credits(&server, code(1001, "token expired")).await;
     let err = client(&server, dir.path()).credits().await.unwrap_err();
-    assert!(err.is_unauthorized(), "{err:?}");
+    assert!(
+        matches!(err, nemo_video::Error::Unauthorized { .. }),
+        "{err:?}"
+    );
     assert_no_token(&err);
     assert_eq!(requests_to(&server, TOKEN_PATH).await.len(), 2);
     assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 2);

@@ -18,7 +18,7 @@ use nemo_video::render::{RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::{TurnEnd, TurnOptions};
-use nemo_video::{Error, NemoClient, RetryPolicy, SessionState};
+use nemo_video::{state::SessionState, Error, NemoClient, RetryPolicy};
 use support::raw_http::silent_after_head_server;
 use support::sim::{fast_wait, sample_input, session_with_clip, MASK_TRACK, REMOVE};
 use support::{ephemeral_builder, tempdir};
@@ -277,7 +277,10 @@ async fn a_run_sse_head_that_never_comes_is_reconciled_not_retried() {
         panic!("{:?}", turn.end);
     };
     assert_eq!(err.retry_policy(), RetryPolicy::Reconcile, "{err}");
-    assert!(!err.is_transient());
+    assert!(!matches!(
+        err.retry_policy(),
+        nemo_video::RetryPolicy::Backoff | nemo_video::RetryPolicy::WaitThenRetryOnce(_)
+    ));
     assert!(err.is_timeout());
     assert!(matches!(err, Error::Unconfirmed { .. }), "{err:?}");
     let message = err.to_string();
@@ -311,7 +314,7 @@ async fn send_message_errors_after_sending_say_reconcile() {
         .await
         .expect_err("no head");
     assert_eq!(err.retry_policy(), RetryPolicy::Reconcile, "{err}");
-    assert!(err.needs_reconcile());
+    assert!((err.retry_policy() == nemo_video::RetryPolicy::Reconcile));
     assert!(!err.never_reached_server());
 }
 
@@ -384,7 +387,10 @@ async fn an_error_head_followed_by_silence_ends_within_the_idle_limit() {
         .expect("the message call must not hang")
         .expect_err("an error");
         assert!(err.is_timeout(), "{head}: {err:?}");
-        assert!(err.needs_reconcile(), "{err}");
+        assert!(
+            (err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
+            "{err}"
+        );
     }
 }
 
@@ -703,7 +709,10 @@ async fn an_error_head_on_the_message_fails_at_once_and_the_next_run_sends_it_on
         .expect_err("502");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(err.http_status(), Some(502), "{err:?}");
-    assert!(!err.needs_reconcile(), "{err}");
+    assert!(
+        !(err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
+        "{err}"
+    );
     assert_eq!(job.stage, Stage::Uploaded, "back to before the message");
     assert!(job.message.is_none());
     assert_eq!(sim.request_count(Endpoint::RunSse), 1);
@@ -730,7 +739,10 @@ async fn a_gateway_timeout_on_the_message_is_reconciled_not_refused() {
         .send_message(&session, REMOVE)
         .await
         .expect_err("504");
-    assert!(err.needs_reconcile(), "{err}");
+    assert!(
+        (err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
+        "{err}"
+    );
     sim.fail_next(
         Endpoint::RunSse,
         1,
@@ -740,7 +752,10 @@ async fn a_gateway_timeout_on_the_message_is_reconciled_not_refused() {
         .send_message(&session, REMOVE)
         .await
         .expect_err("503");
-    assert!(!err.needs_reconcile(), "{err}");
+    assert!(
+        !(err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
+        "{err}"
+    );
     assert_eq!(err.http_status(), Some(503));
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use nemo_video::render::{RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::state::Change;
-use nemo_video::{Error, NemoClient, Session, TurnEnd, UploadProgress};
+use nemo_video::{turn::TurnEnd, upload::UploadProgress, Error, NemoClient, Session};
 use serde_json::Value;
 use support::sim::{
     builder, fast_wait, new_client, sample_input, session_with_clip, simulator, MASK_TRACK, REMOVE,
@@ -360,7 +360,7 @@ async fn no_credits_gives_the_registration_link_and_sends_once() {
         }
         other => panic!("expected NoCredits, got {other:?}"),
     }
-    assert!(err.is_no_credits());
+    assert!(matches!(err, nemo_video::Error::NoCredits { .. }));
     let message = err.to_string();
     assert!(message.contains(&expected), "{message}");
     assert!(!message.contains("nmv_usr_"), "{message}");
@@ -399,7 +399,7 @@ async fn export_blocked_by_plan_is_not_retried() {
     let out = dir.path().join("edited.mp4");
     let err = export_to(&client, &session, &out).await.unwrap_err();
     assert!(matches!(err, Error::ExportBlocked { .. }), "{err:?}");
-    assert!(err.is_export_blocked());
+    assert!(matches!(err, nemo_video::Error::ExportBlocked { .. }));
     assert!(
         err.to_string()
             .contains("register or upgrade your plan to unlock export"),

@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use nemo_video::render::RenderJob;
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4};
 use nemo_video::{
-    Draft, Error, MessageOptions, NemoClient, RenderOptions, RetryConfig, Session, WaitOptions,
+    draft::Draft, render::RenderOptions, render::WaitOptions, stream::MessageOptions, Error,
+    NemoClient, RetryConfig, Session,
 };
 use support::faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
 
@@ -813,14 +814,7 @@ fn label_of(err: &Error) -> String {
         Error::RateLimited { .. } => "RateLimited".into(),
         Error::StreamDisconnected { .. } => "StreamDisconnected".into(),
         Error::Rejected { .. } => "Rejected".into(),
-        other => {
-            let debug = format!("{other:?}");
-            debug
-                .split([' ', '{', '('])
-                .next()
-                .unwrap_or("?")
-                .to_string()
-        }
+        other => support::variant_of(other),
     }
 }
 

@@ -268,7 +268,10 @@ fn seed_corpora_decode_as_intended() {
 
     let seed = read("envelope/code_1002_session");
     let err = decode_envelope(200, &seed[2..]).expect_err("code 1002 is an error");
-    assert!(err.is_session_not_found(), "{err:?}");
+    assert!(
+        matches!(err, nemo_video::Error::SessionNotFound { .. }),
+        "{err:?}"
+    );
     assert!(decode_envelope(200, &read("envelope/ok_code_data")[2..]).is_ok());
 
     let frame = String::from_utf8(read("agent_events/adk_call_delta")).unwrap();

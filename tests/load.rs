@@ -151,12 +151,7 @@ async fn inject_faults(
 
 /// The error's variant name, for the summary.
 fn kind_of(err: &Error) -> String {
-    let debug = format!("{err:?}");
-    debug
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("?")
-        .to_string()
+    support::variant_of(err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +187,11 @@ async fn two_hundred_concurrent_flows_share_one_client_and_leak_nothing() {
                 // Only what the injected faults can cause: transient failures surfaced after
                 // the retry budget, or not replayed because the request may have been
                 // processed. Anything else (auth, credits, decoding, sessions) is a bug.
-                let expected = err.is_transient()
-                    || err.needs_reconcile()
+                let expected = matches!(
+                    err.retry_policy(),
+                    nemo_video::RetryPolicy::Backoff
+                        | nemo_video::RetryPolicy::WaitThenRetryOnce(_)
+                ) || (err.retry_policy() == nemo_video::RetryPolicy::Reconcile)
                     || matches!(
                         err,
                         Error::Network { .. }
@@ -296,7 +294,13 @@ async fn a_503_whose_body_code_echoes_the_status_is_retried() {
         .state(&session)
         .await
         .expect_err("past the retry budget");
-    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        matches!(
+            err.retry_policy(),
+            nemo_video::RetryPolicy::Backoff | nemo_video::RetryPolicy::WaitThenRetryOnce(_)
+        ),
+        "{err:?}"
+    );
     assert!(matches!(err, Error::Http { status: 503, .. }), "{err:?}");
     assert_eq!(err.http_status(), Some(503));
 

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use nemo_video::simulator::{Endpoint, Simulator};
+use nemo_video::turn::TurnEnd;
 use nemo_video::turn::TurnOptions;
-use nemo_video::TurnEnd;
 use support::sim::{session_with_clip, MASK_TRACK, REMOVE};
 use support::{ephemeral_builder, tempdir};
 

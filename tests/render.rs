@@ -10,7 +10,10 @@ use nemo_video::draft::Draft;
 use nemo_video::render::{
     check_output_path, check_output_path_for, DownloadProgress, RenderProgress,
 };
-use nemo_video::{Error, RenderJob, RenderOptions, RenderStatus, Session, WaitOptions};
+use nemo_video::{
+    render::RenderJob, render::RenderOptions, render::RenderStatus, render::WaitOptions, Error,
+    Session,
+};
 use serde_json::json;
 use support::mock::{assert_api_headers, header, received, token_builder, token_client};
 use support::raw_http::raw_http_server;
@@ -185,7 +188,10 @@ async fn http_402_is_export_blocked_and_not_retried() {
         .await
         .unwrap_err();
 
-    assert!(err.is_export_blocked(), "{err:?}");
+    assert!(
+        matches!(err, nemo_video::Error::ExportBlocked { .. }),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("register or upgrade your plan"),
         "{err}"
@@ -732,7 +738,13 @@ async fn a_truncated_download_leaves_nothing_behind() {
         "no temporary files: {:?}",
         file_names(dir.path())
     );
-    assert!(err.is_transient(), "worth retrying: {err:?}");
+    assert!(
+        matches!(
+            err.retry_policy(),
+            nemo_video::RetryPolicy::Backoff | nemo_video::RetryPolicy::WaitThenRetryOnce(_)
+        ),
+        "worth retrying: {err:?}"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,10 @@ async fn troubled_flow(
     match client.upload_files(&session, &[&clip]).await {
         Ok(uploaded) => assert_eq!(uploaded.files.len(), 1),
         Err(err) => {
-            assert!(err.is_unauthorized(), "{err}");
+            assert!(
+                matches!(err, nemo_video::Error::Unauthorized { .. }),
+                "{err}"
+            );
             errors.push(err);
             return (errors, tokens);
         }
@@ -104,7 +107,7 @@ async fn troubled_flow(
         .run_turn_with(&session, EDIT, &turn_options())
         .await
         .expect_err("no credits");
-    assert!(err.is_no_credits(), "{err}");
+    assert!(matches!(err, nemo_video::Error::NoCredits { .. }), "{err}");
     errors.push(err);
     assert!(sim.set_credits_for_token(&current, 100));
 
@@ -117,7 +120,10 @@ async fn troubled_flow(
         .state(&Session::from_id("1234567890123456789"))
         .await
         .expect_err("unknown session");
-    assert!(err.is_session_not_found(), "{err}");
+    assert!(
+        matches!(err, nemo_video::Error::SessionNotFound { .. }),
+        "{err}"
+    );
     errors.push(err);
 
     let turn = client
@@ -132,7 +138,10 @@ async fn troubled_flow(
         .export(&session, &RenderOptions::default(), &wait())
         .await
         .expect_err("402");
-    assert!(err.is_export_blocked(), "{err}");
+    assert!(
+        matches!(err, nemo_video::Error::ExportBlocked { .. }),
+        "{err}"
+    );
     errors.push(err);
 
     sim.fail_next(Endpoint::RenderStatus, 1, Failure::Status(503));
@@ -257,7 +266,12 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
         .await
         .expect_err("unknown token")];
     errors.push(client.credits().await.expect_err("unknown token"));
-    assert!(errors.iter().all(Error::is_unauthorized), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|err| matches!(err, Error::Unauthorized { .. })),
+        "{errors:?}"
+    );
     assert_eq!(sim.request_count(Endpoint::AnonymousToken), 0);
 
     // A fixed token the service knows (issued out of band): the whole flow with failures.
@@ -324,15 +338,15 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
         // Now the token expires: a typed error that tells the person to set a fresh one.
         flow_sim.expire_tokens();
         let err = known.credits().await.expect_err("expired fixed token");
-        assert!(err.is_unauthorized());
+        assert!(matches!(err, nemo_video::Error::Unauthorized { .. }));
         assert!(err.to_string().contains("fixed token"), "{err}");
         errs.push(err);
         (errs, ())
     };
     errors.extend(flow_errors);
     assert!(errors[2].http_status() == Some(503));
-    assert!(errors[3].is_no_credits());
-    assert!(errors[4].is_export_blocked());
+    assert!(matches!(errors[3], nemo_video::Error::NoCredits { .. }));
+    assert!(matches!(errors[4], nemo_video::Error::ExportBlocked { .. }));
     for err in &errors {
         assert_error_hides(err, &secrets);
     }
@@ -399,7 +413,7 @@ async fn the_token_is_not_forwarded_across_a_redirect_to_another_origin() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), SAMPLE_OUTPUT_MP4);
-    let job = nemo_video::RenderJob::from_id("render_1", "1");
+    let job = nemo_video::render::RenderJob::from_id("render_1", "1");
     client
         .download_render(&job, None, dir.path().join("fallback.mp4"), |_| {})
         .await
@@ -562,7 +576,10 @@ async fn concurrent_writers_never_expose_a_partial_credentials_file() {
                 // A second expiry between the refresh and the replay is reported, not
                 // refreshed again (one refresh per request): fine here.
                 if let Err(err) = client.credits().await {
-                    assert!(err.is_unauthorized(), "{err}");
+                    assert!(
+                        matches!(err, nemo_video::Error::Unauthorized { .. }),
+                        "{err}"
+                    );
                 }
             }
         }));

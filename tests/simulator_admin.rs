@@ -14,7 +14,7 @@ use nemo_video::simulator::{
 };
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::TurnOptions;
-use nemo_video::{NemoClient, TurnEnd};
+use nemo_video::{turn::TurnEnd, NemoClient};
 use serde_json::{json, Value};
 use support::sim::{fast_wait, sample_input, session_with_clip, REMOVE};
 

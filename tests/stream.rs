@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
-use nemo_video::{Error, MessageStream, TimeoutKind};
+use nemo_video::{stream::MessageStream, Error, TimeoutKind};
 use serde_json::json;
 use support::stream_server::*;
 use tokio::time::Instant;

@@ -13,7 +13,7 @@ use nemo_video::draft::Draft;
 use nemo_video::events::AgentEvent;
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::TurnOptions;
-use nemo_video::{Error, StateDiff, TurnEnd};
+use nemo_video::{state::StateDiff, turn::TurnEnd, Error};
 use serde_json::json;
 use support::stream_server::*;
 use tokio::time::Instant;
@@ -303,7 +303,10 @@ async fn no_credits_before_the_stream_is_an_error_and_the_message_is_not_resent(
         .run_turn_with(&server.session(), "add music", &fast_options())
         .await
         .expect_err("2001 is an error");
-    assert!(err.is_no_credits(), "{err:?}");
+    assert!(
+        matches!(err, nemo_video::Error::NoCredits { .. }),
+        "{err:?}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.run_sse_posts(), 1, "never re-sent");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use nemo_video::upload::check_upload_file;
-use nemo_video::{Error, Session, UploadProgress, SUPPORTED_FORMATS};
+use nemo_video::{upload::UploadProgress, Error, Session, SUPPORTED_FORMATS};
 use serde_json::json;
 use support::mock::{assert_api_headers, header, received, token_builder, token_client};
 use support::multipart::parse_multipart;
@@ -451,7 +451,7 @@ async fn refused_connection_is_a_connect_error_that_never_reached_the_server() {
         .await
         .unwrap_err();
 
-    assert!(err.is_connect(), "{err:?}");
+    assert!(matches!(err, nemo_video::Error::Connect { .. }), "{err:?}");
     assert!(err.never_reached_server());
     assert!(!err.to_string().contains(support::mock::FIXED_TOKEN));
 }
@@ -817,7 +817,7 @@ async fn an_upload_that_stops_moving_fails_after_the_stall_limit() {
         .expect_err("stalled");
     assert!(err.is_timeout(), "{err:?}");
     assert!(
-        err.needs_reconcile(),
+        (err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
         "it may have reached the service: {err}"
     );
     // The old limit gave this file 132 s on top of the request timeout.

@@ -184,3 +184,14 @@ pub fn stored_file(dir: &Path) -> serde_json::Value {
         .expect("the credentials file was written");
     serde_json::from_slice(&bytes).expect("the credentials file is JSON")
 }
+
+/// An error's variant name (`"Http"`, `"Unconfirmed"`), read from its `Debug`, which ends in
+/// `(Error::<variant>...)`.
+pub fn variant_of(err: &nemo_video::Error) -> String {
+    let debug = format!("{err:?}");
+    debug
+        .rsplit_once("(Error::")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_alphanumeric()).next())
+        .unwrap_or("?")
+        .to_string()
+}

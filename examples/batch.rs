@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use nemo_video::intent::{translate_reply, GuiAction};
+use nemo_video::intent::{translate_reply_with, GuiAction, TranslateOptions};
 use nemo_video::render::{
     check_output_path, check_output_path_for, RenderJob, RenderOptions, WaitOptions,
 };
@@ -136,7 +136,7 @@ async fn run(args: Args) -> Result<(), String> {
         .unwrap_or_else(|| service.poll_interval());
 
     let session = client
-        .create_session(None)
+        .create_session()
         .await
         .map_err(|err| describe(&err))?;
     let mut renders: Vec<(usize, PathBuf, RenderJob)> = Vec::new();
@@ -144,19 +144,21 @@ async fn run(args: Args) -> Result<(), String> {
         let number = job.number;
         let fail = |err: Error| format!("[{number}] {}", describe(&err));
         println!("[{number}] uploading {}", job.input.display());
-        client
-            .upload_files(&session, &[&job.input])
-            .await
-            .map_err(fail)?;
+        client.upload(&session, &[&job.input]).await.map_err(fail)?;
         println!("[{number}] asking: {}", job.instruction);
         let turn = client
             .run_turn(&session, &job.instruction)
             .await
             .map_err(fail)?;
-        let reply = translate_reply(turn.answer().trim());
+        // Every job shows the timeline when the agent points at it, then renders: the words
+        // may say so.
+        let next = TranslateOptions::default()
+            .shows_state(true)
+            .shows_summary(true)
+            .exports(true);
+        let reply = translate_reply_with(turn.answer().trim(), &next);
         println!("[{number}] {}", reply.text);
         let state = client.state(&session).await.map_err(fail)?;
-        // The translated reply promises the summary when the agent pointed at the timeline.
         if reply
             .actions
             .iter()
@@ -172,8 +174,9 @@ async fn run(args: Args) -> Result<(), String> {
                     session_id: session.id().to_string(),
                 })
             })?;
-        let render = client
-            .render(&session, draft, &RenderOptions::default())
+        let render = RenderJob::new(&session);
+        client
+            .submit_render(&render, draft, &RenderOptions::default())
             .await
             .map_err(fail)?;
         println!("[{number}] render {} submitted", render.id);
@@ -188,10 +191,8 @@ async fn run(args: Args) -> Result<(), String> {
         let wait = wait.clone();
         tasks.spawn(async move {
             let result = async {
-                let url = client.wait_for_render(&job, &wait).await?;
-                client
-                    .download_render(&job, url.as_deref(), &output, |_| {})
-                    .await
+                let export = client.wait_for_render(&job, &wait).await?;
+                client.download(&export, &output).await
             }
             .await;
             (number, output, result)

@@ -1,6 +1,7 @@
 //! An interactive bot loop: each line you type is routed by intent (export, credits, status,
-//! upload, or an edit sent to the agent), and the agent's GUI phrasing ("click the Export
-//! button", "open the timeline") is turned into API actions.
+//! upload, or an edit sent to the agent), and the agent's replies, written for its web editor
+//! ("click the Export button", "open the timeline"), are shown translated into what you can
+//! type here.
 //!
 //! ```text
 //! cargo run --example chat -- [--simulate | --live] [--language CODE] [--output-dir DIR]
@@ -10,13 +11,18 @@
 //! Offline against the built-in simulator unless pointed at a service (`--live`, or
 //! `NEMO_API_BASE`); the first line says which.
 //!
-//! Try: `upload assets/sample_input.mp4`, `remove the background person`, `status`,
-//! `credits`, `export`. End with Ctrl-D. A file is checked before it is uploaded, and the
-//! output folder before the first request. Exit status: 0 at the end of input, 1 when the
-//! conversation cannot start (one `error: ...` line on stderr), 2 bad usage, 130 interrupted
-//! by Ctrl-C, SIGTERM or SIGHUP, at the prompt or mid-command (a video being written is not
-//! kept); a failed command in the conversation is answered with "Sorry: ..." and the
-//! conversation goes on.
+//! Try: `help`, `upload assets/sample_input.mp4`, `remove the background person`, `status`,
+//! `credits`, `export`. End with Ctrl-D. Chat does only what you type: `help` (also `?`,
+//! `/help`, `帮助`) prints what you can type and sends nothing; only an edit goes to the
+//! agent (and costs credits); a render starts only when you ask for an export, never because
+//! the agent's reply mentions the Export button (the reply then says to ask for one), and
+//! nothing is uploaded unless you type `upload PATH`. When the reply points at the timeline
+//! or a panel, chat reads the project's state (free) and shows its summary below the reply.
+//! A file is checked before it is uploaded, and the output folder before the first request.
+//! Exit status: 0 at the end of input, 1 when the conversation cannot start (one
+//! `error: ...` line on stderr), 2 bad usage, 130 interrupted by Ctrl-C, SIGTERM or SIGHUP,
+//! at the prompt or mid-command (a video being written is not kept); a failed command in the
+//! conversation is answered with "Sorry: ..." and the conversation goes on.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -28,10 +34,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use nemo_video::intent::{route, translate_reply, GuiAction, Intent};
-use nemo_video::render::{check_output_path, RenderOptions, WaitOptions};
+use nemo_video::intent::{
+    gui_actions, route, translate_reply_with, GuiAction, Intent, TranslateOptions,
+};
+use nemo_video::render::{check_output_path, ExportOptions, RenderOptions, WaitOptions};
 use nemo_video::upload::check_upload_file;
-use nemo_video::{NemoClient, Session};
+use nemo_video::{NemoClient, Session, SessionOptions};
 use support::{describe, AgentActivity, Progress, ServiceArgs};
 
 /// Talk to NemoVideo's agent line by line, as a bot would: each line is routed by intent.
@@ -77,11 +85,15 @@ async fn run(args: Args) -> Result<(), String> {
         .poll_interval
         .unwrap_or_else(|| service.poll_interval());
     let client = service.client.clone();
+    let mut options = SessionOptions::default();
+    if let Some(language) = &args.language {
+        options = options.language(language.as_str());
+    }
     let session = client
-        .create_session(args.language.as_deref())
+        .create_session_with(&options)
         .await
         .map_err(|err| describe(&err))?;
-    println!("Connected. Type what you want (\"upload <file>\", an edit, \"status\", \"credits\", \"export\"); Ctrl-D to quit.");
+    println!("Connected. Type an edit in plain words, or \"help\" for what else you can type; Ctrl-D to quit.");
     let mut bot = Bot {
         client,
         session,
@@ -103,6 +115,10 @@ async fn run(args: Args) -> Result<(), String> {
         if line.is_empty() {
             continue;
         }
+        if is_help(line) {
+            print!("{HELP}");
+            continue;
+        }
         // One failed command should not end the conversation: report it and go on.
         if let Err(err) = bot.handle(line).await {
             println!("Sorry: {}", describe(&err));
@@ -110,6 +126,27 @@ async fn run(args: Args) -> Result<(), String> {
     }
     println!("Bye.");
     Ok(())
+}
+
+/// What `help` prints: every command, and what it costs.
+const HELP: &str = "\
+You can type:
+  upload PATH    add a video, image or audio file to the project
+  status         show the project's timeline (free)
+  credits        show your credit balance (free)
+  export         render the video and save it as chat_export_<n>.mp4 in the output folder
+  help           show this help (also ?, /help, 帮助)
+  anything else  an edit in plain words, sent to the agent (it costs credits), such as
+                 \"remove the background person\"
+End with Ctrl-D.
+";
+
+/// Whether `line` (trimmed) asks for the help: checked before routing, so that it never
+/// reaches the agent.
+fn is_help(line: &str) -> bool {
+    ["help", "?", "？", "/help", "帮助"]
+        .iter()
+        .any(|word| line.eq_ignore_ascii_case(word))
 }
 
 /// The lines of standard input, read on a thread of their own: a blocking read on the
@@ -157,7 +194,7 @@ impl Bot {
                     check_upload_file(&path, self.client.config().max_upload_bytes)?;
                     let result = self
                         .client
-                        .upload_files(&self.session, &[PathBuf::from(&path)])
+                        .upload(&self.session, &[PathBuf::from(&path)])
                         .await?;
                     println!("Uploaded {} file(s).", result.files.len().max(1));
                 }
@@ -182,7 +219,12 @@ impl Bot {
             .on_progress(move |p| bar.set(p.progress.unwrap_or(0.0).round() as u64, 100));
         let export = self
             .client
-            .export(&self.session, &RenderOptions::default(), &wait)
+            .export_with(
+                &self.session,
+                &ExportOptions::default()
+                    .render(RenderOptions::default())
+                    .wait(wait),
+            )
             .await;
         if export.is_ok() {
             progress.set(100, 100);
@@ -193,10 +235,7 @@ impl Bot {
         let path = self
             .output_dir
             .join(format!("chat_export_{}.mp4", self.exports));
-        let bytes = self
-            .client
-            .download_render(&export.job, export.output_url.as_deref(), &path, |_| {})
-            .await?;
+        let bytes = self.client.download(&export, &path).await?;
         println!("Saved {} ({bytes} bytes)", path.display());
         Ok(())
     }
@@ -209,21 +248,51 @@ impl Bot {
             .await;
         activity.finish();
         let turn = turn?;
-        // The agent writes for a GUI: show its words translated, then do through the API what
-        // it tells a person to click.
-        let reply = translate_reply(turn.answer().trim());
-        println!("{}", reply.text);
-        let mut status_shown = false;
-        for action in reply.actions {
-            match action {
-                GuiAction::Export => self.export().await?,
-                GuiAction::ShowSummary | GuiAction::ReadState { .. } if !status_shown => {
-                    self.show_status().await?;
-                    status_shown = true;
-                }
-                _ => {}
+        let answer = turn.answer();
+        let answer = answer.trim();
+        // The agent writes for a GUI. Chat does only what the user typed, plus one free read:
+        // when the reply points at the timeline or a panel, the state's summary is shown
+        // below it. The translated words say exactly that much, and no more.
+        let actions = gui_actions(answer);
+        let points_at_state = actions
+            .iter()
+            .any(|action| matches!(action, GuiAction::ShowSummary | GuiAction::ReadState { .. }));
+        let state = if points_at_state {
+            Some(self.client.state(&self.session).await)
+        } else {
+            None
+        };
+        let summary_shown = matches!(state, Some(Ok(_)));
+        let options = TranslateOptions::default()
+            .shows_state(summary_shown)
+            .shows_summary(summary_shown);
+        println!("{}", translate_reply_with(answer, &options).text);
+        let state_read = match state {
+            Some(Ok(state)) => {
+                println!("{}", state.summary());
+                Ok(())
             }
+            Some(Err(err)) => Err(err),
+            None => Ok(()),
+        };
+        // What the reply asks the user to click, as the words to type here.
+        if actions.contains(&GuiAction::Export) {
+            println!("Type \"export\" to render and save the video.");
         }
-        Ok(())
+        if actions.iter().any(
+            |action| matches!(action, GuiAction::Execute { target } if is_upload_button(target)),
+        ) {
+            println!("Type \"upload PATH\" to add a file.");
+        }
+        // A failed read is said last ("Sorry: ..."), after the words that did not promise it.
+        state_read
     }
+}
+
+/// The agent's upload button (`Upload`, `上传`, `Import`, `导入`), which chat never presses.
+fn is_upload_button(name: &str) -> bool {
+    let name = name.to_lowercase();
+    ["upload", "import", "上传", "导入"]
+        .iter()
+        .any(|word| name.starts_with(word))
 }

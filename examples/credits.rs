@@ -39,7 +39,7 @@ async fn run(args: Args) -> Result<(), String> {
         "Credits: {} available, {} frozen, {} total",
         credits.available, credits.frozen, credits.total
     );
-    if let Some(url) = client.registration_url() {
+    if let Some(url) = client.registration_url().await {
         if service.simulator.is_some() {
             println!("Simulator account: {url} explains that it exists only in the simulator.");
         } else {

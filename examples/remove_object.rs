@@ -40,10 +40,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use nemo_video::intent::translate_reply;
+use nemo_video::auth::StoreFuture;
+use nemo_video::intent::{translate_reply, translate_reply_with, TranslateOptions};
 use nemo_video::job::{
     EditJob, JobEvent, JobFile, JobOptions, JobSaveOutcome, JobStore, LeaseAttempt, LeaseHolder,
-    MemoryJobStore, Stage, StoreFuture, StoredJob,
+    MemoryJobStore, Stage, StoredJob,
 };
 use nemo_video::lease::Lease;
 use nemo_video::render::{check_output_path_for, WaitOptions};
@@ -488,7 +489,12 @@ fn display(
             }
             JobEvent::Answer(answer) => {
                 shown.finish();
-                println!("Agent: {}", translate_reply(answer.trim()).text);
+                // After an answer the job prints the timeline and exports: the words may say so.
+                let next = TranslateOptions::default()
+                    .shows_state(true)
+                    .shows_summary(true)
+                    .exports(true);
+                println!("Agent: {}", translate_reply_with(answer.trim(), &next).text);
             }
             JobEvent::Timeline(summary) => println!("{summary}"),
             JobEvent::Rendering(_) => support::start_line(&format!(

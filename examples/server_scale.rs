@@ -615,7 +615,7 @@ struct Shared {
 /// in the ramp) one turn with the stream read to its end.
 async fn one_user(client: NemoClient, shared: Arc<Shared>, delay: Duration) -> Result<(), String> {
     let setup = async {
-        let session = client.create_session(None).await?;
+        let session = client.create_session().await?;
         client
             .upload_urls(&session, &["https://example.com/clip.mp4"])
             .await?;
@@ -775,7 +775,7 @@ async fn run_users(
     // Warm-up: one user with a short turn (text only), so the lazily built parts of the
     // runtime, the pool and the SDK are in the baseline instead of charged to the users.
     let warm = server.for_identity("warm-up-user")?;
-    let session = warm.create_session(None).await?;
+    let session = warm.create_session().await?;
     warm.run_turn(&session, "hello").await?;
     drop((warm, session));
 

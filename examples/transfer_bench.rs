@@ -6,11 +6,13 @@
 //!
 //! Starts a sink/source HTTP server on 127.0.0.1 (`POST /api/upload-video/nemo_agent/me/<sid>`
 //! counts and discards a multipart body; `GET /file` serves `--size-mib` MiB with a
-//! `Content-Length`), writes a test file of that size (a random 1 MiB block repeated), then
-//! for each round runs, in alternating order:
+//! `Content-Length`; `GET /api/render/proxy/lambda/bench` says the render `bench` is complete,
+//! its output at `/file`), writes a test file of that size (a random 1 MiB block repeated),
+//! then for each round runs, in alternating order:
 //!
-//! - SDK upload (`NemoClient::upload_files`) vs `curl -s -F files=@FILE URL`
-//! - SDK download (`NemoClient::download`) vs `curl -s -o OUT URL`
+//! - SDK upload (`NemoClient::upload`) vs `curl -s -F files=@FILE URL`
+//! - SDK download (`NemoClient::download` of the finished render, after one status request
+//!   that says where it is) vs `curl -s -o OUT URL`
 //!
 //! Each transfer runs in its own process under `/usr/bin/time -v`, so its peak RSS is its own
 //! and not the server's: the SDK side is this example re-invoked with a hidden
@@ -36,6 +38,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use nemo_video::render::{RenderJob, WaitOptions};
 use nemo_video::{NemoClient, Session};
 use tokio::net::TcpListener;
 
@@ -44,6 +47,9 @@ mod support;
 
 const BLOCK: usize = 1024 * 1024;
 const UPLOAD_PATH: &str = "/api/upload-video/nemo_agent/me/bench";
+/// The render whose output `/file` is; its status is at [`RENDER_STATUS_PATH`].
+const RENDER_ID: &str = "bench";
+const RENDER_STATUS_PATH: &str = "/api/render/proxy/lambda/bench";
 const TIME: &str = "/usr/bin/time";
 
 /// Targets from the issue: SDK wall time as a fraction of curl's, and the SDK's peak RSS.
@@ -116,14 +122,29 @@ fn child(args: &[String]) -> Result<(), BoxError> {
         match mode.as_str() {
             "upload" => {
                 let result = client
-                    .upload_files(&Session::from_id("bench"), &[Path::new(path)])
+                    .upload(&Session::from_id("bench"), &[Path::new(path)])
                     .await?;
                 if result.files.len() != 1 {
                     return Err(format!("expected one uploaded file, got {:?}", result).into());
                 }
             }
             "download" => {
-                client.download(url.as_str(), path, |_| {}).await?;
+                // A download is of a finished render: the server's status answer puts its
+                // output at `url`.
+                let export = client
+                    .wait_for_render(
+                        &RenderJob::from_id(RENDER_ID, "bench"),
+                        &WaitOptions::default(),
+                    )
+                    .await?;
+                if export.output_url() != Some(url.as_str()) {
+                    return Err(format!(
+                        "the render's output is at {:?}, not {url}",
+                        export.output_url()
+                    )
+                    .into());
+                }
+                client.download(&export, path).await?;
             }
             other => return Err(format!("unknown child mode {other:?}").into()),
         }
@@ -618,6 +639,27 @@ async fn handle(state: &ServerState, source: &Source, req: Request<Incoming>) ->
                 header::HeaderValue::from_static("video/mp4"),
             );
             response
+        }
+        (&Method::GET, RENDER_STATUS_PATH) => {
+            // Complete, with its output at `/file` on the origin the client asked.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "success": true,
+                    "data": {
+                        "id": RENDER_ID,
+                        "status": "completed",
+                        "progress": 100,
+                        "outputUrl": format!("http://{host}/file"),
+                    }
+                })
+                .to_string(),
+            )
         }
         _ => json(StatusCode::NOT_FOUND, r#"{"detail":"Not Found"}"#.into()),
     }

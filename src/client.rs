@@ -24,7 +24,7 @@ use crate::transport::Transport;
 /// ```no_run
 /// # async fn run() -> nemo_video::Result<()> {
 /// let client = nemo_video::NemoClient::from_env()?;
-/// let session = client.create_session(None).await?;
+/// let session = client.create_session().await?;
 /// println!("credits left: {}", client.credits().await?.available);
 /// # let _ = session; Ok(()) }
 /// ```
@@ -138,17 +138,23 @@ impl NemoClient {
 
     /// The registration link for an anonymous user
     /// (`<web>/register?bind=<anonymous user id>`), which keeps the work and adds credits.
-    /// `None` for a fixed token or before the user id is known.
+    /// Async like [`client_id`](Self::client_id): before this client has made a request, the
+    /// user id comes from the credential store. `None` for a fixed token or an identity
+    /// without a token yet.
     ///
     /// ```no_run
-    /// # fn run(client: nemo_video::NemoClient) {
-    /// if let Some(url) = client.registration_url() {
+    /// # async fn run(client: nemo_video::NemoClient) {
+    /// if let Some(url) = client.registration_url().await {
     ///     println!("register here: {url}");
     /// }
     /// # }
     /// ```
-    pub fn registration_url(&self) -> Option<String> {
-        self.transport().registration_url()
+    pub async fn registration_url(&self) -> Option<String> {
+        if let Some(url) = self.transport().registration_url() {
+            return Some(url);
+        }
+        let user_id = self.anonymous_credentials().await?.user_id?;
+        Some(self.transport().register_url_for(&user_id))
     }
 
     /// True while a token request or a save of this client's identity is in flight (it runs
@@ -256,9 +262,10 @@ fn env_var(name: &str) -> Option<String> {
 
 impl NemoClientBuilder {
     /// A builder pre-filled from the environment: `NEMO_TOKEN`, `NEMO_API_BASE` (or
-    /// `NEMO_API_URL`), `NEMO_WEB_URL`, `NEMO_CONFIG_DIR`, `NEMO_CLIENT_ID`, `SKILL_SOURCE`
-    /// (the platform attribution). Unset or empty variables leave the default. Setters called
-    /// afterwards override the environment.
+    /// `NEMO_API_URL`), `NEMO_WEB_URL`, `NEMO_CONFIG_DIR`, `NEMO_CLIENT_ID`,
+    /// `NEMO_SKILL_PLATFORM` (the `X-Skill-Platform` attribution; `SKILL_SOURCE`, the name
+    /// the service's notes use, is read when it is unset). Unset or empty variables leave the
+    /// default. Setters called afterwards override the environment.
     pub fn from_env() -> NemoClientBuilder {
         let mut builder = NemoClientBuilder::default();
         if let Some(token) = env_var("NEMO_TOKEN") {
@@ -276,7 +283,7 @@ impl NemoClientBuilder {
         if let Some(client_id) = env_var("NEMO_CLIENT_ID") {
             builder = builder.client_id(client_id);
         }
-        if let Some(platform) = env_var("SKILL_SOURCE") {
+        if let Some(platform) = env_var("NEMO_SKILL_PLATFORM").or_else(|| env_var("SKILL_SOURCE")) {
             builder = builder.skill_platform(platform);
         }
         builder
@@ -414,7 +421,7 @@ impl NemoClientBuilder {
         self
     }
 
-    /// `X-Skill-Platform` attribution header. Default: env `SKILL_SOURCE` (through
+    /// `X-Skill-Platform` attribution header. Default: env `NEMO_SKILL_PLATFORM` or `SKILL_SOURCE` (through
     /// [`from_env`](Self::from_env)), else `clawhub` when the executable's path contains
     /// `/.clawhub/`, `cursor` when it contains `/.cursor/skills/`, else `unknown`.
     pub fn skill_platform(mut self, value: impl Into<String>) -> Self {

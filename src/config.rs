@@ -27,7 +27,7 @@ pub const DEFAULT_WEB_URL: &str = "https://nemovideo.com";
 pub const DEFAULT_SKILL_SOURCE: &str = "video-object-ops";
 /// Default `X-Skill-Version`: this crate's version.
 pub const DEFAULT_SKILL_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Default upload size limit: 500 MB, the service's documented maximum.
+/// Default upload size limit: 500 MiB (524,288,000 bytes), the service's documented maximum ("500MB").
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 500 * 1024 * 1024;
 /// Default cap on a JSON response body: 64 MiB (state documents can be large).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -83,6 +83,38 @@ impl RetryConfig {
             max_retries: 0,
             ..RetryConfig::default()
         }
+    }
+
+    /// Sets the retries after the first attempt for transient failures (default 2).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Sets the delay before the first retry (default 500 ms); each later one doubles it.
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.base_delay = delay;
+        self
+    }
+
+    /// Sets the longest delay between two attempts (default 8 s).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Sets whether each delay is randomised between 75% and 100% of its value (default
+    /// true).
+    pub fn jitter(mut self, jitter: bool) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets the longest server-requested wait the client honours (default 60 s); a longer
+    /// `Retry-After` fails with [`Error::RateLimited`](crate::Error::RateLimited) at once.
+    pub fn max_server_wait(mut self, wait: Duration) -> Self {
+        self.max_server_wait = wait;
+        self
     }
 
     /// The delay before retry number `retry` (0-based), with jitter when enabled.

@@ -2,9 +2,9 @@
 //!
 //! # Rules
 //!
-//! [`decode_frame`] never fails and never panics: every input gives at least one event, and
+//! Decoding a frame never fails and never panics: every input gives at least one event, and
 //! anything it does not understand comes back as [`AgentEvent::Unknown`] with the raw text
-//! kept. One frame gives a small ordered list ([`DecodedEvents`]) because one Google ADK event
+//! kept. One frame gives a small ordered list of events because one Google ADK event
 //! can carry several parts plus a state delta. The order is:
 //!
 //! 1. the simplified shape's own event (`{"type":"text"|"tool_call"|"tool_result"|"heartbeat"}`);
@@ -506,6 +506,7 @@ pub struct UnknownEvent {
 /// The events decoded from one frame, in order. Usually one; never empty.
 ///
 /// Derefs to `[AgentEvent]` and iterates by value or by reference.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvents {
     events: Vec<AgentEvent>,
@@ -564,6 +565,7 @@ impl From<DecodedEvents> for Vec<AgentEvent> {
 /// };
 /// assert_eq!(unknown.raw, "<html>502</html>");
 /// ```
+#[doc(hidden)]
 pub fn decode_frame(data: &str) -> DecodedEvents {
     let trimmed = data.trim();
     if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("heartbeat") {

@@ -5,8 +5,14 @@
 //! 1. Quoted text is content, not a command, and is ignored: `"…"`, `“…”`, `‘…’`, `「…」`,
 //!    `『…』`, `《…》`, and `'…'` when the quote marks stand at word edges (so `don't` is not a
 //!    quote). `add a title that says "export"` is therefore not an export.
-//! 2. A message that asks for an edit is an edit: if it contains one of the
-//!    [`EDIT_VERBS`] (whole words) or [`EDIT_VERBS_ZH`] (anywhere), it routes to
+//! 2. A message that asks for an edit is an edit: if it contains one of these English verbs
+//!    (whole words, any case): `add`, `adjust`, `apply`, `blur`, `brighten`, `change`,
+//!    `create`, `crop`, `cut`, `darken`, `decrease`, `delete`, `edit`, `erase`, `extend`,
+//!    `fade`, `fix`, `generate`, `increase`, `insert`, `isolate`, `lengthen`, `make`, `merge`,
+//!    `mix`, `move`, `mute`, `overlay`, `put`, `reduce`, `remove`, `replace`, `resize`,
+//!    `rotate`, `set`, `shorten`, `slow`, `speed`, `split`, `stabilize`, `swap`, `trim`,
+//!    `turn`, `zoom`; or one of these Chinese verbs (anywhere):
+//!    添加、加上、加入、删除、删掉、去掉、去除、移除、替换、换成、修改、改成、改为、剪辑、剪掉、裁剪、调整、插入、生成、制作、合并、分割、静音、模糊; it routes to
 //!    [`Intent::Edit`]. `remove the person and export` goes to the agent, which does the edit
 //!    and then asks for the export. Sending a request to the agent is the safe side: the agent
 //!    can still answer it, while a misrouted edit would be lost.
@@ -54,25 +60,38 @@
 //! # Rules for [`translate_reply`]
 //!
 //! The service's rule is that the agent's text is shown only after its GUI instructions are
-//! translated into what the client does instead. [`translate_reply`] rewrites each sentence
+//! translated for a client without a GUI. [`translate_reply`] rewrites each sentence
 //! (ended by `.`, `!` or `?` before a space, by `;`, by `。！？；`, or by a line break) that
 //! holds a GUI instruction as a whole, in the sentence's language (Chinese when it contains
-//! Chinese characters), and keeps every other sentence as it is:
+//! Chinese characters), and keeps every other sentence as it is.
 //!
-//! | Action | English | Chinese |
+//! The translation never says that something was done: the library cannot know what your
+//! program does after the reply. By default each phrase says what the user can do instead
+//! (in a client without a GUI, that is asking in words). A program that does act on the
+//! reply says so with [`translate_reply_with`] and [`TranslateOptions`]: each flag turns the
+//! phrase of its action into what the program will do, and touches no other phrase.
+//!
+//! | Action | English, by default | Chinese, by default |
 //! |---|---|---|
-//! | [`GuiAction::Execute`] | `"Apply" is done for you through the API.` | `「应用」会通过 API 自动完成。` |
-//! | [`GuiAction::ReadState`] | `The project's current state is shown below.` | `项目的当前状态见下方。` |
+//! | [`GuiAction::Execute`] | `Instead of clicking "Apply", say in a message what you want.` | `无需点击「应用」，请直接用文字说明想要做什么。` |
+//! | [`GuiAction::Execute`], no name | `Instead of clicking, say in a message what you want.` | `无需点击，请直接用文字说明想要做什么。` |
+//! | [`GuiAction::Execute`], an upload button (`Upload`, `Import`, `上传`, `导入`) | `To add a file, upload it.` | `如需添加素材，请上传文件。` |
+//! | [`GuiAction::ReadState`] | `To see the project's current state, ask for its status.` | `如需查看项目的当前状态，请查询状态。` |
 //! | [`GuiAction::SendEdit`] | `To move or rearrange something, describe the change in a message.` | `如需移动或调整内容，请直接用文字描述修改。` |
-//! | [`GuiAction::ShowSummary`] | `The timeline summary is shown below.` | `时间线摘要见下方。` |
-//! | [`GuiAction::Export`] | `The video is exported through the API.` | `视频会通过 API 导出。` |
+//! | [`GuiAction::ShowSummary`] | `To see the timeline, ask for the project's status.` | `如需查看时间线，请查询项目状态。` |
+//! | [`GuiAction::Export`] | `To get the video, ask for an export.` | `如需获取视频，请要求导出。` |
 //!
-//! (`Execute` without a name: `That step is done for you through the API.` /
-//! `该步骤会通过 API 自动完成。`) A clause after `;` that is rewritten becomes a sentence of
-//! its own (the `;` before it becomes `.`). Each action is said once per reply: a later sentence whose
-//! actions were all said already is left out. The translation promises what a client that
-//! follows the service's table does: show the state or the timeline summary below the
-//! reply, and run the export; show the text that way only if your app does.
+//! With a flag set, its action's phrase says what the program does next:
+//!
+//! | Flag (the caller's program …) | Action | English | Chinese |
+//! |---|---|---|---|
+//! | [`shows_state`](TranslateOptions::shows_state) (shows the state below the reply) | [`GuiAction::ReadState`] | `The project's current state is shown below.` | `项目的当前状态见下方。` |
+//! | [`shows_summary`](TranslateOptions::shows_summary) (shows the timeline summary below the reply) | [`GuiAction::ShowSummary`] | `The timeline summary is shown below.` | `时间线摘要见下方。` |
+//! | [`exports`](TranslateOptions::exports) (runs the export next) | [`GuiAction::Export`] | `The video is exported through the API.` | `视频会通过 API 导出。` |
+//!
+//! A clause after `;` that is rewritten becomes a sentence of its own (the `;` before it
+//! becomes `.`). Each action is said once per reply: a later sentence whose actions were all
+//! said already is left out.
 
 /// What a user's message asks for, following the service's routing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,9 +123,9 @@ impl Intent {
     }
 }
 
-/// English verbs that make a message an edit (whole words, any case); see the
-/// [module rules](self).
-pub const EDIT_VERBS: &[&str] = &[
+/// English verbs that make a message an edit (whole words, any case); listed in the module
+/// rules, which must stay in step.
+pub(crate) const EDIT_VERBS: &[&str] = &[
     "add",
     "adjust",
     "apply",
@@ -153,9 +172,8 @@ pub const EDIT_VERBS: &[&str] = &[
     "zoom",
 ];
 
-/// Chinese verbs that make a message an edit (matched anywhere); see the
-/// [module rules](self).
-pub const EDIT_VERBS_ZH: &[&str] = &[
+/// Chinese verbs that make a message an edit (matched anywhere); listed in the module rules.
+pub(crate) const EDIT_VERBS_ZH: &[&str] = &[
     "添加", "加上", "加入", "删除", "删掉", "去掉", "去除", "移除", "替换", "换成", "修改", "改成",
     "改为", "剪辑", "剪掉", "裁剪", "调整", "插入", "生成", "制作", "合并", "分割", "静音", "模糊",
 ];
@@ -261,21 +279,65 @@ pub fn gui_actions(reply: &str) -> Vec<GuiAction> {
     actions
 }
 
-/// The agent's reply as a client without a GUI presents it: see [`translate_reply`].
+/// The agent's reply as a client without a GUI presents it: see [`translate_reply`] and
+/// [`translate_reply_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TranslatedReply {
-    /// The reply with each sentence that gives a GUI instruction replaced by what the client
-    /// does instead; the other sentences unchanged.
+    /// The reply with each sentence that gives a GUI instruction replaced by what the user can
+    /// do instead (or, for the actions the [`TranslateOptions`] cover, by what the program
+    /// does); the other sentences unchanged.
     pub text: String,
     /// What to do through the API, as [`gui_actions`] finds it in the whole reply.
     pub actions: Vec<GuiAction>,
 }
 
-/// Rewrites the GUI instructions in an agent's reply into what the client does instead,
-/// following the service's translation table, in English and Chinese; see the
-/// [module rules](self). The raw reply stays with the caller (for example
-/// [`Turn::text`](crate::turn::Turn::text)).
+/// What the caller's program does after showing a translated reply, so that the translation
+/// may say so; see [`translate_reply_with`]. Every flag is off by default: the translation
+/// then says what the user can do, never what the program does. Each setter is named for
+/// what the program does, and covers one action's phrase only.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TranslateOptions {
+    shows_state: bool,
+    shows_summary: bool,
+    exports: bool,
+}
+
+impl TranslateOptions {
+    /// The program shows the project's state below the reply when the agent says to open a
+    /// panel ([`GuiAction::ReadState`]): the translation says "The project's current state is
+    /// shown below." Default: false ("To see the project's current state, ask for its
+    /// status.").
+    pub fn shows_state(mut self, shows_state: bool) -> Self {
+        self.shows_state = shows_state;
+        self
+    }
+
+    /// The program shows the timeline summary below the reply when the agent says to preview
+    /// the timeline ([`GuiAction::ShowSummary`]): the translation says "The timeline summary
+    /// is shown below." Default: false ("To see the timeline, ask for the project's
+    /// status.").
+    pub fn shows_summary(mut self, shows_summary: bool) -> Self {
+        self.shows_summary = shows_summary;
+        self
+    }
+
+    /// The program runs the export next when the agent points at the Export button
+    /// ([`GuiAction::Export`]): the translation says "The video is exported through the
+    /// API." Default: false ("To get the video, ask for an export.").
+    pub fn exports(mut self, exports: bool) -> Self {
+        self.exports = exports;
+        self
+    }
+}
+
+/// Rewrites the GUI instructions in an agent's reply into what the user can do instead,
+/// following the [module rules](self), in English and Chinese. It claims nothing about what
+/// the program does: a program that shows the state or runs the export after the reply says
+/// so with [`translate_reply_with`]. The same as
+/// `translate_reply_with(reply, &TranslateOptions::default())`. The raw reply stays with the
+/// caller (for example [`Turn::text`](crate::turn::Turn::text)).
 ///
 /// ```
 /// use nemo_video::intent::{translate_reply, GuiAction};
@@ -285,15 +347,47 @@ pub struct TranslatedReply {
 /// );
 /// assert_eq!(
 ///     reply.text,
-///     "Done! I removed the person. The timeline summary is shown below. \
-///      The video is exported through the API."
+///     "Done! I removed the person. To see the timeline, ask for the project's status. \
+///      To get the video, ask for an export."
 /// );
 /// assert_eq!(reply.actions, [GuiAction::ShowSummary, GuiAction::Export]);
 ///
+/// let reply = translate_reply("No video yet. Click the Upload button to add one.");
+/// assert_eq!(reply.text, "No video yet. To add a file, upload it.");
+///
 /// let reply = translate_reply("已删除背景人物。请点击导出按钮下载视频。");
-/// assert_eq!(reply.text, "已删除背景人物。视频会通过 API 导出。");
+/// assert_eq!(reply.text, "已删除背景人物。如需获取视频，请要求导出。");
 /// ```
 pub fn translate_reply(reply: &str) -> TranslatedReply {
+    translate_reply_with(reply, &TranslateOptions::default())
+}
+
+/// [`translate_reply`] for a program that acts on the reply: each flag of `options` that is
+/// set lets the phrase of its action say what the program does next (see the
+/// [module rules](self)). Set a flag only if the program does that every time the reply
+/// holds the action.
+///
+/// ```
+/// use nemo_video::intent::{translate_reply_with, TranslateOptions};
+///
+/// // This program prints the timeline summary below the reply and then exports.
+/// let options = TranslateOptions::default().shows_summary(true).exports(true);
+/// let reply = translate_reply_with(
+///     "Done! I removed the person. Preview it in the timeline, then click the Export button.",
+///     &options,
+/// );
+/// assert_eq!(
+///     reply.text,
+///     "Done! I removed the person. The timeline summary is shown below. \
+///      The video is exported through the API."
+/// );
+///
+/// // A flag covers its own action only.
+/// let options = TranslateOptions::default().shows_summary(true);
+/// let reply = translate_reply_with("请在时间线上预览，然后点击导出按钮。", &options);
+/// assert_eq!(reply.text, "时间线摘要见下方。如需获取视频，请要求导出。");
+/// ```
+pub fn translate_reply_with(reply: &str, options: &TranslateOptions) -> TranslatedReply {
     let mut said: Vec<GuiAction> = Vec::new();
     let mut text = String::with_capacity(reply.len());
     for (sentence, separator) in sentences(reply) {
@@ -313,7 +407,7 @@ pub fn translate_reply(reply: &str) -> TranslatedReply {
                 }
                 new
             })
-            .map(|action| translated_phrase(&action, chinese))
+            .map(|action| translated_phrase(&action, chinese, options))
             .collect();
         if phrases.is_empty() {
             // Everything this sentence asks was said already; keep a line break it ended.
@@ -342,32 +436,64 @@ pub fn translate_reply(reply: &str) -> TranslatedReply {
     }
 }
 
-/// What the client does instead of one GUI instruction, as a sentence.
-fn translated_phrase(action: &GuiAction, chinese: bool) -> String {
-    match (action, chinese) {
+/// One GUI instruction as a sentence: what the user can do instead, or, for an action the
+/// program says it does (`options`), what the program does.
+fn translated_phrase(action: &GuiAction, chinese: bool, options: &TranslateOptions) -> String {
+    let phrase = match (action, chinese) {
+        (GuiAction::Execute { target }, false) if is_upload_name(target) => {
+            "To add a file, upload it."
+        }
+        (GuiAction::Execute { target }, true) if is_upload_name(target) => {
+            "如需添加素材，请上传文件。"
+        }
         (GuiAction::Execute { target }, false) if target.is_empty() => {
-            "That step is done for you through the API.".to_string()
+            "Instead of clicking, say in a message what you want."
         }
         (GuiAction::Execute { target }, false) => {
-            format!("\"{target}\" is done for you through the API.")
+            return format!("Instead of clicking \"{target}\", say in a message what you want.")
         }
         (GuiAction::Execute { target }, true) if target.is_empty() => {
-            "该步骤会通过 API 自动完成。".to_string()
+            "无需点击，请直接用文字说明想要做什么。"
         }
-        (GuiAction::Execute { target }, true) => format!("「{target}」会通过 API 自动完成。"),
+        (GuiAction::Execute { target }, true) => {
+            return format!("无需点击「{target}」，请直接用文字说明想要做什么。")
+        }
+        (GuiAction::ReadState { .. }, false) if options.shows_state => {
+            "The project's current state is shown below."
+        }
         (GuiAction::ReadState { .. }, false) => {
-            "The project's current state is shown below.".to_string()
+            "To see the project's current state, ask for its status."
         }
-        (GuiAction::ReadState { .. }, true) => "项目的当前状态见下方。".to_string(),
+        (GuiAction::ReadState { .. }, true) if options.shows_state => "项目的当前状态见下方。",
+        (GuiAction::ReadState { .. }, true) => "如需查看项目的当前状态，请查询状态。",
         (GuiAction::SendEdit, false) => {
-            "To move or rearrange something, describe the change in a message.".to_string()
+            "To move or rearrange something, describe the change in a message."
         }
-        (GuiAction::SendEdit, true) => "如需移动或调整内容，请直接用文字描述修改。".to_string(),
-        (GuiAction::ShowSummary, false) => "The timeline summary is shown below.".to_string(),
-        (GuiAction::ShowSummary, true) => "时间线摘要见下方。".to_string(),
-        (GuiAction::Export, false) => "The video is exported through the API.".to_string(),
-        (GuiAction::Export, true) => "视频会通过 API 导出。".to_string(),
-    }
+        (GuiAction::SendEdit, true) => "如需移动或调整内容，请直接用文字描述修改。",
+        (GuiAction::ShowSummary, false) if options.shows_summary => {
+            "The timeline summary is shown below."
+        }
+        (GuiAction::ShowSummary, false) => "To see the timeline, ask for the project's status.",
+        (GuiAction::ShowSummary, true) if options.shows_summary => "时间线摘要见下方。",
+        (GuiAction::ShowSummary, true) => "如需查看时间线，请查询项目状态。",
+        (GuiAction::Export, false) if options.exports => "The video is exported through the API.",
+        (GuiAction::Export, false) => "To get the video, ask for an export.",
+        (GuiAction::Export, true) if options.exports => "视频会通过 API 导出。",
+        (GuiAction::Export, true) => "如需获取视频，请要求导出。",
+    };
+    phrase.to_string()
+}
+
+/// A button that adds media (`Upload`, `Import media`, `上传`, `导入`): not the agent's work,
+/// and not something to describe in words.
+fn is_upload_name(name: &str) -> bool {
+    name.contains("上传")
+        || name.contains("导入")
+        || words(name).next().is_some_and(|word| {
+            ["upload", "import"]
+                .iter()
+                .any(|verb| word.text.eq_ignore_ascii_case(verb))
+        })
 }
 
 /// Splits `text` into sentences, each with the whitespace that follows it. A sentence ends
@@ -810,4 +936,25 @@ fn floor_char_boundary(text: &str, mut index: usize) -> usize {
         index -= 1;
     }
     index
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::{EDIT_VERBS, EDIT_VERBS_ZH};
+
+    /// The module docs list the edit verbs (they are not public items): every verb is there.
+    #[test]
+    fn the_module_rules_list_every_edit_verb() {
+        let source = include_str!("intent.rs");
+        let rules = &source[..source.find("\n#[derive").expect("the module docs end")];
+        for verb in EDIT_VERBS {
+            assert!(
+                rules.contains(&format!("`{verb}`")),
+                "{verb} is not in the module rules"
+            );
+        }
+        for verb in EDIT_VERBS_ZH {
+            assert!(rules.contains(verb), "{verb} is not in the module rules");
+        }
+    }
 }

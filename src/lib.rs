@@ -6,8 +6,7 @@
 //! ## The whole job in one function
 //!
 //! ```no_run
-//! use nemo_video::render::{RenderOptions, WaitOptions};
-//! use nemo_video::NemoClient;
+//! use nemo_video::{NemoClient, SessionOptions};
 //!
 //! # async fn run() -> nemo_video::Result<()> {
 //! // 1. Connect: NEMO_TOKEN if set, else an anonymous token (100 free credits), fetched once
@@ -15,10 +14,10 @@
 //! let client = NemoClient::from_env()?;
 //!
 //! // 2. A session is a project with its own timeline. It is Serialize: store it to resume.
-//! let session = client.create_session(Some("en")).await?;
+//! let session = client.create_session_with(&SessionOptions::default().language("en")).await?;
 //!
 //! // 3. Upload: checked locally first, then streamed from disk in one multipart request.
-//! client.upload_files(&session, &["clip.mp4"]).await?;
+//! client.upload(&session, &["clip.mp4"]).await?;
 //!
 //! // 4. Talk to the agent. A turn always ends in an answer: the agent's words, or, when it
 //! //    says nothing (about 30% of edits), what changed on the timeline.
@@ -31,10 +30,8 @@
 //! println!("{}", client.state(&session).await?.summary());
 //!
 //! // 6. Export and download: the file lands whole or not at all.
-//! let export = client.export(&session, &RenderOptions::default(), &WaitOptions::default()).await?;
-//! let bytes = client
-//!     .download_render(&export.job, export.output_url.as_deref(), "edited.mp4", |_| {})
-//!     .await?;
+//! let export = client.export(&session).await?;
+//! let bytes = client.download(&export, "edited.mp4").await?;
 //! println!("Saved edited.mp4 ({bytes} bytes)");
 //! # Ok(()) }
 //! ```
@@ -46,7 +43,8 @@
 //! - [`stream`]: the agent's raw event stream ([`NemoClient::send_message`]) with idle and total
 //!   limits; [`turn`] runs one message to an answer; [`events`] are the typed events.
 //! - [`state`] and [`draft`]: the timeline, its summary, and diffs between two states.
-//! - [`render`]: submit (with an id you save first), wait, resume, cancel, download.
+//! - [`render`]: export in one call, or submit (with an id you save first), wait, cancel;
+//!   download with progress.
 //! - [`job`]: the whole job (upload → edit → render → download), saved in a job store after
 //!   every step, leased to one runner at a time, and resumable after a crash, on any machine,
 //!   without paying twice.
@@ -92,20 +90,65 @@ pub mod turn;
 pub mod upload;
 mod wire;
 
-/// The README's examples, compiled as doc tests so they stay true.
+/// The README, compiled as doc tests so its examples stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide `docs/using-the-client.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/using-the-client.md")]
+pub struct UsingTheClientDoctests;
 
 /// The guide `docs/serving-many-users.md`, compiled as doc tests so its examples stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/serving-many-users.md")]
 pub struct ServingManyUsersDoctests;
 
-/// The examples of `docs/work-that-survives-a-crash.md`, compiled as doc tests.
+/// The guide `docs/work-that-survives-a-crash.md`, compiled as doc tests so its examples stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/work-that-survives-a-crash.md")]
 pub struct WorkThatSurvivesACrashDoctests;
+
+/// The guide `docs/configuration.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+pub struct ConfigurationDoctests;
+
+/// The guide `docs/errors-and-retries.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/errors-and-retries.md")]
+pub struct ErrorsAndRetriesDoctests;
+
+/// The guide `docs/testing-with-the-simulator.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/testing-with-the-simulator.md")]
+pub struct TestingWithTheSimulatorDoctests;
+
+/// The guide `docs/performance.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/performance.md")]
+pub struct PerformanceDoctests;
+
+/// The guide `docs/reliability.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/reliability.md")]
+pub struct ReliabilityDoctests;
+
+/// The guide `docs/msrv.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/msrv.md")]
+pub struct MsrvDoctests;
+
+/// The guide `docs/examples.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/examples.md")]
+pub struct ExamplesDoctests;
+
+/// `CONTRIBUTING.md`, compiled as doc tests so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../CONTRIBUTING.md")]
+pub struct ContributingDoctests;
 
 /// The `reqwest` this crate is built with, so that [`NemoClientBuilder::http_client`] can be
 /// given a configured `reqwest::Client` (proxy, extra root certificates, a shared connection
@@ -135,7 +178,7 @@ pub use credits::Credits;
 pub use error::{
     ApiCode, ApiInfo, ConnectFailure, Error, Result, RetryPolicy, TimeoutKind, SUPPORTED_FORMATS,
 };
-pub use session::{ClaimLink, Session};
+pub use session::{ClaimLink, Session, SessionOptions};
 
 /// Entry points for the fuzz targets under `fuzz/`, which live in their own crate and so
 /// cannot reach crate-private decoders. **Not public API**: hidden from the docs, exempt from

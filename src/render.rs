@@ -11,9 +11,9 @@
 //!   duplicate answer (HTTP 409) means "already submitted". The digits are the submission
 //!   millisecond followed by six random digits (and bumped within a process), so ids from
 //!   different processes do not collide.
-//! - [`NemoClient::export_with`] hands the job out before submitting it, so a restart can
-//!   resume the same render with [`NemoClient::resume_export`], which re-submits it (same id)
-//!   only if the service does not know it.
+//! - [`NemoClient::export_with`] with [`ExportOptions::job`] renders as a job made and saved
+//!   beforehand, so a restart resumes the same render: it waits for the job if the service
+//!   knows it, and submits it (same id) only if the service does not.
 //! - The waiter polls every 30 s (the service's advice) for at most 20 minutes
 //!   ([`WaitOptions`]); a failed poll (connect error, timeout, 5xx, 429) is logged and polled
 //!   again at the next interval without losing the job. Unknown statuses count as running.
@@ -28,7 +28,7 @@
 //!   API's own origin one new token and replay for 1001/401. The wait for the head is bounded
 //!   by the request timeout, and so is each silence between body chunks
 //!   ([`TimeoutKind::StreamIdle`]). A body cut short is not resumed: nothing is saved, and
-//!   [`NemoClient::download_render`] then tries the API's download endpoint.
+//!   [`NemoClient::download`] then tries the API's download endpoint.
 
 use std::fmt;
 use std::fs::File;
@@ -272,7 +272,7 @@ impl RenderProgress {
 }
 
 /// Progress callback for [`NemoClient::wait_for_render`].
-pub type RenderProgressFn = Arc<dyn Fn(&RenderProgress) + Send + Sync>;
+pub(crate) type RenderProgressFn = Arc<dyn Fn(&RenderProgress) + Send + Sync>;
 
 /// How to wait for a render.
 #[derive(Clone)]
@@ -283,7 +283,7 @@ pub struct WaitOptions {
     /// Longest total wait before [`Error::RenderTimedOut`]. Default 20 minutes.
     pub max_wait: Duration,
     /// Called after each successful poll.
-    pub on_progress: Option<RenderProgressFn>,
+    pub(crate) on_progress: Option<RenderProgressFn>,
 }
 
 impl fmt::Debug for WaitOptions {
@@ -339,14 +339,113 @@ pub struct DownloadProgress {
     pub total: Option<u64>,
 }
 
-/// A finished export: the render job and where its output is.
+/// A finished render: its job and where its output is, all that
+/// [`download`](NemoClient::download) needs. It is `Serialize + Deserialize`, so a
+/// process can hand it to another that downloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Export {
+    job: RenderJob,
+    output_url: Option<String>,
+}
+
+impl Export {
+    pub(crate) fn new(job: RenderJob, output_url: Option<String>) -> Export {
+        Export { job, output_url }
+    }
+
     /// The render job.
-    pub job: RenderJob,
-    /// The output URL, when the service gave one.
-    pub output_url: Option<String>,
+    pub fn job(&self) -> &RenderJob {
+        &self.job
+    }
+
+    /// The output URL, when the service gave one ([`download`](NemoClient::download) falls
+    /// back to the API's download endpoint when it did not, or when the URL fails).
+    pub fn output_url(&self) -> Option<&str> {
+        self.output_url.as_deref()
+    }
+}
+
+/// A download progress callback: called from the downloading task, so keep it quick.
+type DownloadProgressFn = Arc<dyn Fn(DownloadProgress) + Send + Sync>;
+
+/// Settings for a download: see [`NemoClient::download_with`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct DownloadOptions {
+    on_progress: Option<DownloadProgressFn>,
+    overwrite: bool,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            on_progress: None,
+            overwrite: true,
+        }
+    }
+}
+
+impl DownloadOptions {
+    /// Calls `callback` with the bytes written (and the total, when the server said) as the
+    /// file arrives. It runs on the downloading task, so keep it quick.
+    pub fn on_progress(
+        mut self,
+        callback: impl Fn(DownloadProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// Whether an existing file at the path is replaced (default `true`). With `false`, an
+    /// existing file is refused before anything is downloaded, and a file that appears there
+    /// while the download runs is kept (the download then fails and saves nothing).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+}
+
+impl fmt::Debug for DownloadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DownloadOptions")
+            .field("on_progress", &self.on_progress.is_some())
+            .field("overwrite", &self.overwrite)
+            .finish()
+    }
+}
+
+/// Settings for an export: see [`NemoClient::export_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    render: RenderOptions,
+    wait: WaitOptions,
+    job: Option<RenderJob>,
+}
+
+impl ExportOptions {
+    /// The output settings (default: [`RenderOptions::default`], mp4 at high quality).
+    pub fn render(mut self, render: RenderOptions) -> Self {
+        self.render = render;
+        self
+    }
+
+    /// How to wait for the render: poll interval, longest wait, progress callback
+    /// (default: [`WaitOptions::default`]).
+    pub fn wait(mut self, wait: WaitOptions) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Renders as this job (made with [`RenderJob::new`] and saved beforehand) instead of a
+    /// new one: if the service knows the job already (a run before a restart submitted it),
+    /// the export waits for it rather than paying for another render; otherwise it submits
+    /// the job now, with its id.
+    pub fn job(mut self, job: RenderJob) -> Self {
+        self.job = Some(job);
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -391,29 +490,6 @@ pub(crate) fn new_render_id() -> (String, u64) {
 }
 
 impl NemoClient {
-    /// Submits a render of `draft` (as read from [`NemoClient::state`]) for the session.
-    ///
-    /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
-    /// use nemo_video::render::RenderOptions;
-    /// let state = client.state(&session).await?;
-    /// if let Some(draft) = state.draft() {
-    ///     let job = client.render(&session, draft, &RenderOptions::default()).await?;
-    ///     println!("render {} submitted", job.id);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn render(
-        &self,
-        session: &Session,
-        draft: &Draft,
-        options: &RenderOptions,
-    ) -> Result<RenderJob> {
-        let job = RenderJob::new(session);
-        self.submit_render(&job, draft, options).await?;
-        Ok(job)
-    }
-
     /// Submits `job` (made with [`RenderJob::new`] and saved beforehand) to render `draft`.
     /// Safe to call again with the same job, after a failure or a restart: the id is the
     /// service's idempotency key, so transient failures are retried and an answer saying the
@@ -479,22 +555,18 @@ impl NemoClient {
         self.transport().call(request).await
     }
 
-    /// Waits until the render finishes and returns its output URL (`None` when the service
-    /// gave none: use [`download_render`](Self::download_render), which falls back to the
-    /// API's download endpoint).
+    /// Waits until the render finishes and returns it as an [`Export`], ready for
+    /// [`download`](Self::download).
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob) -> nemo_video::Result<()> {
     /// use nemo_video::render::WaitOptions;
     /// let options = WaitOptions::default().on_progress(|p| println!("{} {:?}%", p.status, p.progress));
-    /// let url = client.wait_for_render(&job, &options).await?;
-    /// # let _ = url; Ok(()) }
+    /// let export = client.wait_for_render(&job, &options).await?;
+    /// client.download(&export, "edited.mp4").await?;
+    /// # Ok(()) }
     /// ```
-    pub async fn wait_for_render(
-        &self,
-        job: &RenderJob,
-        options: &WaitOptions,
-    ) -> Result<Option<String>> {
+    pub async fn wait_for_render(&self, job: &RenderJob, options: &WaitOptions) -> Result<Export> {
         let started = Instant::now();
         let mut last_status = "not polled yet".to_string();
         loop {
@@ -508,7 +580,12 @@ impl NemoClient {
                         None => progress.status.to_string(),
                     };
                     match progress.status {
-                        RenderStatus::Completed { output_url } => return Ok(output_url),
+                        RenderStatus::Completed { output_url } => {
+                            return Ok(Export {
+                                job: job.clone(),
+                                output_url,
+                            })
+                        }
                         RenderStatus::Failed { error } => {
                             return Err(Error::RenderFailed {
                                 job_id: job.id.clone(),
@@ -542,81 +619,67 @@ impl NemoClient {
     }
 
     /// Exports the session in one call: reads the state, refuses with
-    /// [`Error::NothingToExport`] when the timeline is empty, renders, waits, and returns the
-    /// job with its output URL. Download it with [`download_render`](Self::download_render).
-    /// To survive a restart, use [`export_with`](Self::export_with).
+    /// [`Error::NothingToExport`] when the timeline is empty, renders (mp4, high quality),
+    /// waits (polling every 30 s for up to 20 minutes), and returns the [`Export`]. Download
+    /// it with [`download`](Self::download). To choose the output, watch progress or survive
+    /// a restart, use [`export_with`](Self::export_with).
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
-    /// use nemo_video::render::{RenderOptions, WaitOptions};
-    /// let wait = WaitOptions::default().on_progress(|p| println!("{} {:?}%", p.status, p.progress));
-    /// let export = client.export(&session, &RenderOptions::default(), &wait).await?;
-    /// client.download_render(&export.job, export.output_url.as_deref(), "edited.mp4", |_| {}).await?;
+    /// let export = client.export(&session).await?;
+    /// client.download(&export, "edited.mp4").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn export(
-        &self,
-        session: &Session,
-        options: &RenderOptions,
-        wait: &WaitOptions,
-    ) -> Result<Export> {
-        self.export_with(session, options, wait, |_| {}).await
+    pub async fn export(&self, session: &Session) -> Result<Export> {
+        self.export_with(session, &ExportOptions::default()).await
     }
 
-    /// [`export`](Self::export), handing the render job to `on_job` as soon as it exists,
-    /// before it is submitted: save it there, and after a restart finish the same render with
-    /// [`resume_export`](Self::resume_export) instead of paying for another.
+    /// [`export`](Self::export) with [`ExportOptions`]: output settings, how to wait, and the
+    /// render job to use. To survive a restart without paying for a second render, make the
+    /// job first, save it, and pass it: run again after a crash with the saved job, and the
+    /// export waits for the render the first run submitted (or submits it, same id, if it
+    /// never arrived).
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
-    /// use nemo_video::render::{RenderOptions, WaitOptions};
-    /// let export = client
-    ///     .export_with(&session, &RenderOptions::default(), &WaitOptions::default(), |job| {
-    ///         std::fs::write("render.json", serde_json::to_vec(job).expect("a job serializes"))
+    /// use nemo_video::render::{ExportOptions, RenderJob, RenderOptions, WaitOptions};
+    /// let job = match std::fs::read("render.json") {
+    ///     Ok(saved) => serde_json::from_slice(&saved).expect("a saved job"),
+    ///     Err(_) => {
+    ///         let job = RenderJob::new(&session);
+    ///         std::fs::write("render.json", serde_json::to_vec(&job).expect("a job serializes"))
     ///             .expect("saved before submitting");
-    ///     })
-    ///     .await?;
+    ///         job
+    ///     }
+    /// };
+    /// let options = ExportOptions::default()
+    ///     .render(RenderOptions::default().resolution("1080p"))
+    ///     .wait(WaitOptions::default().on_progress(|p| println!("{} {:?}%", p.status, p.progress)))
+    ///     .job(job);
+    /// let export = client.export_with(&session, &options).await?;
     /// # let _ = export; Ok(()) }
     /// ```
-    pub async fn export_with(
-        &self,
-        session: &Session,
-        options: &RenderOptions,
-        wait: &WaitOptions,
-        on_job: impl FnOnce(&RenderJob),
-    ) -> Result<Export> {
-        let draft = self.exportable_draft(session).await?;
-        let job = RenderJob::new(session);
-        on_job(&job);
-        self.submit_render(&job, &draft, options).await?;
-        let output_url = self.wait_for_render(&job, wait).await?;
-        Ok(Export { job, output_url })
-    }
-
-    /// Finishes an export whose job was saved by [`export_with`](Self::export_with) (or
-    /// [`RenderJob::new`]) before a restart: waits for it if the service knows it, and
-    /// otherwise submits it now with the same id (from the session's current timeline).
-    ///
-    /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient) -> nemo_video::Result<()> {
-    /// use nemo_video::render::{RenderJob, RenderOptions, WaitOptions};
-    /// let job: RenderJob = serde_json::from_slice(&std::fs::read("render.json").expect("saved"))
-    ///     .expect("a job");
-    /// let export = client.resume_export(&job, &RenderOptions::default(), &WaitOptions::default()).await?;
-    /// # let _ = export; Ok(()) }
-    /// ```
-    pub async fn resume_export(
-        &self,
-        job: &RenderJob,
-        options: &RenderOptions,
-        wait: &WaitOptions,
-    ) -> Result<Export> {
-        self.ensure_submitted(job, options).await?;
-        let output_url = self.wait_for_render(job, wait).await?;
-        Ok(Export {
-            job: job.clone(),
-            output_url,
-        })
+    pub async fn export_with(&self, session: &Session, options: &ExportOptions) -> Result<Export> {
+        match &options.job {
+            Some(job) => {
+                if job.session_id != session.id() {
+                    return Err(Error::invalid_input(format!(
+                        "render job {} belongs to session {}, not {}; pass the session the job was made for",
+                        job.id,
+                        job.session_id,
+                        session.id()
+                    )));
+                }
+                self.ensure_submitted(job, &options.render).await?;
+                self.wait_for_render(job, &options.wait).await
+            }
+            None => {
+                let draft = self.exportable_draft(session).await?;
+                let job = RenderJob::new(session);
+                self.submit_render(&job, &draft, &options.render).await?;
+                self.wait_for_render(&job, &options.wait).await
+            }
+        }
     }
 
     /// Makes sure the service knows `job`: if it does not (HTTP 404 on its status, so the
@@ -671,92 +734,70 @@ impl NemoClient {
         Ok(())
     }
 
-    /// Downloads `url` to `path`: streamed, checked against `Content-Length`, renamed into
-    /// place only when whole. Returns the number of bytes written. The bearer token is sent
-    /// only when `url` is on the API's own origin.
+    /// Downloads a finished render to `path`: from its output URL when it has one, else (or
+    /// when that fails) from `GET /api/render/proxy/<id>/download`. Streamed to a temporary
+    /// file beside `path`, checked against `Content-Length`, and renamed into place only
+    /// when whole; an existing file is replaced. Returns the number of bytes written. The
+    /// output path is checked (see [`check_output_path`]) before anything is asked of the
+    /// server. The bearer token goes only to the API's own origin.
     ///
     /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient, url: String) -> nemo_video::Result<()> {
-    /// let bytes = client.download(&url, "edited.mp4", |p| eprint!("\r{} bytes", p.received)).await?;
+    /// # async fn run(client: nemo_video::NemoClient, export: nemo_video::render::Export) -> nemo_video::Result<()> {
+    /// let bytes = client.download(&export, "edited.mp4").await?;
     /// println!("saved {bytes} bytes");
     /// # Ok(()) }
     /// ```
-    pub async fn download(
-        &self,
-        url: &str,
-        path: impl AsRef<Path>,
-        progress: impl Fn(DownloadProgress) + Send + Sync,
-    ) -> Result<u64> {
-        let url = download_url(url)?;
-        // Check the output path before asking anything of the server.
-        let target = output_target(path.as_ref())?;
-        self.download_to(&url, &target, &progress).await
-    }
-
-    /// [`download`](Self::download) to a target already checked by [`output_target`].
-    async fn download_to(
-        &self,
-        url: &Url,
-        target: &Path,
-        progress: &(impl Fn(DownloadProgress) + Send + Sync),
-    ) -> Result<u64> {
-        let response = self.transport().open_url(url).await?;
-        save_response(
-            response,
-            self.transport().request_timeout(),
-            target,
-            None,
-            progress,
-        )
-        .await
-    }
-
-    /// Downloads a finished render to `path`: from its output URL when it has one, else (or
-    /// when that fails) from `GET /api/render/proxy/<id>/download`.
-    ///
-    /// ```no_run
-    /// # async fn run(client: nemo_video::NemoClient, job: nemo_video::render::RenderJob, url: Option<String>) -> nemo_video::Result<()> {
-    /// client.download_render(&job, url.as_deref(), "edited.mp4", |_| {}).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn download_render(
-        &self,
-        job: &RenderJob,
-        output_url: Option<&str>,
-        path: impl AsRef<Path>,
-        progress: impl Fn(DownloadProgress) + Send + Sync,
-    ) -> Result<u64> {
-        self.download_render_as(job, output_url, path.as_ref(), None, progress)
+    pub async fn download(&self, export: &Export, path: impl AsRef<Path>) -> Result<u64> {
+        self.download_with(export, path, &DownloadOptions::default())
             .await
     }
 
-    /// [`download_render`](Self::download_render) through the temporary file
+    /// [`download`](Self::download) with [`DownloadOptions`]: a progress callback, and
+    /// whether an existing file may be replaced.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient, export: nemo_video::render::Export) -> nemo_video::Result<()> {
+    /// use nemo_video::render::DownloadOptions;
+    /// let options = DownloadOptions::default()
+    ///     .overwrite(false)
+    ///     .on_progress(|p| eprint!("\r{} bytes", p.received));
+    /// client.download_with(&export, "edited.mp4", &options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn download_with(
+        &self,
+        export: &Export,
+        path: impl AsRef<Path>,
+        options: &DownloadOptions,
+    ) -> Result<u64> {
+        self.download_render_as(export, path.as_ref(), None, options)
+            .await
+    }
+
+    /// [`download_with`](Self::download_with) through the temporary file
     /// `.nemo-download-<temp_name>.part` (when given) instead of a random one, so that a
     /// resumed job finds (and replaces) what a killed process left behind.
     pub(crate) async fn download_render_as(
         &self,
-        job: &RenderJob,
-        output_url: Option<&str>,
+        export: &Export,
         path: &Path,
         temp_name: Option<&str>,
-        progress: impl Fn(DownloadProgress) + Send + Sync,
+        options: &DownloadOptions,
     ) -> Result<u64> {
-        let path = output_target(path)?;
+        let job = &export.job;
+        let path = output_target(path, options.overwrite)?;
         let path = path.as_path();
-        if let Some(url) = output_url {
+        let saving = Saving {
+            idle_limit: self.transport().request_timeout(),
+            target: path,
+            temp_name,
+            options,
+        };
+        if let Some(url) = export.output_url() {
             let url = download_url(url)?;
             let response = self.transport().open_url(&url).await;
             let saved = match response {
-                Ok(response) => {
-                    save_response(
-                        response,
-                        self.transport().request_timeout(),
-                        path,
-                        temp_name,
-                        &progress,
-                    )
-                    .await
-                }
+                Ok(response) => saving.save(response).await,
                 Err(err) => Err(err),
             };
             match saved {
@@ -771,14 +812,7 @@ impl NemoClient {
             self.transport()
                 .url_for(&["api", "render", "proxy", job.id.as_str(), "download"]);
         let response = self.transport().open_url(&url).await?;
-        save_response(
-            response,
-            self.transport().request_timeout(),
-            path,
-            temp_name,
-            &progress,
-        )
-        .await
+        saving.save(response).await
     }
 }
 
@@ -858,7 +892,7 @@ fn spawn_writer(
 }
 
 /// Checks that a download can be saved at `path`, without sending anything, and returns the
-/// absolute path. [`NemoClient::download`] and [`NemoClient::download_render`] run the same
+/// absolute path. [`NemoClient::download`] and [`NemoClient::download_with`] run the same
 /// checks before their first request; call it yourself to refuse a bad output path before
 /// uploading, editing and rendering.
 ///
@@ -874,7 +908,7 @@ fn spawn_writer(
 /// assert!(err.to_string().contains("does not exist"));
 /// ```
 pub fn check_output_path(path: impl AsRef<Path>) -> Result<PathBuf> {
-    output_target(path.as_ref())
+    output_target(path.as_ref(), true)
 }
 
 /// [`check_output_path`], and also refuses an output that is the file `input` (the same file
@@ -888,7 +922,7 @@ pub fn check_output_path(path: impl AsRef<Path>) -> Result<PathBuf> {
 /// assert!(err.to_string().contains("is the input"));
 /// ```
 pub fn check_output_path_for(path: impl AsRef<Path>, input: impl AsRef<Path>) -> Result<PathBuf> {
-    let target = output_target(path.as_ref())?;
+    let target = output_target(path.as_ref(), true)?;
     if same_file(&target, input.as_ref()) {
         return Err(Error::invalid_input(format!(
             "the output {} is the input file; choose another output path (saving there would overwrite the input)",
@@ -919,8 +953,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The absolute download target, after the checks of [`check_output_path`].
-fn output_target(path: &Path) -> Result<PathBuf> {
+/// The absolute download target, after the checks of [`check_output_path`]; with
+/// `overwrite` false, an existing file there is refused too.
+fn output_target(path: &Path, overwrite: bool) -> Result<PathBuf> {
     let target = absolute(path)?;
     let dir = target.parent().unwrap_or_else(|| Path::new("/"));
     match std::fs::metadata(dir) {
@@ -950,6 +985,12 @@ fn output_target(path: &Path) -> Result<PathBuf> {
         if !meta.is_file() {
             return Err(Error::invalid_input(format!(
                 "{} exists and is not a regular file; choose another output path",
+                path.display()
+            )));
+        }
+        if !overwrite {
+            return Err(Error::invalid_input(format!(
+                "{} exists and overwriting was not allowed; choose another output path, remove the file, or allow it with DownloadOptions::overwrite(true)",
                 path.display()
             )));
         }
@@ -999,15 +1040,32 @@ fn io_reason(err: &std::io::Error) -> String {
     }
 }
 
-/// Streams a response body into `target` (checked by [`output_target`]) through a temporary
-/// file in the same directory.
-async fn save_response(
-    response: RawResponse,
+/// Where and how a download is saved.
+struct Saving<'a> {
+    /// The longest silence between two pieces of the body.
     idle_limit: Duration,
-    target: &Path,
-    temp_name: Option<&str>,
-    progress: &(impl Fn(DownloadProgress) + Send + Sync),
-) -> Result<u64> {
+    /// The target, checked by [`output_target`].
+    target: &'a Path,
+    /// The temporary file's fixed name (see [`named_part`]), else a random one.
+    temp_name: Option<&'a str>,
+    options: &'a DownloadOptions,
+}
+
+impl Saving<'_> {
+    /// Streams a response body into the target through a temporary file in the same
+    /// directory.
+    async fn save(&self, response: RawResponse) -> Result<u64> {
+        save_response(response, self).await
+    }
+}
+
+async fn save_response(response: RawResponse, saving: &Saving<'_>) -> Result<u64> {
+    let Saving {
+        idle_limit,
+        target,
+        temp_name,
+        options,
+    } = *saving;
     let RawResponse { mut response, .. } = response;
     let target = target.to_path_buf();
     let dir = target
@@ -1074,7 +1132,9 @@ async fn save_response(
             writer_stopped = true;
             break;
         }
-        progress(DownloadProgress { received, total });
+        if let Some(progress) = &options.on_progress {
+            progress(DownloadProgress { received, total });
+        }
     }
     if !writer_stopped && total.is_some_and(|total| received != total) {
         // Dropping `chunks` without `Finish` stops the writer without a sync.
@@ -1107,12 +1167,25 @@ async fn save_response(
         std::fs::set_permissions(&*temp_path, std::fs::Permissions::from_mode(mode))
             .map_err(|err| Error::io("could not set permissions on", &target, err))?;
     }
-    temp_path.persist(&target).map_err(|err| {
-        Error::io(
-            "could not move the download into place at",
-            &target,
-            err.error,
-        )
+    let persisted = if options.overwrite {
+        temp_path.persist(&target)
+    } else {
+        // A link that fails when the name is taken: a file that appeared meanwhile is kept.
+        temp_path.persist_noclobber(&target)
+    };
+    persisted.map_err(|err| {
+        if err.error.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::invalid_input(format!(
+                "{} appeared while the video was downloading and overwriting was not allowed; nothing was saved: choose another output path or allow it with DownloadOptions::overwrite(true)",
+                target.display()
+            ))
+        } else {
+            Error::io(
+                "could not move the download into place at",
+                &target,
+                err.error,
+            )
+        }
     })?;
     Ok(received)
 }

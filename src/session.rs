@@ -18,15 +18,12 @@ use crate::transport::Request;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Session {
-    /// The session id (a long number-like string; never treat it as a number).
     #[serde(deserialize_with = "crate::wire::id")]
-    pub session_id: String,
-    /// The task id, needed for claim links.
+    session_id: String,
     #[serde(default, deserialize_with = "crate::wire::opt_id")]
-    pub task_id: Option<String>,
-    /// The user id the service reported, when it did.
+    task_id: Option<String>,
     #[serde(default, deserialize_with = "crate::wire::opt_id")]
-    pub user_id: Option<String>,
+    user_id: Option<String>,
 }
 
 impl Session {
@@ -39,9 +36,36 @@ impl Session {
         }
     }
 
-    /// The session id.
+    /// The session id (a long number-like string; never treat it as a number).
     pub fn id(&self) -> &str {
         &self.session_id
+    }
+
+    /// The task id, which [`claim_link`](NemoClient::claim_link) needs; the service gives it
+    /// when the session is created (a session made with [`from_id`](Self::from_id) has none).
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// The user id the service reported when the session was created, when it did.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_deref()
+    }
+}
+
+/// Settings for a new session: see [`NemoClient::create_session_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    language: Option<String>,
+}
+
+impl SessionOptions {
+    /// The language of the agent's replies, as a code such as `"en"`, `"zh"` or `"zh-CN"`
+    /// (default: the service's choice).
+    pub fn language(mut self, code: impl Into<String>) -> Self {
+        self.language = Some(code.into());
+        self
     }
 }
 
@@ -77,19 +101,37 @@ struct ClaimData {
 }
 
 impl NemoClient {
-    /// Creates a session (`task_name` "project") with an optional language code for the
-    /// agent's replies (e.g. `"en"`, `"zh"`).
+    /// Creates a session (`task_name` "project"), the agent replying in the service's
+    /// default language. Store it (it is `Serialize + Deserialize`) to come back to the same
+    /// timeline later.
     ///
     /// Creating is not idempotent, so it is re-sent only when the request never reached the
     /// service.
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient) -> nemo_video::Result<()> {
-    /// let session = client.create_session(Some("en")).await?;
+    /// let session = client.create_session().await?;
     /// println!("session {}", session.id());
     /// # Ok(()) }
     /// ```
-    pub async fn create_session(&self, language: Option<&str>) -> Result<Session> {
+    pub async fn create_session(&self) -> Result<Session> {
+        self.create_session_with(&SessionOptions::default()).await
+    }
+
+    /// [`create_session`](Self::create_session) with [`SessionOptions`], such as the language
+    /// of the agent's replies. A language that is not a code is refused before anything is
+    /// sent.
+    ///
+    /// ```no_run
+    /// # async fn run(client: nemo_video::NemoClient) -> nemo_video::Result<()> {
+    /// use nemo_video::SessionOptions;
+    /// let session = client
+    ///     .create_session_with(&SessionOptions::default().language("en"))
+    ///     .await?;
+    /// # let _ = session; Ok(()) }
+    /// ```
+    pub async fn create_session_with(&self, options: &SessionOptions) -> Result<Session> {
+        let language = options.language.as_deref();
         if let Some(language) = language {
             if language.is_empty()
                 || language.len() > 16
@@ -125,7 +167,7 @@ impl NemoClient {
     /// # Ok(()) }
     /// ```
     pub async fn claim_link(&self, session: &Session) -> Result<ClaimLink> {
-        let task_id = session.task_id.as_deref().ok_or_else(|| {
+        let task_id = session.task_id().ok_or_else(|| {
             Error::invalid_input(
                 "this session has no task id, which a claim link needs; use the Session returned by create_session",
             )

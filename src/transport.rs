@@ -884,7 +884,7 @@ impl Transport {
         }
     }
 
-    fn register_url_for(&self, user_id: &str) -> String {
+    pub(crate) fn register_url_for(&self, user_id: &str) -> String {
         let mut url = self.web_url.clone();
         url.set_path("/register");
         url.query_pairs_mut().clear().append_pair("bind", user_id);

@@ -61,11 +61,11 @@ use crate::state::{SessionState, StateDiff};
 use crate::stream::{MessageOptions, MessageStream};
 
 /// Callback receiving each event as it arrives (for live display).
-pub type EventFn = Arc<dyn Fn(&AgentEvent) + Send + Sync>;
+pub(crate) type EventFn = Arc<dyn Fn(&AgentEvent) + Send + Sync>;
 
 /// Callback receiving the state read before the message is sent (to save it). An error stops
 /// the turn before the message leaves.
-pub type StateFn = Arc<dyn Fn(&SessionState) -> Result<()> + Send + Sync>;
+pub(crate) type StateFn = Arc<dyn Fn(&SessionState) -> Result<()> + Send + Sync>;
 
 /// Settings for [`NemoClient::run_turn_with`].
 #[derive(Clone)]
@@ -74,10 +74,10 @@ pub struct TurnOptions {
     /// Stream limits. Default [`MessageOptions::default`].
     pub message: MessageOptions,
     /// Called with every event as it arrives. Default: none.
-    pub on_event: Option<EventFn>,
+    pub(crate) on_event: Option<EventFn>,
     /// Called with the state read before the message, before the message is sent; an error
     /// stops the turn (nothing is sent). Default: none.
-    pub on_before_send: Option<StateFn>,
+    pub(crate) on_before_send: Option<StateFn>,
     /// State reads when looking for what changed. Default 4.
     pub reconcile_attempts: u32,
     /// Delay before the second state read, doubling after. Default 1 s.

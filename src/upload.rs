@@ -56,7 +56,34 @@ pub struct UploadProgress {
 }
 
 /// A progress callback: called from the uploading task, so keep it quick.
-pub type ProgressFn = Arc<dyn Fn(UploadProgress) + Send + Sync>;
+pub(crate) type ProgressFn = Arc<dyn Fn(UploadProgress) + Send + Sync>;
+
+/// Settings for an upload: see [`NemoClient::upload_with`].
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct UploadOptions {
+    on_progress: Option<ProgressFn>,
+}
+
+impl UploadOptions {
+    /// Calls `callback` with the bytes sent and the total as the body streams out. It runs
+    /// on the uploading task, so keep it quick.
+    pub fn on_progress(
+        mut self,
+        callback: impl Fn(UploadProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_progress = Some(Arc::new(callback));
+        self
+    }
+}
+
+impl fmt::Debug for UploadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UploadOptions")
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
 
 /// One uploaded file as the service describes it. Every field is optional; fields this SDK
 /// does not know are kept in `extra`.
@@ -222,7 +249,7 @@ fn content_type_for(extension: &str) -> Option<&'static str> {
     })
 }
 
-/// Checks a file the way [`NemoClient::upload_files`] does before sending anything, and
+/// Checks a file the way [`NemoClient::upload`] does before sending anything, and
 /// returns its size in bytes. Use it to refuse a bad input before opening a session or
 /// spending credits.
 ///
@@ -553,13 +580,13 @@ impl NemoClient {
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
-    /// let result = client.upload_files(&session, &["clip.mp4"]).await?;
+    /// let result = client.upload(&session, &["clip.mp4"]).await?;
     /// for file in &result.files {
     ///     println!("{:?}: {:?} s", file.filename, file.duration);
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn upload_files<P: AsRef<Path>>(
+    pub async fn upload<P: AsRef<Path>>(
         &self,
         session: &Session,
         paths: &[P],
@@ -567,29 +594,22 @@ impl NemoClient {
         self.upload_files_inner(session, paths, None).await
     }
 
-    /// Like [`upload_files`](Self::upload_files), calling `progress` with bytes sent and
-    /// the total as the body streams out.
+    /// [`upload`](Self::upload) with [`UploadOptions`], such as a progress callback.
     ///
     /// ```no_run
     /// # async fn run(client: nemo_video::NemoClient, session: nemo_video::Session) -> nemo_video::Result<()> {
-    /// client
-    ///     .upload_files_with_progress(&session, &["clip.mp4"], |p| {
-    ///         eprint!("\r{} / {} bytes", p.sent, p.total);
-    ///     })
-    ///     .await?;
+    /// use nemo_video::upload::UploadOptions;
+    /// let options = UploadOptions::default().on_progress(|p| eprint!("\r{} / {} bytes", p.sent, p.total));
+    /// client.upload_with(&session, &["clip.mp4"], &options).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn upload_files_with_progress<P, F>(
+    pub async fn upload_with<P: AsRef<Path>>(
         &self,
         session: &Session,
         paths: &[P],
-        progress: F,
-    ) -> Result<UploadResult>
-    where
-        P: AsRef<Path>,
-        F: Fn(UploadProgress) + Send + Sync + 'static,
-    {
-        self.upload_files_inner(session, paths, Some(Arc::new(progress)))
+        options: &UploadOptions,
+    ) -> Result<UploadResult> {
+        self.upload_files_inner(session, paths, options.on_progress.clone())
             .await
     }
 

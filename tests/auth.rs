@@ -353,7 +353,7 @@ async fn second_client_with_same_config_dir_reuses_the_persisted_token() {
     );
     // The user id came back from disk too, so the registration link works at once.
     assert_eq!(
-        second.registration_url().as_deref(),
+        second.registration_url().await.as_deref(),
         Some(format!("{WEB_URL}/register?bind={ANON_USER}").as_str())
     );
 }

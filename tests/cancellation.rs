@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nemo_video::render::{RenderOptions, WaitOptions};
+use nemo_video::render::{DownloadOptions, RenderJob, RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::{NemoClient, Session};
+use support::mock::finished_export;
 use support::probes::{alive_tasks, part_files, threads_named};
 use support::raw_http::read_head;
 use support::{ephemeral_builder as builder, eventually, file_names, sample_clip};
@@ -24,6 +25,9 @@ static UPLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const TOKEN: &str = "nmv_usr_cancellation_token_0001";
 const UPLOAD_SIZE: u64 = 32 * 1024 * 1024;
 const DOWNLOAD_SIZE: usize = 8 * 1024 * 1024;
+/// The render and session the download tests' exports belong to.
+const RENDER_ID: &str = "render_1";
+const SESSION_ID: &str = "7305123456789012345";
 
 /// What a raw server saw of its one connection.
 #[derive(Default)]
@@ -106,7 +110,7 @@ async fn aborting_an_upload_task_closes_the_connection_and_stops_the_reader_thre
     let client = client_for(&base);
     let upload = tokio::spawn(async move {
         client
-            .upload_files(&Session::from_id("1234567890123456789"), &[clip])
+            .upload(&Session::from_id("1234567890123456789"), &[clip])
             .await
     });
     assert!(
@@ -138,7 +142,7 @@ async fn dropping_an_upload_future_in_place_closes_the_connection_and_stops_the_
         let client = client_for(&base);
         let session = Session::from_id("1234567890123456789");
         let paths = [&clip];
-        let upload = client.upload_files(&session, &paths);
+        let upload = client.upload(&session, &paths);
         let seen = seen.clone();
         tokio::select! {
             result = upload => panic!("the upload finished against a stalling server: {result:?}"),
@@ -272,18 +276,19 @@ async fn dropping_a_render_wait_midway_stops_polling() {
     let dir = tempfile::tempdir().unwrap();
     let clip = sample_clip(dir.path());
     let client = builder(sim.base_url()).build().unwrap();
-    let session = client.create_session(None).await.unwrap();
+    let session = client.create_session().await.unwrap();
     {
         let _serial = UPLOADS.lock().await;
-        client.upload_files(&session, &[&clip]).await.unwrap();
+        client.upload(&session, &[&clip]).await.unwrap();
     }
     client
         .run_turn(&session, "remove the person")
         .await
         .unwrap();
     let state = client.state(&session).await.unwrap();
-    let job = client
-        .render(&session, state.draft().unwrap(), &RenderOptions::default())
+    let job = RenderJob::new(&session);
+    client
+        .submit_render(&job, state.draft().unwrap(), &RenderOptions::default())
         .await
         .unwrap();
     let wait = WaitOptions::default()
@@ -344,34 +349,41 @@ async fn dropping_a_render_wait_midway_stops_polling() {
 }
 
 /// A server that sends the head and half of an 8 MiB body, then waits for the client to go
-/// (or, with `close_early`, closes at once).
-async fn half_body(close_early: bool) -> (String, Arc<Seen>, tokio::task::JoinHandle<()>) {
+/// (or, with `close_early`, closes at once); it does so for `connections` connections, one
+/// after the other (a download whose output URL fails tries the API's download endpoint on
+/// a second one), and then ends.
+async fn half_body(
+    close_early: bool,
+    connections: usize,
+) -> (String, Arc<Seen>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Seen::default());
     let server_seen = seen.clone();
     let task = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        read_head(&mut stream).await.unwrap();
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {DOWNLOAD_SIZE}\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let half = vec![0x42u8; DOWNLOAD_SIZE / 2];
-        stream.write_all(&half).await.unwrap();
-        stream.flush().await.unwrap();
-        server_seen.bytes.store(half.len() as u64, Ordering::SeqCst);
-        if close_early {
-            return;
-        }
-        let mut buffer = [0u8; 1024];
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await.unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {DOWNLOAD_SIZE}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let half = vec![0x42u8; DOWNLOAD_SIZE / 2];
+            stream.write_all(&half).await.unwrap();
+            stream.flush().await.unwrap();
+            server_seen.bytes.store(half.len() as u64, Ordering::SeqCst);
+            if close_early {
+                continue;
             }
+            let mut buffer = [0u8; 1024];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            server_seen.closed.store(true, Ordering::SeqCst);
         }
-        server_seen.closed.store(true, Ordering::SeqCst);
     });
     (base, seen, task)
 }
@@ -379,19 +391,27 @@ async fn half_body(close_early: bool) -> (String, Arc<Seen>, tokio::task::JoinHa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborting_a_download_midway_leaves_no_file_and_closes_the_connection() {
     let baseline = alive_tasks();
-    let (base, seen, server) = half_body(false).await;
+    let (base, seen, server) = half_body(false, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
     let received = Arc::new(AtomicU64::new(0));
+    let export = finished_export(
+        RENDER_ID,
+        SESSION_ID,
+        Some(&format!("{base}/renders/r.mp4")),
+    )
+    .await;
     let download = {
         let client = client_for(&base);
         let (target, received) = (target.clone(), received.clone());
-        let url = format!("{base}/renders/r.mp4");
         tokio::spawn(async move {
             client
-                .download(&url, &target, move |p| {
-                    received.store(p.received, Ordering::SeqCst)
-                })
+                .download_with(
+                    &export,
+                    &target,
+                    &DownloadOptions::default()
+                        .on_progress(move |p| received.store(p.received, Ordering::SeqCst)),
+                )
                 .await
         })
     };
@@ -432,15 +452,23 @@ async fn aborting_a_download_midway_leaves_no_file_and_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_download_future_in_place_leaves_no_file() {
-    let (base, seen, server) = half_body(false).await;
+    let (base, seen, server) = half_body(false, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
     let client = client_for(&base);
-    let url = format!("{base}/renders/r.mp4");
-    let received = AtomicU64::new(0);
+    let export = finished_export(
+        RENDER_ID,
+        SESSION_ID,
+        Some(&format!("{base}/renders/r.mp4")),
+    )
+    .await;
+    let received = Arc::new(AtomicU64::new(0));
+    let sink = received.clone();
+    let options =
+        DownloadOptions::default().on_progress(move |p| sink.store(p.received, Ordering::SeqCst));
     // Dropped once half the body is in, with the temporary file written.
     tokio::select! {
-        outcome = client.download(&url, &target, |p| received.store(p.received, Ordering::SeqCst)) => {
+        outcome = client.download_with(&export, &target, &options) => {
             panic!("a half body cannot complete: {outcome:?}")
         }
         arrived = eventually(Duration::from_secs(30), || {
@@ -464,12 +492,20 @@ async fn dropping_a_download_future_in_place_leaves_no_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_cut_off_by_the_server_leaves_no_file() {
-    let (base, _seen, server) = half_body(true).await;
+    // Two connections: the output URL, then the API's download endpoint (the fallback), both
+    // cut off.
+    let (base, _seen, server) = half_body(true, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
     let client = client_for(&base);
+    let export = finished_export(
+        RENDER_ID,
+        SESSION_ID,
+        Some(&format!("{base}/renders/r.mp4")),
+    )
+    .await;
     let err = client
-        .download(&format!("{base}/renders/r.mp4"), &target, |_| {})
+        .download(&export, &target)
         .await
         .expect_err("half a body");
     assert!(
@@ -488,27 +524,30 @@ async fn a_download_cut_off_by_the_server_leaves_no_file() {
 }
 
 /// A server that sends the head, and then (with `body_half`) half the body, then stalls
-/// without closing.
-async fn stalling(body_half: bool) -> (String, tokio::task::JoinHandle<()>) {
+/// without closing until the client goes; it does so for `connections` connections, one
+/// after the other, and then ends.
+async fn stalling(body_half: bool, connections: usize) -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        read_head(&mut stream).await.unwrap();
-        if body_half {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {DOWNLOAD_SIZE}\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await.unwrap();
-            stream
-                .write_all(&vec![0x42u8; DOWNLOAD_SIZE / 2])
-                .await
-                .unwrap();
-        }
-        let mut buffer = [0u8; 1024];
-        while let Ok(n) = stream.read(&mut buffer).await {
-            if n == 0 {
-                break;
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream).await.unwrap();
+            if body_half {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: video/mp4\r\ncontent-length: {DOWNLOAD_SIZE}\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes()).await.unwrap();
+                stream
+                    .write_all(&vec![0x42u8; DOWNLOAD_SIZE / 2])
+                    .await
+                    .unwrap();
+            }
+            let mut buffer = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
             }
         }
     });
@@ -521,7 +560,9 @@ async fn stalling(body_half: bool) -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_download_times_out_and_leaves_no_file() {
     for body_half in [true, false] {
-        let (base, server) = stalling(body_half).await;
+        // Two connections: the output URL, then the API's download endpoint (the fallback),
+        // both stalled.
+        let (base, server) = stalling(body_half, 2).await;
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("edited.mp4");
         let mut retry = support::fast_retry();
@@ -532,13 +573,16 @@ async fn a_stalled_download_times_out_and_leaves_no_file() {
             .retry(retry)
             .build()
             .unwrap();
-        let err = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.download(&format!("{base}/renders/r.mp4"), &target, |_| {}),
+        let export = finished_export(
+            RENDER_ID,
+            SESSION_ID,
+            Some(&format!("{base}/renders/r.mp4")),
         )
-        .await
-        .expect("the download hung on a stalled server")
-        .expect_err("a stalled download cannot succeed");
+        .await;
+        let err = tokio::time::timeout(Duration::from_secs(10), client.download(&export, &target))
+            .await
+            .expect("the download hung on a stalled server")
+            .expect_err("a stalled download cannot succeed");
         assert!(err.is_timeout(), "{err:?}");
         assert!(matches!(
             err.retry_policy(),

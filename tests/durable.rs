@@ -9,16 +9,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nemo_video::auth::StoreFuture;
 use nemo_video::job::{
     EditJob, JobFile, JobOptions, JobSaveOutcome, JobStore, LeaseAttempt, LeaseHolder,
-    MemoryJobStore, Stage, StoreFuture, StoredJob,
+    MemoryJobStore, Stage, StoredJob,
 };
 use nemo_video::lease::Lease;
-use nemo_video::render::{RenderJob, RenderOptions};
+use nemo_video::render::{ExportOptions, RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Simulator};
 use nemo_video::stream::MessageOptions;
 use nemo_video::turn::{TurnEnd, TurnOptions};
-use nemo_video::{state::SessionState, Error, NemoClient, RetryPolicy};
+use nemo_video::{state::SessionState, Error, NemoClient, RetryPolicy, Session};
+use support::mock::finished_export;
 use support::raw_http::silent_after_head_server;
 use support::sim::{fast_wait, sample_input, session_with_clip, MASK_TRACK, REMOVE};
 use support::{ephemeral_builder, tempdir};
@@ -97,11 +99,11 @@ async fn submitting_the_same_render_job_twice_makes_one_render() {
         .submit_render(&restored, draft, &RenderOptions::default())
         .await
         .expect("a duplicate answer means already submitted");
-    let url = again
+    let export = again
         .wait_for_render(&restored, &fast_wait())
         .await
         .unwrap();
-    assert!(url.is_some());
+    assert!(export.output_url().is_some());
     assert_eq!(sim.request_count(Endpoint::RenderSubmit), 2);
     assert_eq!(sim.render_ids(), vec![job.id.clone()], "one render");
 }
@@ -116,25 +118,22 @@ async fn export_with_hands_out_the_job_before_it_is_submitted() {
         .run_turn_with(&session, REMOVE, &quick_turn())
         .await
         .unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let handle = sim.handle();
-    let record = seen.clone();
+    // The job is made (and would be saved) first, then handed to the export.
+    let job = RenderJob::new(&session);
+    let submits_before = sim.request_count(Endpoint::RenderSubmit);
     let export = client
         .export_with(
             &session,
-            &RenderOptions::default(),
-            &fast_wait(),
-            move |job| {
-                *record.lock().unwrap() =
-                    Some((job.clone(), handle.request_count(Endpoint::RenderSubmit)));
-            },
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait())
+                .job(job.clone()),
         )
         .await
         .unwrap();
-    let (job, submits_before) = seen.lock().unwrap().clone().expect("on_job was called");
     assert_eq!(submits_before, 0, "handed out before the request left");
-    assert_eq!(job, export.job);
-    assert!(export.output_url.is_some());
+    assert_eq!(&job, export.job());
+    assert!(export.output_url().is_some());
 }
 
 #[tokio::test]
@@ -151,22 +150,97 @@ async fn resume_export_submits_a_saved_job_only_if_the_service_never_got_it() {
     // Saved, then the process died before submitting: resumed by a new client, submitted
     // with the saved id.
     let job = RenderJob::new(&session);
+    let resume = |job: &RenderJob| {
+        ExportOptions::default()
+            .render(RenderOptions::default())
+            .wait(fast_wait())
+            .job(job.clone())
+    };
     let resumed = client_of(&sim, config.path())
-        .resume_export(&job, &RenderOptions::default(), &fast_wait())
+        .export_with(&Session::from_id(job.session_id.clone()), &resume(&job))
         .await
         .unwrap();
-    assert_eq!(resumed.job.id, job.id);
-    assert!(resumed.output_url.is_some());
+    assert_eq!(resumed.job().id, job.id);
+    assert!(resumed.output_url().is_some());
     assert_eq!(sim.request_count(Endpoint::RenderSubmit), 1);
 
     // Submitted, then the process died: resumed without a second submission.
     let resumed = client_of(&sim, config.path())
-        .resume_export(&job, &RenderOptions::default(), &fast_wait())
+        .export_with(&Session::from_id(job.session_id.clone()), &resume(&job))
         .await
         .unwrap();
-    assert!(resumed.output_url.is_some());
+    assert!(resumed.output_url().is_some());
     assert_eq!(sim.request_count(Endpoint::RenderSubmit), 1);
     assert_eq!(sim.render_ids(), vec![job.id]);
+}
+
+#[tokio::test]
+async fn export_with_a_job_the_service_knows_waits_for_it_without_rendering_again() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let session = session_with_clip(&client).await;
+    client
+        .run_turn_with(&session, REMOVE, &quick_turn())
+        .await
+        .unwrap();
+    // Submitted before (by a run that then died), so the service knows the job.
+    let job = RenderJob::new(&session);
+    let state = client.state(&session).await.unwrap();
+    client
+        .submit_render(&job, state.draft().unwrap(), &RenderOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(sim.request_count(Endpoint::RenderSubmit), 1);
+
+    let export = client_of(&sim, config.path())
+        .export_with(
+            &session,
+            &ExportOptions::default().wait(fast_wait()).job(job.clone()),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(export.job(), &job);
+    assert!(export.output_url().is_some());
+    assert_eq!(
+        sim.request_count(Endpoint::RenderSubmit),
+        1,
+        "no second submission"
+    );
+    assert_eq!(sim.render_ids(), vec![job.id.clone()], "one render");
+    let counters = sim.counters();
+    assert_eq!(counters.sessions[session.id()].renders, 1, "{counters:?}");
+    let renders: u64 = counters.clients.values().map(|client| client.renders).sum();
+    assert_eq!(renders, 1, "{counters:?}");
+}
+
+#[tokio::test]
+async fn export_with_a_job_of_another_session_is_refused_before_any_request() {
+    let sim = quick_simulator().await;
+    let config = tempdir();
+    let client = client_of(&sim, config.path());
+    let session = session_with_clip(&client).await;
+    let other = Session::from_id("7309999999999999999");
+    let job = RenderJob::new(&other);
+    let before = sim.counters().requests;
+
+    let err = client
+        .export_with(
+            &session,
+            &ExportOptions::default().wait(fast_wait()).job(job.clone()),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&job.id) && text.contains(other.id()) && text.contains(session.id()),
+        "{text}"
+    );
+    assert_eq!(sim.counters().requests, before, "nothing was sent");
+    assert!(sim.render_ids().is_empty());
 }
 
 #[test]
@@ -325,11 +399,8 @@ async fn no_limit_durations_do_not_panic() {
         .request_timeout(Duration::MAX)
         .build()
         .unwrap();
-    let session = client.create_session(None).await.unwrap();
-    client
-        .upload_files(&session, &[sample_input()])
-        .await
-        .unwrap();
+    let session = client.create_session().await.unwrap();
+    client.upload(&session, &[sample_input()]).await.unwrap();
     let options = quick_turn().message(
         MessageOptions::default()
             .idle_timeout(Duration::MAX)
@@ -361,13 +432,19 @@ async fn an_error_head_followed_by_silence_ends_within_the_idle_limit() {
             .build()
             .unwrap();
         let target = dir.path().join("out.mp4");
-        // The outer limit only ends a hung test; the idle limit is what ends the call.
-        let result = tokio::time::timeout(
-            Duration::from_secs(60),
-            client.download(&format!("{base}/renders/x.mp4"), &target, |_| {}),
+        // Its output on the same server, which also answers the API's download endpoint
+        // (the fallback) with the same head and silence.
+        let export = finished_export(
+            "render_1",
+            "7301234567890123456",
+            Some(&format!("{base}/renders/x.mp4")),
         )
-        .await
-        .expect("the download must not hang");
+        .await;
+        // The outer limit only ends a hung test; the idle limit is what ends the call.
+        let result =
+            tokio::time::timeout(Duration::from_secs(60), client.download(&export, &target))
+                .await
+                .expect("the download must not hang");
         let err = result.unwrap_err();
         assert!(err.is_timeout(), "{head}: {err:?}");
         assert!(!target.exists());

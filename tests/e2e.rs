@@ -7,10 +7,11 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
-use nemo_video::render::{RenderJob, RenderOptions};
+use nemo_video::render::{ExportOptions, RenderJob, RenderOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::state::Change;
-use nemo_video::{turn::TurnEnd, upload::UploadProgress, Error, NemoClient, Session};
+use nemo_video::upload::{UploadOptions, UploadProgress};
+use nemo_video::{turn::TurnEnd, Error, NemoClient, Session};
 use serde_json::Value;
 use support::sim::{
     builder, fast_wait, new_client, sample_input, session_with_clip, simulator, MASK_TRACK, REMOVE,
@@ -35,11 +36,14 @@ fn object_removals(draft: &Value) -> Vec<Value> {
 /// Exports the session and downloads the result to `path`, as a user's program would.
 async fn export_to(client: &NemoClient, session: &Session, path: &Path) -> nemo_video::Result<u64> {
     let export = client
-        .export(session, &RenderOptions::default(), &fast_wait())
+        .export_with(
+            session,
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait()),
+        )
         .await?;
-    client
-        .download_render(&export.job, export.output_url.as_deref(), path, |_| {})
-        .await
+    client.download(&export, path).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -57,7 +61,10 @@ async fn remove_object_flow_end_to_end() {
     let dir = tempdir();
     let client = new_client(&sim, dir.path());
 
-    let session = client.create_session(Some("en")).await.unwrap();
+    let session = client
+        .create_session_with(&nemo_video::SessionOptions::default().language("en"))
+        .await
+        .unwrap();
     let credits_before = client.credits().await.unwrap().available;
     assert_eq!(
         credits_before, 100.0,
@@ -68,9 +75,11 @@ async fn remove_object_flow_end_to_end() {
     let seen: Arc<Mutex<Vec<UploadProgress>>> = Arc::default();
     let sink = Arc::clone(&seen);
     let uploaded = client
-        .upload_files_with_progress(&session, &[sample_input()], move |p| {
-            sink.lock().unwrap().push(p)
-        })
+        .upload_with(
+            &session,
+            &[sample_input()],
+            &UploadOptions::default().on_progress(move |p| sink.lock().unwrap().push(p)),
+        )
         .await
         .unwrap();
     assert_eq!(uploaded.files.len(), 1);
@@ -136,15 +145,17 @@ async fn remove_object_flow_end_to_end() {
     // Export and download.
     let out = dir.path().join("edited.mp4");
     let export = client
-        .export(&session, &RenderOptions::default(), &fast_wait())
+        .export_with(
+            &session,
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait()),
+        )
         .await
         .unwrap();
-    let url = export.output_url.as_deref().expect("an output URL");
+    let url = export.output_url().expect("an output URL");
     assert!(url.starts_with(sim.cdn_base_url()), "{url}");
-    let bytes = client
-        .download_render(&export.job, Some(url), &out, |_| {})
-        .await
-        .unwrap();
+    let bytes = client.download(&export, &out).await.unwrap();
     assert_eq!(bytes, SAMPLE_OUTPUT_MP4.len() as u64);
     assert!(std::fs::read(&out).unwrap() == SAMPLE_OUTPUT_MP4);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -515,8 +526,9 @@ async fn render_job_resumes_in_a_new_client() {
         let session = session_with_clip(&client).await;
         client.run_turn(&session, REMOVE).await.unwrap();
         let state = client.state(&session).await.unwrap();
-        let job = client
-            .render(&session, state.draft().unwrap(), &RenderOptions::default())
+        let job = RenderJob::new(&session);
+        client
+            .submit_render(&job, state.draft().unwrap(), &RenderOptions::default())
             .await
             .unwrap();
         assert_eq!(job.session_id, session.id());
@@ -527,16 +539,10 @@ async fn render_job_resumes_in_a_new_client() {
 
     let client = new_client(&sim, dir.path());
     let job: RenderJob = serde_json::from_str(&saved).unwrap();
-    let url = client
-        .wait_for_render(&job, &fast_wait())
-        .await
-        .unwrap()
-        .expect("an output URL");
+    let export = client.wait_for_render(&job, &fast_wait()).await.unwrap();
+    assert!(export.output_url().is_some(), "an output URL");
     let out = dir.path().join("resumed.mp4");
-    client
-        .download_render(&job, Some(&url), &out, |_| {})
-        .await
-        .unwrap();
+    client.download(&export, &out).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == SAMPLE_OUTPUT_MP4);
     assert_eq!(
         sim.request_count(Endpoint::RenderSubmit),

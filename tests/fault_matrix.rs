@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use nemo_video::render::RenderJob;
+use nemo_video::render::{Export, RenderJob};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4};
 use nemo_video::{
     draft::Draft, render::RenderOptions, render::WaitOptions, stream::MessageOptions, Error,
     NemoClient, RetryConfig, Session,
 };
 use support::faults::{head, response, Action, Proxy, ScriptedResolver, API_HOST, CDN_HOST};
+use support::mock::finished_export;
 
 const CLIENT_ID: &str = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b";
 /// Per-attempt limit for ordinary requests (and the stream idle limit) in the rows that test
@@ -605,7 +606,10 @@ struct Prepared {
     clip: Option<PathBuf>,
     draft: Option<Draft>,
     job: Option<RenderJob>,
-    cdn_url: Option<String>,
+    /// The finished render to download: its output at the CDN (through the fault proxy)
+    /// for [`Ep::DownloadCdn`], without an output URL (the API's endpoint) for
+    /// [`Ep::DownloadFallback`].
+    export: Option<Export>,
     out: Option<PathBuf>,
 }
 
@@ -621,35 +625,41 @@ async fn prepare(world: &World, ep: Ep) -> Prepared {
     if matches!(ep, Ep::CreateSession | Ep::Credits) {
         return prepared;
     }
-    let session = client.create_session(None).await.expect("warm-up: session");
+    let session = client.create_session().await.expect("warm-up: session");
     let clip = world.dir.path().join("clip.mp4");
     std::fs::write(&clip, SAMPLE_INPUT_MP4).unwrap();
     prepared.clip = Some(clip.clone());
     if !matches!(ep, Ep::Upload | Ep::RunSse | Ep::State) {
         client
-            .upload_files(&session, &[&clip])
+            .upload(&session, &[&clip])
             .await
             .expect("warm-up: upload");
         let state = client.state(&session).await.expect("warm-up: state");
         let draft = state.draft().cloned().expect("warm-up: a draft");
         if ep != Ep::RenderSubmit {
-            let job = client
-                .render(&session, &draft, &RenderOptions::default())
+            let job = RenderJob::new(&session);
+            client
+                .submit_render(&job, &draft, &RenderOptions::default())
                 .await
                 .expect("warm-up: render");
             if ep.is_download() {
                 let wait = WaitOptions::default()
                     .poll_interval(Duration::from_millis(50))
                     .max_wait(Duration::from_secs(10));
-                let output = client
+                let finished = client
                     .wait_for_render(&job, &wait)
                     .await
-                    .expect("warm-up: render finishes")
-                    .expect("warm-up: an output URL");
-                let mut url = url::Url::parse(&output).unwrap();
+                    .expect("warm-up: render finishes");
+                let output = finished.output_url().expect("warm-up: an output URL");
+                let mut url = url::Url::parse(output).unwrap();
                 url.set_host(Some(CDN_HOST)).unwrap();
                 url.set_port(Some(world.cdn.port())).unwrap();
-                prepared.cdn_url = Some(url.to_string());
+                let output_url = match ep {
+                    Ep::DownloadCdn => Some(url.to_string()),
+                    _ => None,
+                };
+                prepared.export =
+                    Some(finished_export(&job.id, session.id(), output_url.as_deref()).await);
                 let out_dir = world.dir.path().join("out");
                 std::fs::create_dir(&out_dir).unwrap();
                 prepared.out = Some(out_dir.join("edited.mp4"));
@@ -830,11 +840,12 @@ async fn act(world: &World, ep: Ep, prepared: &Prepared) -> Result<(), (String, 
     };
     let session = || prepared.session.as_ref().expect("a session");
     let job = || prepared.job.as_ref().expect("a render job");
+    let export = || prepared.export.as_ref().expect("a finished render");
     match ep {
         Ep::AnonymousToken | Ep::Credits => client.credits().await.map(drop),
-        Ep::CreateSession => client.create_session(None).await.map(drop),
+        Ep::CreateSession => client.create_session().await.map(drop),
         Ep::Upload => client
-            .upload_files(session(), &[prepared.clip.as_ref().unwrap()])
+            .upload(session(), &[prepared.clip.as_ref().unwrap()])
             .await
             .map(drop),
         Ep::RunSse => {
@@ -848,27 +859,19 @@ async fn act(world: &World, ep: Ep, prepared: &Prepared) -> Result<(), (String, 
             Ok(())
         }
         Ep::State => client.state(session()).await.map(drop),
-        Ep::RenderSubmit => client
-            .render(
-                session(),
-                prepared.draft.as_ref().unwrap(),
-                &RenderOptions::default(),
-            )
-            .await
-            .map(drop),
+        Ep::RenderSubmit => {
+            client
+                .submit_render(
+                    &RenderJob::new(session()),
+                    prepared.draft.as_ref().unwrap(),
+                    &RenderOptions::default(),
+                )
+                .await
+        }
         Ep::RenderStatus => client.render_status(job()).await.map(drop),
         Ep::Cancel => client.cancel_render(job()).await,
-        Ep::DownloadCdn => client
-            .download_render(
-                job(),
-                prepared.cdn_url.as_deref(),
-                prepared.out.as_ref().unwrap(),
-                |_| {},
-            )
-            .await
-            .map(drop),
-        Ep::DownloadFallback => client
-            .download_render(job(), None, prepared.out.as_ref().unwrap(), |_| {})
+        Ep::DownloadCdn | Ep::DownloadFallback => client
+            .download(export(), prepared.out.as_ref().unwrap())
             .await
             .map(drop),
     }
@@ -1164,7 +1167,7 @@ async fn endless_sse_line_ends_the_stream_at_the_default_event_cap() {
     let _serial = SERIAL.lock().await;
     let world = World::new().await;
     world.warm.credits().await.unwrap();
-    let session = world.warm.create_session(None).await.unwrap();
+    let session = world.warm.create_session().await.unwrap();
     world.api.on(
         "run_sse",
         1,
@@ -1226,7 +1229,7 @@ async fn download_that_stalls_mid_body_times_out_and_leaves_no_file() {
         Duration::from_secs(60),
         world
             .client
-            .download_render(prepared.job.as_ref().unwrap(), None, out, |_| {}),
+            .download(prepared.export.as_ref().unwrap(), out),
     )
     .await
     .expect("a stalled body must not hang the download")

@@ -59,7 +59,7 @@ fn https_builder(sim: &Simulator) -> NemoClientBuilder {
 
 /// A new session with a clip imported by URL (an edit turn needs a video).
 async fn session_with_clip(client: &NemoClient) -> Session {
-    let session = client.create_session(None).await.expect("session");
+    let session = client.create_session().await.expect("session");
     client
         .upload_urls(&session, &["https://example.com/clip.mp4"])
         .await
@@ -199,9 +199,9 @@ async fn turns_survive_a_goaway_every_100_requests_and_refused_requests_reach_th
             .expect("identity");
         tasks.spawn(async move {
             let result = async {
-                let session = client.create_session(None).await?;
+                let session = client.create_session().await?;
                 // A streamed multipart body: resent from its factory when refused.
-                client.upload_files(&session, &[sample_input()]).await?;
+                client.upload(&session, &[sample_input()]).await?;
                 let turn = client.run_turn(&session, REMOVE).await?;
                 Ok::<_, nemo_video::Error>((session, turn))
             }
@@ -327,11 +327,11 @@ async fn http1_over_tls_keeps_one_pool_and_rotation_closes_the_connection() {
 async fn an_upload_refused_with_refused_stream_is_sent_again_and_processed_once() {
     let sim = https_simulator().start().await.expect("simulator starts");
     let client = https_builder(&sim).build().expect("client");
-    let session = client.create_session(None).await.expect("session");
+    let session = client.create_session().await.expect("session");
     // A streamed multipart body, which reqwest could not have replayed by itself.
     sim.refuse_next_streams(2);
     client
-        .upload_files(&session, &[sample_input()])
+        .upload(&session, &[sample_input()])
         .await
         .expect("third time lucky");
     let path = format!("/api/upload-video/nemo_agent/me/{}", session.id());
@@ -353,7 +353,7 @@ async fn without_retries_a_refused_request_fails_as_never_processed_with_its_cau
         .expect("a token and a connection first");
     sim.refuse_next_streams(1);
     let err = client
-        .create_session(None)
+        .create_session()
         .await
         .expect_err("refused, and no retries");
     assert!(err.never_reached_server(), "{err:?}");
@@ -384,7 +384,7 @@ async fn an_unconfirmed_request_exposes_what_went_wrong_as_its_source() {
         1,
         nemo_video::simulator::Failure::Status(503),
     );
-    let err = client.create_session(None).await.expect_err("a 503");
+    let err = client.create_session().await.expect_err("a 503");
     assert!(
         (err.retry_policy() == nemo_video::RetryPolicy::Reconcile),
         "{err:?}"

@@ -1478,7 +1478,7 @@ async fn an_app_store_restores_identities_and_learns_new_tokens() {
     let restored = client.anonymous_credentials().await.unwrap();
     assert_eq!(restored.token.expose(), "nmv_usr_RESTORED");
     assert_eq!(
-        client.registration_url().as_deref(),
+        client.registration_url().await.as_deref(),
         Some(format!("{WEB_URL}/register?bind=anon_restored").as_str())
     );
 

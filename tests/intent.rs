@@ -1,6 +1,8 @@
 //! Routing user messages and translating the agent's GUI-speak.
 
-use nemo_video::intent::{gui_actions, route, translate_reply, GuiAction, Intent};
+use nemo_video::intent::{
+    gui_actions, route, translate_reply, translate_reply_with, GuiAction, Intent, TranslateOptions,
+};
 
 #[test]
 fn route_follows_the_table_in_both_languages() {
@@ -284,82 +286,287 @@ proptest::proptest! {
         let spaced = words.join(" ");
         let _ = route(&spaced);
         let _ = gui_actions(&spaced);
+        // None of these words claims anything, so no translation of them may either.
+        assert_claims_nothing(&translate_reply(&text).text, &text);
+        assert_claims_nothing(&translate_reply(&spaced).text, &spaced);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// translate_reply: the service's GUI-translation table, in English and Chinese
+// translate_reply: what the user can do instead of each GUI instruction, in English and
+// Chinese; what the program does only where its TranslateOptions say so
 // ---------------------------------------------------------------------------------------------
 
+/// Words that say the program did, does or will do something: none of them may appear in a
+/// translation with the default options, which know nothing of the program.
+const CLAIMS: &[&str] = &[
+    "done for you",
+    "is done",
+    "through the api",
+    "is exported",
+    "will be exported",
+    "exported next",
+    "shown below",
+    "is shown",
+    "uploaded",
+    "自动完成",
+    "通过 api",
+    "见下方",
+    "已导出",
+    "已上传",
+];
+
+fn assert_claims_nothing(text: &str, reply: &str) {
+    let lower = text.to_lowercase();
+    for claim in CLAIMS {
+        assert!(
+            !lower.contains(claim),
+            "translate_reply({reply:?}) = {text:?} claims {claim:?}"
+        );
+    }
+}
+
 #[test]
-fn translate_reply_follows_the_table_in_english() {
+fn translate_reply_says_what_the_user_can_do_in_english() {
     let cases: &[(&str, &str)] = &[
-        // click [button] → done through the API
+        // The reported bug: nothing was uploaded, yet the words said it was done.
+        (
+            "Click the Upload button to add your clip.",
+            "To add a file, upload it.",
+        ),
+        (
+            "I don't see a video yet. Click [Import Media] first.",
+            "I don't see a video yet. To add a file, upload it.",
+        ),
+        // click [button] → say it in a message
         (
             "I trimmed the clip. Click [Apply] to keep it.",
-            "I trimmed the clip. \"Apply\" is done for you through the API.",
+            "I trimmed the clip. Instead of clicking \"Apply\", say in a message what you want.",
         ),
         (
             "Press the button when you're ready.",
-            "That step is done for you through the API.",
+            "Instead of clicking, say in a message what you want.",
         ),
-        // open [panel] → state
+        // open [panel] → ask for the status
         (
             "Open the Effects panel to see the blur.",
-            "The project's current state is shown below.",
+            "To see the project's current state, ask for its status.",
         ),
-        // drag/drop → send the edit as a message
+        // drag/drop → describe the change
         (
             "Drag the title to the end of the timeline.",
             "To move or rearrange something, describe the change in a message.",
         ),
-        // preview in timeline → the summary
+        // preview in timeline → ask for the status
         (
             "Done! Preview it in the timeline.",
-            "Done! The timeline summary is shown below.",
+            "Done! To see the timeline, ask for the project's status.",
         ),
-        // Export button → the export
+        // Export button → ask for an export
         (
             "All set. Hit the Export button to download your video!",
-            "All set. The video is exported through the API.",
+            "All set. To get the video, ask for an export.",
         ),
     ];
     for (reply, expected) in cases {
-        assert_eq!(translate_reply(reply).text, *expected, "for {reply:?}");
+        let translated = translate_reply(reply);
+        assert_eq!(translated.text, *expected, "for {reply:?}");
+        assert_claims_nothing(&translated.text, reply);
     }
 }
 
 #[test]
-fn translate_reply_follows_the_table_in_chinese() {
+fn translate_reply_says_what_the_user_can_do_in_chinese() {
     let cases: &[(&str, &str)] = &[
+        ("请点击上传按钮添加视频。", "如需添加素材，请上传文件。"),
+        ("点击「导入」添加素材。", "如需添加素材，请上传文件。"),
         (
             "已裁剪片段。点击「应用」保存。",
-            "已裁剪片段。「应用」会通过 API 自动完成。",
+            "已裁剪片段。无需点击「应用」，请直接用文字说明想要做什么。",
         ),
-        ("确认无误后点一下即可。", "该步骤会通过 API 自动完成。"),
-        ("打开特效面板查看模糊效果。", "项目的当前状态见下方。"),
+        (
+            "确认无误后点一下即可。",
+            "无需点击，请直接用文字说明想要做什么。",
+        ),
+        (
+            "打开特效面板查看模糊效果。",
+            "如需查看项目的当前状态，请查询状态。",
+        ),
         (
             "把标题拖拽到时间线末尾。",
             "如需移动或调整内容，请直接用文字描述修改。",
         ),
-        ("完成！请在时间线上预览。", "完成！时间线摘要见下方。"),
+        (
+            "完成！请在时间线上预览。",
+            "完成！如需查看时间线，请查询项目状态。",
+        ),
         (
             "一切就绪！点击导出按钮下载视频。",
-            "一切就绪！视频会通过 API 导出。",
+            "一切就绪！如需获取视频，请要求导出。",
         ),
     ];
     for (reply, expected) in cases {
-        assert_eq!(translate_reply(reply).text, *expected, "for {reply:?}");
+        let translated = translate_reply(reply);
+        assert_eq!(translated.text, *expected, "for {reply:?}");
+        assert_claims_nothing(&translated.text, reply);
+    }
+}
+
+#[test]
+fn translate_reply_is_translate_reply_with_the_default_options() {
+    for reply in [
+        "Click the Upload button, open the Effects panel, drag the clip, preview it in the \
+         timeline, then press the Export button.",
+        "点击上传按钮，打开特效面板，拖拽片段，在时间线上预览，然后点击导出按钮。",
+        "Nothing to translate here.",
+    ] {
+        assert_eq!(
+            translate_reply(reply),
+            translate_reply_with(reply, &TranslateOptions::default()),
+            "for {reply:?}"
+        );
+    }
+}
+
+/// One sentence per action, so that each phrase can be checked on its own.
+const EVERY_ACTION: &str = "Click the Upload button. Click [Apply]. Open the Effects panel. \
+                            Drag the clip. Preview it in the timeline. Press the Export button.";
+const EVERY_ACTION_ZH: &str =
+    "点击上传按钮。点击「应用」。打开特效面板。拖拽片段。在时间线上预览。点击导出按钮。";
+
+/// The translation of [`EVERY_ACTION`] (or its Chinese twin) with `options`, as one phrase
+/// per action: upload, click, state, drag, summary, export.
+fn phrases(options: &TranslateOptions, chinese: bool) -> Vec<String> {
+    if chinese {
+        let text = translate_reply_with(EVERY_ACTION_ZH, options).text;
+        text.split_inclusive('。').map(str::to_owned).collect()
+    } else {
+        let text = translate_reply_with(EVERY_ACTION, options).text;
+        let phrases: Vec<String> = text.split(". ").map(str::to_owned).collect();
+        phrases
+            .iter()
+            .map(|phrase| phrase.trim_end_matches('.').to_owned() + ".")
+            .collect()
+    }
+}
+
+#[test]
+fn each_option_changes_exactly_the_phrase_of_its_action() {
+    let neutral = phrases(&TranslateOptions::default(), false);
+    assert_eq!(
+        neutral,
+        [
+            "To add a file, upload it.",
+            "Instead of clicking \"Apply\", say in a message what you want.",
+            "To see the project's current state, ask for its status.",
+            "To move or rearrange something, describe the change in a message.",
+            "To see the timeline, ask for the project's status.",
+            "To get the video, ask for an export.",
+        ]
+    );
+    let cases: Vec<(TranslateOptions, usize, &str)> = vec![
+        (
+            TranslateOptions::default().shows_state(true),
+            2,
+            "The project's current state is shown below.",
+        ),
+        (
+            TranslateOptions::default().shows_summary(true),
+            4,
+            "The timeline summary is shown below.",
+        ),
+        (
+            TranslateOptions::default().exports(true),
+            5,
+            "The video is exported through the API.",
+        ),
+    ];
+    let mut all = neutral.clone();
+    for (options, index, phrase) in &cases {
+        let mut expected = neutral.clone();
+        expected[*index] = phrase.to_string();
+        assert_eq!(phrases(options, false), expected, "{options:?}");
+        all[*index] = phrase.to_string();
+    }
+    let every_flag = TranslateOptions::default()
+        .shows_state(true)
+        .shows_summary(true)
+        .exports(true);
+    assert_eq!(phrases(&every_flag, false), all);
+    // A flag set and then cleared is the default again.
+    let cleared = every_flag
+        .shows_state(false)
+        .shows_summary(false)
+        .exports(false);
+    assert_eq!(phrases(&cleared, false), neutral);
+}
+
+#[test]
+fn each_option_changes_exactly_the_phrase_of_its_action_in_chinese() {
+    let neutral = phrases(&TranslateOptions::default(), true);
+    assert_eq!(
+        neutral,
+        [
+            "如需添加素材，请上传文件。",
+            "无需点击「应用」，请直接用文字说明想要做什么。",
+            "如需查看项目的当前状态，请查询状态。",
+            "如需移动或调整内容，请直接用文字描述修改。",
+            "如需查看时间线，请查询项目状态。",
+            "如需获取视频，请要求导出。",
+        ]
+    );
+    let cases: Vec<(TranslateOptions, usize, &str)> = vec![
+        (
+            TranslateOptions::default().shows_state(true),
+            2,
+            "项目的当前状态见下方。",
+        ),
+        (
+            TranslateOptions::default().shows_summary(true),
+            4,
+            "时间线摘要见下方。",
+        ),
+        (
+            TranslateOptions::default().exports(true),
+            5,
+            "视频会通过 API 导出。",
+        ),
+    ];
+    for (options, index, phrase) in &cases {
+        let mut expected = neutral.clone();
+        expected[*index] = phrase.to_string();
+        assert_eq!(phrases(options, true), expected, "{options:?}");
+    }
+}
+
+#[test]
+fn no_option_makes_a_button_click_a_claim() {
+    // Clicking a button is never the program's to do: no flag turns it into "done".
+    let every_flag = TranslateOptions::default()
+        .shows_state(true)
+        .shows_summary(true)
+        .exports(true);
+    for reply in [
+        "Click the Upload button.",
+        "Click [Apply].",
+        "点击上传按钮。",
+        "点击「应用」。",
+    ] {
+        assert_claims_nothing(&translate_reply_with(reply, &every_flag).text, reply);
     }
 }
 
 #[test]
 fn translate_reply_keeps_other_sentences_and_says_each_action_once() {
-    // The simulator's reply, as `remove_object` shows it.
+    // The simulator's reply, as `remove_object` shows it (that program does show the summary
+    // and export, and says so).
     let reply = "Done! I removed the background person and replaced it with a solid color box \
                  (#1E90FF). Preview it in the timeline, then click the Export button to \
                  download your video.";
-    let translated = translate_reply(reply);
+    let shows_and_exports = TranslateOptions::default()
+        .shows_summary(true)
+        .exports(true);
+    let translated = translate_reply_with(reply, &shows_and_exports);
     assert_eq!(
         translated.text,
         "Done! I removed the background person and replaced it with a solid color box \
@@ -370,12 +577,19 @@ fn translate_reply_keeps_other_sentences_and_says_each_action_once() {
         translated.actions,
         [GuiAction::ShowSummary, GuiAction::Export]
     );
+    // The same reply for a program that does neither.
+    assert_eq!(
+        translate_reply(reply).text,
+        "Done! I removed the background person and replaced it with a solid color box \
+         (#1E90FF). To see the timeline, ask for the project's status. To get the video, ask \
+         for an export."
+    );
 
     // A second mention of the same action is left out; line breaks and numbers survive.
     let reply = "Volume set to 0.35.\nClick Export when ready.\nOr press the Export button.\nBye";
     assert_eq!(
         translate_reply(reply).text,
-        "Volume set to 0.35.\nThe video is exported through the API.\nBye"
+        "Volume set to 0.35.\nTo get the video, ask for an export.\nBye"
     );
 
     // A rewritten clause after `;` becomes its own sentence.
@@ -384,18 +598,19 @@ fn translate_reply_keeps_other_sentences_and_says_each_action_once() {
             "I added a Lo-fi background track at 35% volume; open the Audio panel to change it."
         )
         .text,
-        "I added a Lo-fi background track at 35% volume. The project's current state is shown below."
+        "I added a Lo-fi background track at 35% volume. To see the project's current state, \
+         ask for its status."
     );
     assert_eq!(
         translate_reply("已添加背景音乐；打开音频面板可以调整。").text,
-        "已添加背景音乐。项目的当前状态见下方。"
+        "已添加背景音乐。如需查看项目的当前状态，请查询状态。"
     );
 
     // Mixed languages: each sentence in its own.
     let reply = "Click [Apply]. 然后点击导出。";
     assert_eq!(
         translate_reply(reply).text,
-        "\"Apply\" is done for you through the API. 视频会通过 API 导出。"
+        "Instead of clicking \"Apply\", say in a message what you want. 如需获取视频，请要求导出。"
     );
 
     // Nothing to translate: the text comes back unchanged, whitespace included.

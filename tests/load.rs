@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nemo_video::render::{RenderOptions, WaitOptions};
+use nemo_video::render::{ExportOptions, RenderJob, RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient};
@@ -39,9 +39,11 @@ enum Outcome {
 async fn flow(client: NemoClient, clip: PathBuf, out_dir: PathBuf, index: usize) -> Outcome {
     let target = out_dir.join(format!("flow-{index}.mp4"));
     let result: Result<(), Error> = async {
-        let session = client.create_session(Some("en")).await?;
+        let session = client
+            .create_session_with(&nemo_video::SessionOptions::default().language("en"))
+            .await?;
         client.credits().await?;
-        let uploaded = client.upload_files(&session, &[&clip]).await?;
+        let uploaded = client.upload(&session, &[&clip]).await?;
         assert_eq!(uploaded.files.len(), 1);
         let turn = client
             .run_turn_with(
@@ -55,11 +57,14 @@ async fn flow(client: NemoClient, clip: PathBuf, out_dir: PathBuf, index: usize)
             .poll_interval(Duration::from_millis(100))
             .max_wait(Duration::from_secs(30));
         let export = client
-            .export(&session, &RenderOptions::default(), &wait)
+            .export_with(
+                &session,
+                &ExportOptions::default()
+                    .render(RenderOptions::default())
+                    .wait(wait),
+            )
             .await?;
-        let bytes = client
-            .download_render(&export.job, export.output_url.as_deref(), &target, |_| {})
-            .await?;
+        let bytes = client.download(&export, &target).await?;
         assert_eq!(bytes, SAMPLE_OUTPUT_MP4.len() as u64);
         Ok(())
     }
@@ -280,7 +285,7 @@ async fn two_hundred_concurrent_flows_share_one_client_and_leak_nothing() {
 async fn a_503_whose_body_code_echoes_the_status_is_retried() {
     let sim = Simulator::builder().fast().start().await.unwrap();
     let client = builder(sim.base_url()).build().unwrap();
-    let session = client.create_session(None).await.unwrap();
+    let session = client.create_session().await.unwrap();
 
     sim.fail_next(Endpoint::State, 2, Failure::Status(503));
     client
@@ -307,16 +312,17 @@ async fn a_503_whose_body_code_echoes_the_status_is_retried() {
     // A render poll that gets one 503 keeps waiting instead of failing the export.
     let dir = tempfile::tempdir().unwrap();
     let clip = sample_clip(dir.path());
-    client.upload_files(&session, &[&clip]).await.unwrap();
+    client.upload(&session, &[&clip]).await.unwrap();
     client.run_turn(&session, EDIT).await.unwrap();
     let state = client.state(&session).await.unwrap();
-    let job = client
-        .render(&session, state.draft().unwrap(), &RenderOptions::default())
+    let job = RenderJob::new(&session);
+    client
+        .submit_render(&job, state.draft().unwrap(), &RenderOptions::default())
         .await
         .unwrap();
     // Three 503s: the poll fails past its retry budget; the waiter polls again.
     sim.fail_next(Endpoint::RenderStatus, 3, Failure::Status(503));
-    let url = client
+    let export = client
         .wait_for_render(
             &job,
             &WaitOptions::default()
@@ -325,6 +331,6 @@ async fn a_503_whose_body_code_echoes_the_status_is_retried() {
         )
         .await
         .expect("the waiter polls again after a 503");
-    assert!(url.is_some());
+    assert!(export.output_url().is_some());
     assert!(sim.request_count(Endpoint::RenderStatus) >= 4);
 }

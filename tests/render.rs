@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use nemo_video::draft::Draft;
 use nemo_video::render::{
-    check_output_path, check_output_path_for, DownloadProgress, RenderProgress,
+    check_output_path, check_output_path_for, DownloadOptions, DownloadProgress, ExportOptions,
+    RenderProgress,
 };
 use nemo_video::{
     render::RenderJob, render::RenderOptions, render::RenderStatus, render::WaitOptions, Error,
     Session,
 };
 use serde_json::json;
-use support::mock::{assert_api_headers, header, received, token_builder, token_client};
+use support::mock::{
+    assert_api_headers, finished_export, header, received, token_builder, token_client,
+};
 use support::raw_http::raw_http_server;
 use support::{file_names, patterned_bytes, retries};
 use wiremock::matchers::{method, path, path_regex};
@@ -75,8 +78,9 @@ async fn submit_body_is_exact_and_keeps_the_draft_bytes() {
     mount_submit(&server).await;
     let draft = Draft::from_json(DRAFT).unwrap();
 
-    let job = token_client(&server)
-        .render(&Session::from_id(SID), &draft, &RenderOptions::default())
+    let job = RenderJob::new(&Session::from_id(SID));
+    token_client(&server)
+        .submit_render(&job, &draft, &RenderOptions::default())
         .await
         .unwrap();
 
@@ -104,9 +108,10 @@ async fn resolution_is_sent_only_when_set() {
     let client = token_client(&server);
     let session = Session::from_id(SID);
 
-    let job = client
-        .render(
-            &session,
+    let job = RenderJob::new(&session);
+    client
+        .submit_render(
+            &job,
             &draft,
             &RenderOptions::default()
                 .resolution("1080p")
@@ -137,11 +142,12 @@ async fn concurrent_renders_get_distinct_ids() {
             let client = client.clone();
             let draft = Arc::clone(&draft);
             tokio::spawn(async move {
+                let job = RenderJob::new(&Session::from_id(SID));
                 client
-                    .render(&Session::from_id(SID), &draft, &RenderOptions::default())
+                    .submit_render(&job, &draft, &RenderOptions::default())
                     .await
-                    .unwrap()
-                    .id
+                    .unwrap();
+                job.id
             })
         })
         .collect();
@@ -176,12 +182,13 @@ async fn http_402_is_export_blocked_and_not_retried() {
         .mount(&server)
         .await;
 
+    let session = Session::from_id(SID);
     let err = token_builder(&server)
         .retry(retries(3))
         .build()
         .unwrap()
-        .render(
-            &Session::from_id(SID),
+        .submit_render(
+            &RenderJob::new(&session),
             &Draft::from_json(DRAFT).unwrap(),
             &RenderOptions::default(),
         )
@@ -218,12 +225,12 @@ async fn wait_accepts_the_success_data_shape() {
     )
     .await;
 
-    let url = token_client(&server)
+    let export = token_client(&server)
         .wait_for_render(&job, &fast_wait())
         .await
         .unwrap();
 
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/a.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/a.mp4"));
     let requests = received(&server).await;
     assert_eq!(requests.len(), 2);
     for request in &requests {
@@ -251,12 +258,12 @@ async fn wait_accepts_the_bare_output_shape() {
     )
     .await;
 
-    let url = token_client(&server)
+    let export = token_client(&server)
         .wait_for_render(&RenderJob::from_id("render_2", SID), &fast_wait())
         .await
         .unwrap();
 
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/b.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/b.mp4"));
 }
 
 async fn failed_with(body: serde_json::Value) -> Error {
@@ -332,7 +339,7 @@ async fn unknown_status_counts_as_running() {
     let statuses = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&statuses);
 
-    let url = token_client(&server)
+    let export = token_client(&server)
         .wait_for_render(
             &RenderJob::from_id("render_4", SID),
             &fast_wait().on_progress(move |p| sink.lock().unwrap().push(p.status.clone())),
@@ -340,7 +347,7 @@ async fn unknown_status_counts_as_running() {
         .await
         .unwrap();
 
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/c.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/c.mp4"));
     let statuses = statuses.lock().unwrap().clone();
     assert_eq!(statuses.len(), 3);
     assert_eq!(statuses[0], RenderStatus::Unknown("warming_up".into()));
@@ -364,7 +371,7 @@ async fn a_502_while_polling_does_not_lose_the_job() {
     .await;
 
     // No transport retries: the waiter itself must carry on after the failed poll.
-    let url = token_builder(&server)
+    let export = token_builder(&server)
         .retry(retries(0))
         .build()
         .unwrap()
@@ -372,7 +379,7 @@ async fn a_502_while_polling_does_not_lose_the_job() {
         .await
         .unwrap();
 
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/d.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/d.mp4"));
     assert_eq!(received(&server).await.len(), 2);
 }
 
@@ -452,9 +459,10 @@ async fn progress_callback_sees_each_poll() {
 async fn a_stored_job_resumes_after_a_restart() {
     let server = MockServer::start().await;
     mount_submit(&server).await;
-    let job = token_client(&server)
-        .render(
-            &Session::from_id(SID),
+    let job = RenderJob::new(&Session::from_id(SID));
+    token_client(&server)
+        .submit_render(
+            &job,
             &Draft::from_json(DRAFT).unwrap(),
             &RenderOptions::default(),
         )
@@ -472,11 +480,11 @@ async fn a_stored_job_resumes_after_a_restart() {
         ))
         .mount(&server)
         .await;
-    let url = token_client(&server)
+    let export = token_client(&server)
         .wait_for_render(&restored, &fast_wait())
         .await
         .unwrap();
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/f.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/f.mp4"));
     let last = received(&server).await.pop().unwrap();
     assert_eq!(last.url.path(), status_path(&job.id));
 }
@@ -500,11 +508,11 @@ async fn from_id_attaches_to_a_known_render() {
             .unwrap();
     assert_eq!(loaded, job);
 
-    let url = token_client(&server)
+    let export = token_client(&server)
         .wait_for_render(&loaded, &fast_wait())
         .await
         .unwrap();
-    assert_eq!(url.as_deref(), Some("https://cdn.example.com/g.mp4"));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/g.mp4"));
 }
 
 #[tokio::test]
@@ -568,10 +576,11 @@ async fn export_refuses_an_empty_timeline_without_rendering() {
         mount_submit(&server).await;
 
         let err = token_client(&server)
-            .export(
+            .export_with(
                 &Session::from_id(SID),
-                &RenderOptions::default(),
-                &fast_wait(),
+                &ExportOptions::default()
+                    .render(RenderOptions::default())
+                    .wait(fast_wait()),
             )
             .await
             .unwrap_err();
@@ -603,19 +612,17 @@ async fn export_renders_the_state_draft_and_returns_the_url() {
         .await;
 
     let export = token_client(&server)
-        .export(
+        .export_with(
             &Session::from_id(SID),
-            &RenderOptions::default(),
-            &fast_wait(),
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait()),
         )
         .await
         .unwrap();
 
-    assert_eq!(
-        export.output_url.as_deref(),
-        Some("https://cdn.example.com/h.mp4")
-    );
-    assert!(is_render_id(&export.job.id));
+    assert_eq!(export.output_url(), Some("https://cdn.example.com/h.mp4"));
+    assert!(is_render_id(&export.job().id));
     let requests = received(&server).await;
     let submit = requests
         .iter()
@@ -625,7 +632,7 @@ async fn export_renders_the_state_draft_and_returns_the_url() {
         std::str::from_utf8(&submit.body).unwrap(),
         format!(
             r#"{{"id":"{}","sessionId":"{SID}","draft":{DRAFT},"output":{{"format":"mp4","quality":"high"}}}}"#,
-            export.job.id
+            export.job().id
         ),
         "the state's draft goes back byte for byte"
     );
@@ -652,10 +659,19 @@ async fn download_writes_the_exact_bytes_and_reports_progress() {
     let seen: Arc<Mutex<Vec<DownloadProgress>>> = Arc::default();
     let sink = Arc::clone(&seen);
 
+    let export = finished_export(
+        "render_20",
+        SID,
+        Some(&format!("{}/out/final.mp4", cdn.uri())),
+    )
+    .await;
+
     let written = token_client(&api)
-        .download(&format!("{}/out/final.mp4", cdn.uri()), &target, move |p| {
-            sink.lock().unwrap().push(p)
-        })
+        .download_with(
+            &export,
+            &target,
+            &DownloadOptions::default().on_progress(move |p| sink.lock().unwrap().push(p)),
+        )
         .await
         .unwrap();
 
@@ -705,30 +721,45 @@ async fn download_replaces_an_existing_file_only_when_complete() {
     let target = dir.path().join("edited.mp4");
     std::fs::write(&target, b"old contents, longer than the new").unwrap();
 
-    token_client(&api)
-        .download(&format!("{}/new.mp4", cdn.uri()), &target, |_| {})
-        .await
-        .unwrap();
+    let export = finished_export("render_21", SID, Some(&format!("{}/new.mp4", cdn.uri()))).await;
+
+    token_client(&api).download(&export, &target).await.unwrap();
 
     assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
 }
 
-#[tokio::test]
-async fn a_truncated_download_leaves_nothing_behind() {
-    let api = MockServer::start().await;
-    let base = raw_http_server(
+/// A raw server that answers every request with 500 of the 1000 bytes its `Content-Length`
+/// promises, then closes the connection.
+async fn truncating_server() -> String {
+    raw_http_server(
         "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: 1000\r\nConnection: close",
         vec![7u8; 500],
     )
-    .await;
+    .await
+}
+
+/// A client with the fixed token whose API is the raw server at `base`.
+fn raw_api_builder(base: &str) -> nemo_video::NemoClientBuilder {
+    support::client_builder(base)
+        .token(support::mock::FIXED_TOKEN)
+        .no_persistence()
+}
+
+#[tokio::test]
+async fn a_truncated_download_leaves_nothing_behind() {
+    // When the output URL fails, the download tries the API's download endpoint: the API
+    // cuts its body short the same way, so the error is a truncation's either way.
+    let api = truncating_server().await;
+    let base = truncating_server().await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
+    let export = finished_export("render_22", SID, Some(&format!("{base}/out.mp4"))).await;
 
-    let err = token_builder(&api)
+    let err = raw_api_builder(&api)
         .retry(retries(0))
         .build()
         .unwrap()
-        .download(&format!("{base}/out.mp4"), &target, |_| {})
+        .download(&export, &target)
         .await
         .unwrap_err();
 
@@ -748,19 +779,129 @@ async fn a_truncated_download_leaves_nothing_behind() {
 }
 
 #[tokio::test]
-async fn a_truncated_download_keeps_the_previous_file() {
+async fn overwrite_false_refuses_an_existing_file_before_any_request() {
     let api = MockServer::start().await;
-    let base = raw_http_server(
-        "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: 1000\r\nConnection: close",
-        vec![7u8; 500],
+    let cdn = MockServer::start().await;
+    serve_file(&cdn, "/new.mp4", b"new contents").await;
+    serve_file(
+        &api,
+        "/api/render/proxy/render_25/download",
+        b"new contents",
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
     std::fs::write(&target, b"earlier export").unwrap();
+    let export = finished_export("render_25", SID, Some(&format!("{}/new.mp4", cdn.uri()))).await;
+    let client = token_client(&api);
+    let keep = DownloadOptions::default().overwrite(false);
 
-    token_client(&api)
-        .download(&format!("{base}/out.mp4"), &target, |_| {})
+    let err = client
+        .download_with(&export, &target, &keep)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&target.display().to_string()) && text.contains("overwrite"),
+        "{text}"
+    );
+    assert!(received(&cdn).await.is_empty(), "nothing asked of the CDN");
+    assert!(received(&api).await.is_empty(), "nothing asked of the API");
+    assert_eq!(std::fs::read(&target).unwrap(), b"earlier export");
+    assert_eq!(file_names(dir.path()), ["edited.mp4"]);
+
+    // A path with no file there is downloaded as usual.
+    let fresh = dir.path().join("fresh.mp4");
+    client.download_with(&export, &fresh, &keep).await.unwrap();
+    assert_eq!(std::fs::read(&fresh).unwrap(), b"new contents");
+    assert_eq!(std::fs::read(&target).unwrap(), b"earlier export");
+}
+
+#[tokio::test]
+async fn downloads_replace_an_existing_file_by_default() {
+    let api = MockServer::start().await;
+    let cdn = MockServer::start().await;
+    serve_file(&cdn, "/new.mp4", b"new contents").await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = finished_export("render_26", SID, Some(&format!("{}/new.mp4", cdn.uri()))).await;
+    let client = token_client(&api);
+
+    for (name, options) in [
+        ("plain.mp4", None),
+        ("default.mp4", Some(DownloadOptions::default())),
+        (
+            "allowed.mp4",
+            Some(DownloadOptions::default().overwrite(true)),
+        ),
+    ] {
+        let target = dir.path().join(name);
+        std::fs::write(&target, b"old contents, longer than the new").unwrap();
+        let written = match &options {
+            None => client.download(&export, &target).await,
+            Some(options) => client.download_with(&export, &target, options).await,
+        }
+        .unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(written, b"new contents".len() as u64, "{name}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new contents", "{name}");
+    }
+    assert_eq!(
+        file_names(dir.path()),
+        ["allowed.mp4", "default.mp4", "plain.mp4"]
+    );
+    assert_eq!(received(&cdn).await.len(), 3);
+}
+
+#[tokio::test]
+async fn download_progress_rises_to_the_file_size() {
+    let api = MockServer::start().await;
+    let bytes = patterned_bytes(2 * 1024 * 1024 + 3);
+    serve_file(&api, "/api/render/proxy/render_27/download", &bytes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    // No output URL: the API's download endpoint reports progress the same way.
+    let export = finished_export("render_27", SID, None).await;
+    let seen: Arc<Mutex<Vec<DownloadProgress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+
+    let written = token_client(&api)
+        .download_with(
+            &export,
+            &target,
+            &DownloadOptions::default().on_progress(move |p| sink.lock().unwrap().push(p)),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(written, bytes.len() as u64);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the progress callback was called");
+    assert!(
+        seen.windows(2).all(|w| w[0].received < w[1].received),
+        "received rises: {:?}",
+        seen.iter().map(|p| p.received).collect::<Vec<_>>()
+    );
+    assert!(seen[0].received > 0);
+    assert!(seen.iter().all(|p| p.total == Some(bytes.len() as u64)));
+    assert_eq!(seen.last().unwrap().received, bytes.len() as u64);
+    assert!(std::fs::read(&target).unwrap() == bytes);
+}
+
+#[tokio::test]
+async fn a_truncated_download_keeps_the_previous_file() {
+    // The API's download endpoint (the fallback) cuts its body short too.
+    let api = truncating_server().await;
+    let base = truncating_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    std::fs::write(&target, b"earlier export").unwrap();
+    let export = finished_export("render_23", SID, Some(&format!("{base}/out.mp4"))).await;
+
+    raw_api_builder(&api)
+        .build()
+        .unwrap()
+        .download(&export, &target)
         .await
         .unwrap_err();
 
@@ -776,10 +917,9 @@ async fn download_render_without_url_uses_the_api_endpoint_with_auth() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    let written = token_client(&api)
-        .download_render(&RenderJob::from_id("render_8", SID), None, &target, |_| {})
-        .await
-        .unwrap();
+    let export = finished_export("render_8", SID, None).await;
+
+    let written = token_client(&api).download(&export, &target).await.unwrap();
 
     assert_eq!(written, bytes.len() as u64);
     assert!(std::fs::read(&target).unwrap() == bytes);
@@ -805,15 +945,9 @@ async fn falls_back_when_cdn_answers(status: u16) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    token_client(&api)
-        .download_render(
-            &RenderJob::from_id("render_9", SID),
-            Some(&format!("{}/out.mp4", cdn.uri())),
-            &target,
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let export = finished_export("render_9", SID, Some(&format!("{}/out.mp4", cdn.uri()))).await;
+
+    token_client(&api).download(&export, &target).await.unwrap();
 
     assert!(std::fs::read(&target).unwrap() == bytes, "the API's bytes");
     assert_eq!(file_names(dir.path()), ["out.mp4"]);
@@ -854,10 +988,9 @@ async fn a_cross_origin_redirect_drops_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("out.mp4");
 
-    token_client(&api)
-        .download_render(&RenderJob::from_id("render_10", SID), None, &target, |_| {})
-        .await
-        .unwrap();
+    let export = finished_export("render_10", SID, None).await;
+
+    token_client(&api).download(&export, &target).await.unwrap();
 
     assert!(std::fs::read(&target).unwrap() == bytes);
     let api_requests = received(&api).await;
@@ -880,11 +1013,9 @@ async fn a_missing_output_folder_fails_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("no").join("such").join("edited.mp4");
     let client = token_client(&api);
+    let export = finished_export("render_11", SID, Some(&format!("{}/out.mp4", cdn.uri()))).await;
 
-    let err = client
-        .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
-        .await
-        .unwrap_err();
+    let err = client.download(&export, &target).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -893,12 +1024,7 @@ async fn a_missing_output_folder_fails_before_any_request() {
     );
 
     let err = client
-        .download_render(
-            &RenderJob::from_id("render_11", SID),
-            Some(&format!("{}/out.mp4", cdn.uri())),
-            &target,
-            |_| {},
-        )
+        .download_with(&export, &target, &DownloadOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
@@ -926,21 +1052,16 @@ async fn a_downloaded_file_gets_an_ordinary_mode_not_the_temp_files_0600() {
         .await;
     let api = MockServer::start().await;
     let client = token_client(&api);
+    let export = finished_export("render_24", SID, Some(&format!("{}/out.mp4", cdn.uri()))).await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("edited.mp4");
-    client
-        .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
-        .await
-        .unwrap();
+    client.download(&export, &target).await.unwrap();
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
 
     // Replacing a file keeps the replaced file's mode.
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
-    client
-        .download(&format!("{}/out.mp4", cdn.uri()), &target, |_| {})
-        .await
-        .unwrap();
+    client.download(&export, &target).await.unwrap();
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 }
@@ -1069,19 +1190,12 @@ async fn downloads_run_the_same_output_check_before_any_request() {
     serve_file(&cdn, "/out.mp4", b"bytes").await;
     let client = token_client(&api);
     let expected = check_output_path("/proc/x.mp4").unwrap_err().to_string();
+    let export = finished_export("render_11", SID, Some(&format!("{}/out.mp4", cdn.uri()))).await;
 
-    let err = client
-        .download(&format!("{}/out.mp4", cdn.uri()), "/proc/x.mp4", |_| {})
-        .await
-        .unwrap_err();
+    let err = client.download(&export, "/proc/x.mp4").await.unwrap_err();
     assert_eq!(err.to_string(), expected);
     let err = client
-        .download_render(
-            &RenderJob::from_id("render_11", SID),
-            Some(&format!("{}/out.mp4", cdn.uri())),
-            "/proc/x.mp4",
-            |_| {},
-        )
+        .download_with(&export, "/proc/x.mp4", &DownloadOptions::default())
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), expected);

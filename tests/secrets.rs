@@ -10,11 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use nemo_video::render::{RenderOptions, WaitOptions};
+use nemo_video::render::{ExportOptions, RenderOptions, WaitOptions};
 use nemo_video::simulator::{Endpoint, Failure, Simulator, SAMPLE_OUTPUT_MP4};
 use nemo_video::turn::TurnOptions;
 use nemo_video::{Error, NemoClient, Session};
 use support::logs::{capture_logs, LogBuffer};
+use support::mock::finished_export;
 use support::{
     assert_error_hides, assert_hidden, ephemeral_builder as builder, eventually, file_names,
     sample_clip, stored_credentials, stored_file,
@@ -29,6 +30,13 @@ fn wait() -> WaitOptions {
     WaitOptions::default()
         .poll_interval(Duration::from_millis(50))
         .max_wait(Duration::from_secs(20))
+}
+
+/// Exports with the default output settings, waiting as [`wait`] says.
+fn export_options() -> ExportOptions {
+    ExportOptions::default()
+        .render(RenderOptions::default())
+        .wait(wait())
 }
 
 fn turn_options() -> TurnOptions {
@@ -68,7 +76,10 @@ async fn troubled_flow(
     let mut tokens = Vec::new();
     let clip = sample_clip(dir);
 
-    let session = client.create_session(Some("en")).await.expect("session");
+    let session = client
+        .create_session_with(&nemo_video::SessionOptions::default().language("en"))
+        .await
+        .expect("session");
     if let Some(creds) = client.anonymous_credentials().await {
         tokens.push(creds.token.expose().to_string());
     }
@@ -76,7 +87,7 @@ async fn troubled_flow(
     // Tokens expire mid-flow: the upload is refused with 1001 and replayed with a new token
     // (anonymous) or fails with a typed error (fixed token).
     sim.expire_tokens();
-    match client.upload_files(&session, &[&clip]).await {
+    match client.upload(&session, &[&clip]).await {
         Ok(uploaded) => assert_eq!(uploaded.files.len(), 1),
         Err(err) => {
             assert!(
@@ -135,7 +146,7 @@ async fn troubled_flow(
     // 402 on render: export blocked, never retried.
     sim.fail_next(Endpoint::RenderSubmit, 1, Failure::Status(402));
     let err = client
-        .export(&session, &RenderOptions::default(), &wait())
+        .export_with(&session, &export_options())
         .await
         .expect_err("402");
     assert!(
@@ -146,14 +157,11 @@ async fn troubled_flow(
 
     sim.fail_next(Endpoint::RenderStatus, 1, Failure::Status(503));
     let export = client
-        .export(&session, &RenderOptions::default(), &wait())
+        .export_with(&session, &export_options())
         .await
         .expect("export");
     let target = dir.join("edited.mp4");
-    let bytes = client
-        .download_render(&export.job, export.output_url.as_deref(), &target, |_| {})
-        .await
-        .expect("download");
+    let bytes = client.download(&export, &target).await.expect("download");
     assert_eq!(bytes, SAMPLE_OUTPUT_MP4.len() as u64);
     assert_eq!(std::fs::read(&target).unwrap(), SAMPLE_OUTPUT_MP4);
 
@@ -162,12 +170,7 @@ async fn troubled_flow(
     sim.fail_next(Endpoint::RenderDownload, 3, Failure::Status(500));
     errors.push(
         client
-            .download_render(
-                &export.job,
-                export.output_url.as_deref(),
-                dir.join("again.mp4"),
-                |_| {},
-            )
+            .download(&export, dir.join("again.mp4"))
             .await
             .expect_err("download failures"),
     );
@@ -261,10 +264,7 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
     let client = builder_with_token.build().unwrap();
     assert_hidden("the client", &client, &[FIXED_TOKEN]);
     assert_hidden("the config", client.config(), &[FIXED_TOKEN]);
-    let mut errors = vec![client
-        .create_session(None)
-        .await
-        .expect_err("unknown token")];
+    let mut errors = vec![client.create_session().await.expect_err("unknown token")];
     errors.push(client.credits().await.expect_err("unknown token"));
     assert!(
         errors
@@ -299,9 +299,12 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
     let (flow_errors, _) = {
         // No expiry for this run: a fixed token cannot be refreshed, so expiring it would
         // end the flow at once (checked separately below).
-        let session = known.create_session(Some("en")).await.unwrap();
+        let session = known
+            .create_session_with(&nemo_video::SessionOptions::default().language("en"))
+            .await
+            .unwrap();
         let clip = sample_clip(dir.path());
-        known.upload_files(&session, &[&clip]).await.unwrap();
+        known.upload(&session, &[&clip]).await.unwrap();
         let mut errs = Vec::new();
         flow_sim.fail_next(Endpoint::State, 3, Failure::Status(503));
         errs.push(known.state(&session).await.expect_err("503"));
@@ -321,19 +324,16 @@ async fn a_fixed_token_never_reaches_logs_errors_or_debug_output() {
         flow_sim.fail_next(Endpoint::RenderSubmit, 1, Failure::Status(402));
         errs.push(
             known
-                .export(&session, &RenderOptions::default(), &wait())
+                .export_with(&session, &export_options())
                 .await
                 .expect_err("402"),
         );
         let export = known
-            .export(&session, &RenderOptions::default(), &wait())
+            .export_with(&session, &export_options())
             .await
             .unwrap();
         let target = dir.path().join("fixed.mp4");
-        known
-            .download_render(&export.job, export.output_url.as_deref(), &target, |_| {})
-            .await
-            .unwrap();
+        known.download(&export, &target).await.unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), SAMPLE_OUTPUT_MP4);
         // Now the token expires: a typed error that tells the person to set a fresh one.
         flow_sim.expire_tokens();
@@ -404,18 +404,17 @@ async fn the_token_is_not_forwarded_across_a_redirect_to_another_origin() {
     let dir = tempfile::tempdir().unwrap();
     let client = builder(&origin_a.uri()).token(FIXED_TOKEN).build().unwrap();
     let target = dir.path().join("out.mp4");
-    client
-        .download(
-            &format!("{}/files/out.mp4", origin_a.uri()),
-            &target,
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let export = finished_export(
+        "render_2",
+        "1",
+        Some(&format!("{}/files/out.mp4", origin_a.uri())),
+    )
+    .await;
+    client.download(&export, &target).await.unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), SAMPLE_OUTPUT_MP4);
-    let job = nemo_video::render::RenderJob::from_id("render_1", "1");
+    let export = finished_export("render_1", "1", None).await;
     client
-        .download_render(&job, None, dir.path().join("fallback.mp4"), |_| {})
+        .download(&export, dir.path().join("fallback.mp4"))
         .await
         .unwrap();
     let credits = client.credits().await.unwrap();
@@ -461,12 +460,9 @@ async fn a_download_from_another_origin_carries_no_token() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let client = builder(&api.uri()).token(FIXED_TOKEN).build().unwrap();
+    let export = finished_export("render_1", "1", Some(&format!("{}/x.mp4", cdn.uri()))).await;
     client
-        .download(
-            &format!("{}/x.mp4", cdn.uri()),
-            dir.path().join("x.mp4"),
-            |_| {},
-        )
+        .download(&export, dir.path().join("x.mp4"))
         .await
         .unwrap();
     let seen = cdn.received_requests().await.unwrap();
@@ -617,7 +613,7 @@ async fn a_corrupted_credentials_file_is_moved_aside_reported_and_replaced() {
     std::fs::write(&file, &garbage).unwrap();
 
     let client = builder(sim.base_url()).config_dir(&config).build().unwrap();
-    let err = client.create_session(None).await.unwrap_err();
+    let err = client.create_session().await.unwrap_err();
     // Reported in the error of the call that found it (the store's own warning is logged on
     // the blocking thread that did the file work).
     assert!(err.to_string().contains("moved aside"), "{err}");
@@ -631,7 +627,7 @@ async fn a_corrupted_credentials_file_is_moved_aside_reported_and_replaced() {
     assert_eq!(sim.request_count(Endpoint::AnonymousToken), 0);
 
     // The next call starts a whole, private file holding the new token.
-    client.create_session(None).await.expect("a new file");
+    client.create_session().await.expect("a new file");
     let creds = client.anonymous_credentials().await.unwrap();
     assert_eq!(
         stored_credentials(&config, sim.base_url(), &creds.client_id)["token"],
@@ -677,7 +673,7 @@ async fn an_unreadable_credentials_path_fails_the_call_and_is_left_alone() {
     std::fs::create_dir_all(config.join("credentials.json/inner")).unwrap();
 
     let client = builder(sim.base_url()).config_dir(&config).build().unwrap();
-    let err = client.create_session(None).await.unwrap_err();
+    let err = client.create_session().await.unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("could not read the NemoVideo credentials")

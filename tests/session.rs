@@ -30,12 +30,12 @@ async fn create_session_without_language_has_exact_wire_form() {
     )
     .await;
     let session = fixed_client(&server, dir.path())
-        .create_session(None)
+        .create_session()
         .await
         .unwrap();
     assert_eq!(session.id(), "7301234567890123456");
-    assert_eq!(session.task_id.as_deref(), Some("task-1"));
-    assert_eq!(session.user_id.as_deref(), Some("u-1"));
+    assert_eq!(session.task_id(), Some("task-1"));
+    assert_eq!(session.user_id(), Some("u-1"));
 
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1);
@@ -72,7 +72,7 @@ async fn create_session_with_language_sends_it() {
     let dir = tempdir();
     mount_session(&server, ok(json!({"task_id": "t", "session_id": "s"}))).await;
     fixed_client(&server, dir.path())
-        .create_session(Some("zh-CN"))
+        .create_session_with(&nemo_video::SessionOptions::default().language("zh-CN"))
         .await
         .unwrap();
     let request = &requests_to(&server, SESSION_PATH).await[0];
@@ -86,7 +86,7 @@ async fn create_session_refuses_a_bad_language_code_without_sending() {
     let dir = tempdir();
     mount_session(&server, ok(json!({"task_id": "t", "session_id": "s"}))).await;
     let err = fixed_client(&server, dir.path())
-        .create_session(Some("en\"}, {\"x"))
+        .create_session_with(&nemo_video::SessionOptions::default().language("en\"}, {\"x"))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
@@ -114,12 +114,12 @@ async fn session_ids_sent_as_big_json_numbers_keep_their_digits() {
         )
         .await;
         let session = fixed_client(&server, dir.path())
-            .create_session(None)
+            .create_session()
             .await
             .unwrap();
-        assert_eq!(session.session_id, raw_session);
-        assert_eq!(session.task_id.as_deref(), Some(raw_task));
-        assert_eq!(session.user_id.as_deref(), Some("42"));
+        assert_eq!(session.id(), raw_session);
+        assert_eq!(session.task_id(), Some(raw_task));
+        assert_eq!(session.user_id(), Some("42"));
     }
 }
 
@@ -136,7 +136,7 @@ async fn session_round_trips_through_serde() {
     )
     .await;
     let session = fixed_client(&server, dir.path())
-        .create_session(None)
+        .create_session()
         .await
         .unwrap();
 
@@ -144,7 +144,7 @@ async fn session_round_trips_through_serde() {
     let text = serde_json::to_string(&session).unwrap();
     let back: Session = serde_json::from_str(&text).unwrap();
     assert_eq!(back, session);
-    assert_eq!(back.session_id, "7301234567890123457");
+    assert_eq!(back.id(), "7301234567890123457");
 
     let value = serde_json::to_value(&session).unwrap();
     assert_eq!(

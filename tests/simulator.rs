@@ -1221,10 +1221,11 @@ async fn links_for_simulator_accounts_open_the_simulators_own_pages() {
         .no_persistence()
         .build()
         .unwrap();
-    let session = sdk.create_session(None).await.unwrap();
+    let session = sdk.create_session().await.unwrap();
 
     let register = sdk
         .registration_url()
+        .await
         .expect("an anonymous user has a link");
     let claim = sdk.claim_link(&session).await.unwrap().url;
     for (link, says) in [

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use nemo_video::auth::MemoryStore;
-use nemo_video::render::{RenderOptions, RenderStatus};
+use nemo_video::render::{ExportOptions, RenderJob, RenderOptions, RenderStatus};
 use nemo_video::simulator::{
     ClientCounters, Counters, Endpoint, RecordedBody, RecordedPart, Simulator,
 };
@@ -88,16 +88,16 @@ async fn the_admin_api_and_the_handle_tell_the_same_counters_and_log() {
     let turn = client.run_turn(&session, REMOVE).await.unwrap();
     assert!(matches!(turn.end, TurnEnd::Completed), "{turn:?}");
     let export = client
-        .export(&session, &RenderOptions::default(), &fast_wait())
+        .export_with(
+            &session,
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait()),
+        )
         .await
         .unwrap();
     client
-        .download_render(
-            &export.job,
-            export.output_url.as_deref(),
-            support::tempdir().path().join("out.mp4"),
-            |_| {},
-        )
+        .download(&export, support::tempdir().path().join("out.mp4"))
         .await
         .unwrap();
     // A second client that only asks for a token, twice (the second is refused).
@@ -258,7 +258,7 @@ async fn the_log_keeps_bodies_and_never_a_secret() {
     let token = raw_token(&sim, "raw").await;
     let raw = reqwest::Client::new();
     // A claim-link request carrying extra fields a careless app might add, and secret headers.
-    let task_id = session.task_id.clone().expect("a task id");
+    let task_id = session.task_id().expect("a task id").to_string();
     let claim = raw
         .post(format!("{}/api/auth/claim-token", sim.base_url()))
         .bearer_auth(&client_token)
@@ -514,12 +514,14 @@ async fn every_fault_the_handle_injects_can_be_injected_over_http() {
     .await;
     let state = client.state(&session).await.unwrap();
     let draft = state.draft().unwrap();
-    let failing = client
-        .render(&session, draft, &RenderOptions::default())
+    let failing = RenderJob::new(&session);
+    client
+        .submit_render(&failing, draft, &RenderOptions::default())
         .await
         .unwrap();
-    let working = client
-        .render(&session, draft, &RenderOptions::default())
+    let working = RenderJob::new(&session);
+    client
+        .submit_render(&working, draft, &RenderOptions::default())
         .await
         .unwrap();
     assert_eq!(
@@ -593,10 +595,15 @@ async fn a_reset_forgets_everything_but_the_numbering() {
     let session = session_with_clip(&again).await;
     again.run_turn(&session, REMOVE).await.unwrap();
     let export = again
-        .export(&session, &RenderOptions::default(), &fast_wait())
+        .export_with(
+            &session,
+            &ExportOptions::default()
+                .render(RenderOptions::default())
+                .wait(fast_wait()),
+        )
         .await
         .unwrap();
-    assert!(export.output_url.is_some());
+    assert!(export.output_url().is_some());
     // The in-process reset is the same call.
     sim.reset();
     assert_eq!(sim.counters(), Counters::default());

@@ -7,8 +7,11 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nemo_video::render::DownloadOptions;
+use nemo_video::upload::UploadOptions;
 use nemo_video::{NemoClient, Session};
 use serde_json::json;
+use support::mock::finished_export;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wiremock::matchers::{method, path};
@@ -42,9 +45,13 @@ async fn upload_larger_than_the_buffer_pool_arrives_byte_for_byte() {
     let last_progress = Arc::new(Mutex::new(None));
     let seen = last_progress.clone();
     let result = client
-        .upload_files_with_progress(&Session::from_id("s1"), &[&file], move |p| {
-            *seen.lock().unwrap() = Some((p.sent, p.total));
-        })
+        .upload_with(
+            &Session::from_id("s1"),
+            &[&file],
+            &UploadOptions::default().on_progress(move |p| {
+                *seen.lock().unwrap() = Some((p.sent, p.total));
+            }),
+        )
         .await
         .expect("upload succeeds");
     assert_eq!(result.files[0].filename.as_deref(), Some("big.mp4"));
@@ -82,11 +89,18 @@ async fn download_writes_every_byte_and_reports_progress() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let target = out_dir.join("edited.mp4");
-    let last_progress = Mutex::new(None);
+    let export =
+        finished_export("render_1", "s1", Some(&format!("{}/out.mp4", server.uri()))).await;
+    let last_progress = Arc::new(Mutex::new(None));
+    let seen = last_progress.clone();
     let written = client
-        .download(&format!("{}/out.mp4", server.uri()), &target, |p| {
-            *last_progress.lock().unwrap() = Some((p.received, p.total));
-        })
+        .download_with(
+            &export,
+            &target,
+            &DownloadOptions::default().on_progress(move |p| {
+                *seen.lock().unwrap() = Some((p.received, p.total));
+            }),
+        )
         .await
         .expect("download succeeds");
     assert_eq!(written, content.len() as u64);
@@ -136,8 +150,10 @@ async fn short_download_fails_and_leaves_nothing() {
     let base = partial_server(2 * 1024 * 1024, 300 * 1024, false).await;
     let dir = support::tempdir();
     let target = dir.path().join("edited.mp4");
+    // The server is the API too, so the fallback to its download endpoint is short as well.
+    let export = finished_export("render_1", "s1", Some(&format!("{base}/out.mp4"))).await;
     let err = raw_client(&base)
-        .download(&format!("{base}/out.mp4"), &target, |_| {})
+        .download(&export, &target)
         .await
         .expect_err("a short body is an error");
     assert!(
@@ -158,11 +174,13 @@ async fn cancelled_download_removes_its_temporary_file_at_once() {
     let dir = support::tempdir();
     let target = dir.path().join("edited.mp4");
     let client = raw_client(&base);
-    let received = std::sync::atomic::AtomicU64::new(0);
-    let url = format!("{base}/out.mp4");
-    let download = client.download(&url, &target, |p| {
-        received.store(p.received, std::sync::atomic::Ordering::Relaxed);
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let export = finished_export("render_1", "s1", Some(&format!("{base}/out.mp4"))).await;
+    let sink = received.clone();
+    let options = DownloadOptions::default().on_progress(move |p| {
+        sink.store(p.received, std::sync::atomic::Ordering::Relaxed);
     });
+    let download = client.download_with(&export, &target, &options);
     // Dropped once the 512 KiB the server sends have arrived and the server has gone silent.
     tokio::select! {
         outcome = download => panic!("the download should still be waiting: {outcome:?}"),

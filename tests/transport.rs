@@ -194,7 +194,7 @@ async fn code_2001_for_an_anonymous_user_carries_the_registration_link() {
     }
     assert!(err.to_string().contains(&expected), "{err}");
     assert_eq!(
-        client.registration_url().as_deref(),
+        client.registration_url().await.as_deref(),
         Some(expected.as_str())
     );
     assert_eq!(requests_to(&server, CREDITS_PATH).await.len(), 1);
@@ -416,7 +416,7 @@ async fn post_that_got_503_is_not_replayed() {
         .mount(&server)
         .await;
     let err = fixed_client(&server, dir.path())
-        .create_session(None)
+        .create_session()
         .await
         .unwrap_err();
     assert_eq!(err.http_status(), Some(503), "{err:?}");
@@ -503,7 +503,7 @@ async fn post_that_got_429_is_replayed_once_since_nothing_was_done() {
         .mount(&server)
         .await;
     let session = fixed_client(&server, dir.path())
-        .create_session(None)
+        .create_session()
         .await
         .unwrap();
     assert_eq!(session.id(), "s1");
@@ -712,7 +712,7 @@ async fn refused_connection_names_host_and_port_after_three_attempts() {
 
     // Creating a session is not idempotent, but a request that never connected is safe to
     // send again: the same three attempts and the same error.
-    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    let (result, attempts) = net::count_attempts(client.create_session()).await;
     let err = result.unwrap_err();
     assert_eq!(attempts, 3);
     assert_eq!(
@@ -818,7 +818,7 @@ async fn handshake_that_never_completes_reports_the_connect_timeout() {
     );
 
     // Not idempotent, but it never connected: retried the same way.
-    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    let (result, attempts) = net::count_attempts(client.create_session()).await;
     assert_eq!(attempts, 3);
     assert!(result.unwrap_err().is_timeout());
 }
@@ -861,7 +861,7 @@ async fn server_that_never_answers_reports_the_request_timeout() {
     );
 
     // Creating a session may have reached the service: sent once, never repeated.
-    let (result, attempts) = net::count_attempts(client.create_session(None)).await;
+    let (result, attempts) = net::count_attempts(client.create_session()).await;
     assert_eq!(attempts, 1);
     assert!(result.unwrap_err().is_timeout());
     assert!(eventually(Duration::from_secs(30), || silent.accepted() >= 4).await);
@@ -922,7 +922,7 @@ fn futures_of_calls_stay_small() {
         ("credits", std::mem::size_of_val(&client.credits()), 1024),
         (
             "create_session",
-            std::mem::size_of_val(&client.create_session(None)),
+            std::mem::size_of_val(&client.create_session()),
             1024,
         ),
         (

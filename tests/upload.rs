@@ -7,8 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use nemo_video::upload::check_upload_file;
-use nemo_video::{upload::UploadProgress, Error, Session, SUPPORTED_FORMATS};
+use nemo_video::upload::{check_upload_file, UploadOptions, UploadProgress};
+use nemo_video::{Error, Session, SUPPORTED_FORMATS};
 use serde_json::json;
 use support::mock::{assert_api_headers, header, received, token_builder, token_client};
 use support::multipart::parse_multipart;
@@ -64,7 +64,7 @@ async fn one_file_is_sent_as_exact_multipart() {
     let file = write(dir.path(), "clip.mp4", &bytes);
 
     let result = token_client(&server)
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
     assert_eq!(result.files[0].filename.as_deref(), Some("clip.mp4"));
@@ -109,7 +109,7 @@ async fn several_files_are_one_request_with_one_part_each_in_order() {
         .collect();
 
     token_client(&server)
-        .upload_files(&Session::from_id(SID), &paths)
+        .upload(&Session::from_id(SID), &paths)
         .await
         .unwrap();
 
@@ -140,7 +140,7 @@ async fn session_ids_are_percent_encoded_in_the_path() {
     let file = write(dir.path(), "clip.mp4", b"x");
 
     token_client(&server)
-        .upload_files(&Session::from_id("a/b c"), &[&file])
+        .upload(&Session::from_id("a/b c"), &[&file])
         .await
         .unwrap();
     token_client(&server)
@@ -169,9 +169,11 @@ async fn progress_rises_to_the_content_length() {
     let sink = Arc::clone(&seen);
 
     token_client(&server)
-        .upload_files_with_progress(&Session::from_id(SID), &[first, second], move |p| {
-            sink.lock().unwrap().push(p)
-        })
+        .upload_with(
+            &Session::from_id(SID),
+            &[first, second],
+            &UploadOptions::default().on_progress(move |p| sink.lock().unwrap().push(p)),
+        )
         .await
         .unwrap();
 
@@ -205,7 +207,7 @@ async fn local_failure<P: AsRef<Path>>(paths: &[P], max_upload_bytes: Option<u64
     let err = client
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), paths)
+        .upload(&Session::from_id(SID), paths)
         .await
         .expect_err("the upload must be refused locally");
     assert!(
@@ -277,7 +279,7 @@ async fn uppercase_extension_is_accepted() {
     let file = write(dir.path(), "CLIP.MP4", b"abc");
 
     token_client(&server)
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
 
@@ -318,7 +320,7 @@ async fn file_over_the_configured_limit_sends_nothing() {
         .max_upload_bytes(1000)
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), &[at_limit])
+        .upload(&Session::from_id(SID), &[at_limit])
         .await
         .unwrap();
     assert_eq!(received(&server).await.len(), 1);
@@ -349,7 +351,7 @@ async fn server_4001_is_unsupported_file_naming_the_file() {
         .retry(retries(3))
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap_err();
 
@@ -384,7 +386,7 @@ async fn server_4002_is_file_too_large_naming_the_file() {
         .retry(retries(3))
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap_err();
 
@@ -421,7 +423,7 @@ async fn upload_is_not_retried_after_a_503() {
         .retry(retries(3))
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap_err();
 
@@ -447,7 +449,7 @@ async fn refused_connection_is_a_connect_error_that_never_reached_the_server() {
         .retry(retries(2))
         .build()
         .unwrap()
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap_err();
 
@@ -495,7 +497,7 @@ async fn typed_result_decodes_tolerantly() {
     let file = write(dir.path(), "clip.mp4", b"x");
 
     let result = token_client(&server)
-        .upload_files(&Session::from_id(SID), &[&file])
+        .upload(&Session::from_id(SID), &[&file])
         .await
         .unwrap();
 
@@ -600,9 +602,11 @@ async fn large_file_streams_with_exact_length() {
     let sink = Arc::clone(&last);
 
     token_client(&server)
-        .upload_files_with_progress(&Session::from_id(SID), &[&file], move |p| {
-            *sink.lock().unwrap() = Some(p)
-        })
+        .upload_with(
+            &Session::from_id(SID),
+            &[&file],
+            &UploadOptions::default().on_progress(move |p| *sink.lock().unwrap() = Some(p)),
+        )
         .await
         .unwrap();
 
@@ -772,15 +776,15 @@ async fn a_slow_uplink_finishes_a_big_upload() {
     let seen = gaps.clone();
     let started = Instant::now();
     let result = client
-        .upload_files_with_progress(
+        .upload_with(
             &Session::from_id("7301234567890123456"),
             &[&clip],
-            move |_| {
+            &UploadOptions::default().on_progress(move |_| {
                 let mut gaps = seen.lock().unwrap();
                 let gap = gaps.0.elapsed();
                 gaps.1 = gaps.1.max(gap);
                 gaps.0 = Instant::now();
-            },
+            }),
         )
         .await;
     let longest = gaps.lock().unwrap().1;
@@ -812,7 +816,7 @@ async fn an_upload_that_stops_moving_fails_after_the_stall_limit() {
         .unwrap();
     let started = Instant::now();
     let err = client
-        .upload_files(&Session::from_id("7301234567890123456"), &[&clip])
+        .upload(&Session::from_id("7301234567890123456"), &[&clip])
         .await
         .expect_err("stalled");
     assert!(err.is_timeout(), "{err:?}");

@@ -66,8 +66,10 @@ use serde::{Deserialize, Serialize};
 use crate::client::NemoClient;
 use crate::error::{Error, Result};
 use crate::lease::Lease;
-use crate::render::{DownloadProgress, RenderJob, RenderOptions, WaitOptions};
-use crate::session::Session;
+use crate::render::{
+    DownloadOptions, DownloadProgress, Export, RenderJob, RenderOptions, WaitOptions,
+};
+use crate::session::{Session, SessionOptions};
 use crate::state::SessionState;
 use crate::turn::{TurnEnd, TurnOptions};
 use crate::upload::{ProgressFn, UploadProgress};
@@ -79,7 +81,6 @@ pub use self::redis::RedisJobStore;
 pub use self::store::{
     resumable_jobs, JobSaveOutcome, JobStore, LeaseAttempt, LeaseHolder, MemoryJobStore, StoredJob,
 };
-pub use crate::auth::StoreFuture;
 
 use self::store::store_call;
 
@@ -291,10 +292,10 @@ pub struct EditJob {
 }
 
 /// Callback for download progress.
-pub type DownloadProgressFn = Arc<dyn Fn(DownloadProgress) + Send + Sync>;
+pub(crate) type DownloadProgressFn = Arc<dyn Fn(DownloadProgress) + Send + Sync>;
 
 /// Callback for what the job does, step by step.
-pub type JobEventFn = Arc<dyn Fn(&JobEvent<'_>) + Send + Sync>;
+pub(crate) type JobEventFn = Arc<dyn Fn(&JobEvent<'_>) + Send + Sync>;
 
 /// Something a running job reports, for display.
 #[derive(Debug)]
@@ -371,11 +372,11 @@ pub struct JobOptions {
     /// [`WaitOptions::default`].
     pub wait: WaitOptions,
     /// Upload progress. Default: none.
-    pub on_upload: Option<ProgressFn>,
+    pub(crate) on_upload: Option<ProgressFn>,
     /// Download progress. Default: none.
-    pub on_download: Option<DownloadProgressFn>,
+    pub(crate) on_download: Option<DownloadProgressFn>,
     /// What the job does, step by step. Default: none.
-    pub on_event: Option<JobEventFn>,
+    pub(crate) on_event: Option<JobEventFn>,
     /// Time to live of the job's lease. Default 30 s.
     pub lease_ttl: Duration,
     /// Time limit on each job store call. Default 10 s.
@@ -920,7 +921,11 @@ impl EditJob {
         let (client, options) = (ctx.client, ctx.options);
         match self.stage {
             Stage::New => {
-                let session = client.create_session(self.language.as_deref()).await?;
+                let mut session_options = SessionOptions::default();
+                if let Some(language) = &self.language {
+                    session_options = session_options.language(language.as_str());
+                }
+                let session = client.create_session_with(&session_options).await?;
                 options.tell(JobEvent::SessionReady(&session));
                 self.session = Some(session);
                 self.advance(ctx, Stage::SessionCreated).await
@@ -973,19 +978,13 @@ impl EditJob {
                     .clone()
                     .ok_or_else(|| corrupt("it was rendered but has no render job"))?;
                 options.tell(JobEvent::Downloading);
-                let on_download = options.on_download.clone();
+                let mut download = DownloadOptions::default();
+                if let Some(callback) = options.on_download.clone() {
+                    download = download.on_progress(move |p| callback(p));
+                }
+                let export = Export::new(job, self.output_url.clone());
                 let bytes = client
-                    .download_render_as(
-                        &job,
-                        self.output_url.as_deref(),
-                        &self.output,
-                        Some(&self.id),
-                        move |p| {
-                            if let Some(callback) = &on_download {
-                                callback(p);
-                            }
-                        },
-                    )
+                    .download_render_as(&export, &self.output, Some(&self.id), &download)
                     .await?;
                 self.output_bytes = Some(bytes);
                 options.tell(JobEvent::Downloaded { bytes });
@@ -1307,9 +1306,9 @@ impl EditJob {
 
     async fn wait_for_render(&mut self, ctx: &Ctx<'_>, job: &RenderJob) -> Result<()> {
         match ctx.client.wait_for_render(job, &ctx.options.wait).await {
-            Ok(url) => {
+            Ok(export) => {
                 ctx.options.tell(JobEvent::Rendered);
-                self.output_url = url;
+                self.output_url = export.output_url().map(str::to_string);
                 self.advance(ctx, Stage::Rendered).await
             }
             Err(err) => self.render_failed(ctx, err).await,

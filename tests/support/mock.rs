@@ -170,3 +170,37 @@ pub fn assert_no_token(err: &nemo_video::Error) {
         }
     }
 }
+
+/// The [`Export`](nemo_video::render::Export) of a finished render, as
+/// `wait_for_render` returns it: render `id` of session `session_id`, its output at
+/// `output_url` (`None`: the service gave no URL, so a download uses the API's download
+/// endpoint). It is asked of a mock server of its own, started and dropped here, whose
+/// status endpoint answers "completed" with that URL, so the servers a test watches see only
+/// what the test does with the export (a download).
+pub async fn finished_export(
+    id: &str,
+    session_id: &str,
+    output_url: Option<&str>,
+) -> nemo_video::render::Export {
+    let status = MockServer::start().await;
+    let mut data = json!({"id": id, "status": "completed", "progress": 100});
+    if let Some(url) = output_url {
+        data["outputUrl"] = json!(url);
+    }
+    Mock::given(method("GET"))
+        .and(path(format!("/api/render/proxy/lambda/{id}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"success": true, "data": data})),
+        )
+        .mount(&status)
+        .await;
+    let export = token_client(&status)
+        .wait_for_render(
+            &nemo_video::render::RenderJob::from_id(id, session_id),
+            &nemo_video::render::WaitOptions::default(),
+        )
+        .await
+        .expect("the status server says the render is complete");
+    assert_eq!(export.output_url(), output_url);
+    export
+}

@@ -49,9 +49,12 @@ pub fn fast_wait() -> WaitOptions {
 
 /// A new session with the sample clip uploaded.
 pub async fn session_with_clip(client: &NemoClient) -> Session {
-    let session = client.create_session(Some("en")).await.expect("session");
+    let session = client
+        .create_session_with(&nemo_video::SessionOptions::default().language("en"))
+        .await
+        .expect("session");
     let uploaded = client
-        .upload_files(&session, &[sample_input()])
+        .upload(&session, &[sample_input()])
         .await
         .expect("upload");
     assert_eq!(uploaded.files.len(), 1, "{uploaded:?}");

@@ -9,7 +9,7 @@
 //! from the SSE bytes on the wire (16 KiB chunks through `nemo_video::sse`), so it measures
 //! the whole path a message stream takes, parse + JSON.
 //!
-//! Run: `cargo bench --bench events` (from the repository root; the benches are the
+//! Run: `cargo bench -p nemo-video-benches --bench events` (from the repository root; the benches are the
 //! `nemo-video-benches` package). Throughput is reported in frames per second.
 
 use std::fmt::Write as _;

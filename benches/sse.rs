@@ -1,6 +1,6 @@
 //! Throughput of `nemo_video::sse` against two published SSE parsers and a bare `memmem` scan.
 //!
-//! Run: `cargo bench --bench sse` (from the repository root; the benches are the `nemo-video-benches` package)
+//! Run: `cargo bench -p nemo-video-benches --bench sse` (from the repository root)
 //!
 //! Every parser gets its input as an HTTP client hands it out: one owned `Bytes` per chunk, a
 //! new handle on a shared buffer (made and dropped inside the timed loop, for every parser

@@ -1,7 +1,7 @@
 //! Decoding and re-encoding a session state: the lossless typed `SessionState` against
 //! `serde_json::Value`, on generated documents of about 64 KB and 2 MB.
 //!
-//! Run: `cargo bench --bench state` (from the repository root; the benches are the `nemo-video-benches` package)
+//! Run: `cargo bench -p nemo-video-benches --bench state` (from the repository root)
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nemo_video::state::SessionState;

@@ -2,7 +2,7 @@
 //! 10 tracks of 1,000, 10,000 and 40,000 segments each, every segment with its own name (a
 //! subtitle track with one cue per segment looks like this).
 //!
-//! Run: `cargo bench --bench timeline` (from the repository root; the benches are the `nemo-video-benches` package)
+//! Run: `cargo bench -p nemo-video-benches --bench timeline` (from the repository root)
 //!
 //! - `summary/N`: the one-line summary of the state.
 //! - `diff_edits/N`: the state against a copy with six edits on every track (a clip added

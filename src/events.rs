@@ -36,7 +36,7 @@
 //!
 //! JSON payloads (tool arguments, tool responses, state deltas, error details) are kept as
 //! [`RawJson`]: the exact JSON text, copied once, parsed only when you ask for it
-//! ([`ToolCall::args_as`]). The benchmark (`cargo bench --bench events`) chose this over
+//! ([`ToolCall::args_as`]). The benchmark (`cargo bench -p nemo-video-benches --bench events`) chose this over
 //! `serde_json::Value`, which costs an allocation per key and per string of every payload
 //! whether or not anyone reads it.
 //!

@@ -55,7 +55,7 @@
 //! when that is small (up to 2^20 cells) and otherwise with Myers' algorithm (the `similar`
 //! crate), whose search is bounded on large inputs (deterministically, not by a clock). A
 //! long timeline with a few edits diffs in close to linear time: ten tracks of 40,000
-//! segments in tens of milliseconds (`cargo bench --bench timeline`). A timeline rewritten
+//! segments in tens of milliseconds (`cargo bench -p nemo-video-benches --bench timeline`). A timeline rewritten
 //! wholesale costs more, mostly in copying every changed segment into its [`Change`].
 //! [`NemoClient::run_turn`](crate::NemoClient::run_turn) compares big states on tokio's
 //! blocking pool.

@@ -1000,7 +1000,7 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
 /// Why reqwest could not connect. reqwest and hyper-util expose no kinds for this, so it is
 /// read from the error chain: an I/O error kind (refused, timed out), hyper-util's connector
 /// stage ("dns error", "tcp connect error", ...), and for `https` a failure after the TCP
-/// stage, which is the TLS handshake. `tests/transport.rs` pins each case on loopback.
+/// stage, which is the TLS handshake. `suite/tests/transport.rs` pins each case on loopback.
 fn connect_failure(
     err: &reqwest::Error,
     url: &Url,

@@ -2,7 +2,7 @@
 //! by each test, stopped by pid): the store contract, workers in several OS processes, and a
 //! lease holder killed with SIGKILL.
 //!
-//! Needs the `redis` feature: the README's test command is `cargo test --features redis`.
+//! Needs the `redis` feature: the README's test command is `cargo test --workspace --features redis`.
 //! Without it, the one test below fails and says so, rather than the suite passing without
 //! ever touching Redis.
 
@@ -10,7 +10,7 @@
 #[test]
 fn the_redis_store_tests_need_the_redis_feature() {
     panic!(
-        "the Redis store tests did not run: run the suite as the README says, `cargo test --features redis` (and install redis-server: `apt-get install redis-server`)"
+        "the Redis store tests did not run: run the suite as the README says, `cargo test --workspace --features redis` (and install redis-server: `apt-get install redis-server`)"
     );
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 use nemo_video::simulator::{
     Endpoint, Failure, Simulator, StatusShape, SAMPLE_INPUT_MP4, SAMPLE_OUTPUT_MP4,
 };
-use reqwest::multipart::{Form, Part};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -63,19 +62,32 @@ async fn session(sim: &Simulator, token: &str) -> (String, String) {
 }
 
 async fn upload(sim: &Simulator, token: &str, sid: &str, files: &[(&str, Vec<u8>)]) -> Value {
-    let mut form = Form::new();
+    // A `multipart/form-data` body as a browser or reqwest's `Form` sends it, one `files` part
+    // per file (written out here: reqwest's multipart feature would add crates to every
+    // `cargo run --example`).
+    const BOUNDARY: &str = "nemo-simulator-test-boundary";
+    let mut body = Vec::new();
     for (name, bytes) in files {
-        form = form.part(
-            "files",
-            Part::bytes(bytes.clone()).file_name(name.to_string()),
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n\r\n"
+            )
+            .as_bytes(),
         );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
     }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     let resp = attributed(client().post(format!(
         "{}/api/upload-video/nemo_agent/me/{sid}",
         sim.base_url()
     )))
     .bearer_auth(token)
-    .multipart(form)
+    .header(
+        "content-type",
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+    )
+    .body(body)
     .send()
     .await
     .unwrap();

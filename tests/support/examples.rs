@@ -37,7 +37,7 @@ pub fn example_binary(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let built = built.get_or_insert_with(HashSet::new);
     if !built.contains(name) {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let manifest = super::crate_dir().join("Cargo.toml");
         let mut command = Command::new(env!("CARGO"));
         clean_cargo_env(&mut command);
         command

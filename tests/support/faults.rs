@@ -1,4 +1,4 @@
-//! Fault plumbing for `tests/fault_matrix.rs`: a scripted DNS resolver that can make the next
+//! Fault plumbing for `suite/tests/fault_matrix.rs`: a scripted DNS resolver that can make the next
 //! connection to a host be refused, and a raw TCP front proxy (127.0.0.1 only) that forwards
 //! requests to the simulator or answers a matching request with a scripted fault the
 //! simulator cannot produce (reset, stall, truncated or endless bodies, malformed JSON).

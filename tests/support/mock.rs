@@ -153,7 +153,7 @@ pub fn assert_api_headers(request: &Request) {
     );
     assert_eq!(
         header(request, "x-skill-version"),
-        Some(env!("CARGO_PKG_VERSION")),
+        Some(env!("NEMO_VIDEO_VERSION")),
         "X-Skill-Version"
     );
     assert!(

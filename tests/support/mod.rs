@@ -1,7 +1,9 @@
 //! Every helper the integration tests share, in one place. A test file says `mod support;`
 //! and imports what it needs from the area it works in:
 //!
-//! - [`mock`]: clients against a wiremock `MockServer`, envelope builders, request inspection;
+//! - [`mock`]: clients against a wiremock `MockServer`, envelope builders, request inspection
+//!   (only in the `suite/` package, whose build script sets `cfg(nemo_suite)`: wiremock is a
+//!   dev-dependency of that package, not of nemo-video, so `cargo run --example` never builds it);
 //! - [`sim`]: clients against the built-in simulator and the first steps of the main flow;
 //! - [`logs`]: an in-memory `tracing` capture scoped to one test;
 //! - [`faults`]: a scripted DNS resolver and a fault-injecting TCP proxy (the fault matrix);
@@ -25,6 +27,7 @@
 pub mod examples;
 pub mod faults;
 pub mod logs;
+#[cfg(nemo_suite)]
 pub mod mock;
 pub mod multipart;
 pub mod net;
@@ -38,6 +41,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nemo_video::{NemoClient, NemoClientBuilder, RetryConfig};
+
+/// The nemo-video package's directory (where its `Cargo.toml`, `assets/` and `docs/` are), from
+/// the tests of either package: the `suite/` package's build script sets `NEMO_VIDEO_DIR`.
+pub fn crate_dir() -> &'static Path {
+    Path::new(match option_env!("NEMO_VIDEO_DIR") {
+        Some(dir) => dir,
+        None => env!("CARGO_MANIFEST_DIR"),
+    })
+}
 
 /// The web URL test clients use for browser links (when a helper sets one).
 pub const WEB_URL: &str = "https://web.nemo.test";
@@ -119,6 +131,24 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
     let deadline = Instant::now() + limit;
     loop {
         if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`eventually`] for a condition that must await (a request log, a store call).
+pub async fn eventually_async<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
             return true;
         }
         if Instant::now() >= deadline {

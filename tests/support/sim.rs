@@ -15,9 +15,7 @@ pub const MASK_TRACK: &str = "solid fill mask";
 
 /// The sample clip shipped in `assets/`.
 pub fn sample_input() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets")
-        .join("sample_input.mp4")
+    super::crate_dir().join("assets").join("sample_input.mp4")
 }
 
 /// A simulator with the short test timings.

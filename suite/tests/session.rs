@@ -1,6 +1,7 @@
 //! Sessions, claim links and credits: wire form, decoding of ids, and the stored form of a
 //! session.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
@@ -49,7 +50,7 @@ async fn create_session_without_language_has_exact_wire_form() {
     assert_eq!(header(request, "x-skill-source"), Some("video-object-ops"));
     assert_eq!(
         header(request, "x-skill-version"),
-        Some(env!("CARGO_PKG_VERSION"))
+        Some(env!("NEMO_VIDEO_VERSION"))
     );
     assert_eq!(header(request, "x-skill-platform"), Some(PLATFORM));
     assert!(header(request, "user-agent")

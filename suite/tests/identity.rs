@@ -3,6 +3,7 @@
 //! identities scoped to their service, store calls with time limits, and a tolerant token
 //! decode. (The Redis store's own tests are in tests/redis_store.rs.)
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
@@ -1093,8 +1094,8 @@ async fn one_users_stalled_token_request_does_not_delay_another_users_first_call
     };
     // The slow user's token request has reached the server before the other user starts.
     assert!(
-        support::eventually(Duration::from_secs(30), || {
-            futures::executor::block_on(requests_to(&server, TOKEN_PATH)).len() == 1
+        support::eventually_async(Duration::from_secs(30), || async {
+            requests_to(&server, TOKEN_PATH).await.len() == 1
         })
         .await
     );
@@ -1360,8 +1361,10 @@ async fn a_lapsed_memory_lease_is_taken_over_and_its_holder_cannot_renew_it() {
         .is_none());
     // The holder stalls past its time to live.
     assert!(
-        support::eventually(Duration::from_secs(30), || {
-            futures::executor::block_on(store.try_lease(&key, Duration::from_secs(30)))
+        support::eventually_async(Duration::from_secs(30), || async {
+            store
+                .try_lease(&key, Duration::from_secs(30))
+                .await
                 .unwrap()
                 .map(|lease| {
                     std::mem::forget(lease);

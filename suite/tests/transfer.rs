@@ -2,6 +2,7 @@
 //! downloads written by the writer thread are whole, report progress, and leave nothing behind
 //! when the body is short or the download is cancelled.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! leaves nothing behind: no temporary or partial file, no task, no reader thread, and the
 //! connection is closed so the server knows.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -8,8 +8,9 @@
 //!
 //! The test (a) compares every observed outcome with the expected one and (b) keeps the
 //! generated table in `docs/reliability.md` in sync: run
-//! `UPDATE_RELIABILITY_DOC=1 cargo test --test fault_matrix` to rewrite it.
+//! `UPDATE_RELIABILITY_DOC=1 cargo test -p nemo-video-suite --test fault_matrix` to rewrite it.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -1005,7 +1006,7 @@ fn render_table(observed: &[(Ep, Fault, Outcome)]) -> String {
 }
 
 fn doc_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reliability.md")
+    Path::new(env!("NEMO_VIDEO_DIR")).join("docs/reliability.md")
 }
 
 fn check_doc(table: &str) {
@@ -1014,7 +1015,7 @@ fn check_doc(table: &str) {
     let (Some(begin), Some(end)) = (doc.find(DOC_BEGIN), doc.find(DOC_END)) else {
         panic!(
             "{} has no {DOC_BEGIN} / {DOC_END} markers; add them, then run \
-             `UPDATE_RELIABILITY_DOC=1 cargo test --test fault_matrix`",
+             `UPDATE_RELIABILITY_DOC=1 cargo test -p nemo-video-suite --test fault_matrix`",
             path.display()
         );
     };
@@ -1030,7 +1031,7 @@ fn check_doc(table: &str) {
     }
     panic!(
         "the fault matrix in {} is out of date; run \
-         `UPDATE_RELIABILITY_DOC=1 cargo test --test fault_matrix` to rewrite it.\n\
+         `UPDATE_RELIABILITY_DOC=1 cargo test -p nemo-video-suite --test fault_matrix` to rewrite it.\n\
          --- in the file ---\n{current}\n--- observed ---\n{wanted}",
         path.display()
     );

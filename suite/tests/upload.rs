@@ -2,6 +2,7 @@
 //! that send nothing, server refusals, retry policy, result decoding, URL imports, and a
 //! large file.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Render, wait, cancel, export and download against loopback mock servers.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashSet;

@@ -4,6 +4,7 @@
 //! Every test here starts with `capture_logs()`, before the SDK logs anything (see
 //! `support::logs` for why).
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,7 @@
 //! Transport behaviour seen from outside: headers on the wire, envelope decoding, the error
 //! each signal becomes, retries and waits, request ids, and secrets kept out of output.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::mem::discriminant;
@@ -64,13 +65,13 @@ async fn credits_request_has_exact_wire_form() {
     assert_eq!(header(request, "x-skill-source"), Some("video-object-ops"));
     assert_eq!(
         header(request, "x-skill-version"),
-        Some(env!("CARGO_PKG_VERSION"))
+        Some(env!("NEMO_VIDEO_VERSION"))
     );
     assert_eq!(header(request, "x-skill-platform"), Some(PLATFORM));
     let agent = header(request, "user-agent").unwrap();
     assert!(agent.contains("nemo-video"), "User-Agent {agent:?}");
     assert!(
-        agent.contains(env!("CARGO_PKG_VERSION")),
+        agent.contains(env!("NEMO_VIDEO_VERSION")),
         "User-Agent {agent:?}"
     );
     assert_eq!(

@@ -2,6 +2,7 @@
 //! edit job resumed by a new client after a crash at any point, bounded error bodies, and
 //! errors that never invite a double charge.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;

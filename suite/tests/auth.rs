@@ -1,6 +1,7 @@
 //! Tokens: the anonymous-token call on the wire, single flight, refresh on 1001/401, fixed
 //! tokens, the missing-client-id retry, and the persisted credentials file.
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
@@ -61,7 +62,7 @@ async fn anonymous_token_request_has_exact_wire_form() {
     assert_eq!(header(request, "x-skill-source"), Some("video-object-ops"));
     assert_eq!(
         header(request, "x-skill-version"),
-        Some(env!("CARGO_PKG_VERSION"))
+        Some(env!("NEMO_VIDEO_VERSION"))
     );
     assert_eq!(header(request, "x-skill-platform"), Some(PLATFORM));
     assert!(header(request, "user-agent")

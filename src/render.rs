@@ -1055,125 +1055,120 @@ impl Saving<'_> {
     /// Streams a response body into the target through a temporary file in the same
     /// directory.
     async fn save(&self, response: RawResponse) -> Result<u64> {
-        save_response(response, self).await
-    }
-}
-
-async fn save_response(response: RawResponse, saving: &Saving<'_>) -> Result<u64> {
-    let Saving {
-        idle_limit,
-        target,
-        temp_name,
-        options,
-    } = *saving;
-    let RawResponse { mut response, .. } = response;
-    let target = target.to_path_buf();
-    let dir = target
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let total = response.content_length();
-    let (file, temp_path) = match temp_name {
-        None => tempfile::Builder::new()
-            .prefix(".nemo-download-")
-            .suffix(".part")
-            .tempfile_in(&dir)
-            .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?
-            .into_parts(),
-        Some(name) => {
-            // A fixed name, replacing whatever an earlier (killed) run left there; private,
-            // like tempfile's.
-            let path = named_part(&target, name);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let file = options
-                .open(&path)
-                .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
-            let temp = tempfile::TempPath::try_from_path(&path)
-                .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
-            (file, temp)
-        }
-    };
-    // `temp_path` stays with this future: dropping it on any early return (error or
-    // cancellation) deletes the file at once, even while the writer thread still holds it
-    // open.
-    let (chunks, written) =
-        spawn_writer(file).map_err(|err| Error::io("could not start writing", &target, err))?;
-    let mut received: u64 = 0;
-    let mut writer_stopped = false;
-    loop {
-        let next = tokio::time::timeout(idle_limit, response.chunk())
-            .await
-            .map_err(|_| Error::Timeout {
-                kind: TimeoutKind::StreamIdle,
-                after: idle_limit,
-            })?;
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(err) => {
-                return Err(Error::Network {
-                    may_have_reached_server: true,
-                    source: Box::new(err.without_url()),
-                })
+        let Saving {
+            idle_limit,
+            target,
+            temp_name,
+            options,
+        } = *self;
+        let RawResponse { mut response, .. } = response;
+        let target = target.to_path_buf();
+        let dir = target
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let total = response.content_length();
+        let (file, temp_path) = match temp_name {
+            None => tempfile::Builder::new()
+                .prefix(".nemo-download-")
+                .suffix(".part")
+                .tempfile_in(&dir)
+                .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?
+                .into_parts(),
+            Some(name) => {
+                // A fixed name, replacing whatever an earlier (killed) run left there; private,
+                // like tempfile's.
+                let path = named_part(&target, name);
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                let file = options
+                    .open(&path)
+                    .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
+                let temp = tempfile::TempPath::try_from_path(&path)
+                    .map_err(|err| Error::io("could not create a temporary file in", &dir, err))?;
+                (file, temp)
             }
         };
-        received += chunk.len() as u64;
-        if total.is_some_and(|total| received > total) {
+        // `temp_path` stays with this future: dropping it on any early return (error or
+        // cancellation) deletes the file at once, even while the writer thread still holds it
+        // open.
+        let (chunks, written) =
+            spawn_writer(file).map_err(|err| Error::io("could not start writing", &target, err))?;
+        let mut received: u64 = 0;
+        let mut writer_stopped = false;
+        loop {
+            let next = tokio::time::timeout(idle_limit, response.chunk())
+                .await
+                .map_err(|_| Error::Timeout {
+                    kind: TimeoutKind::StreamIdle,
+                    after: idle_limit,
+                })?;
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(err) => {
+                    return Err(Error::Network {
+                        may_have_reached_server: true,
+                        source: Box::new(err.without_url()),
+                    })
+                }
+            };
+            received += chunk.len() as u64;
+            if total.is_some_and(|total| received > total) {
+                return Err(short_download(received, total));
+            }
+            if chunks.send(WriterMessage::Chunk(chunk)).await.is_err() {
+                // The writer stopped on an error; its report below says which.
+                writer_stopped = true;
+                break;
+            }
+            if let Some(progress) = &options.on_progress {
+                progress(DownloadProgress { received, total });
+            }
+        }
+        if !writer_stopped && total.is_some_and(|total| received != total) {
+            // Dropping `chunks` without `Finish` stops the writer without a sync.
             return Err(short_download(received, total));
         }
-        if chunks.send(WriterMessage::Chunk(chunk)).await.is_err() {
-            // The writer stopped on an error; its report below says which.
-            writer_stopped = true;
-            break;
+        // When the writer has already failed, this send fails too and its report has the error.
+        let _ = chunks.send(WriterMessage::Finish).await;
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(Error::io("could not write to", &target, err)),
+            Err(_) => {
+                return Err(Error::io(
+                    "could not write to",
+                    &target,
+                    std::io::Error::other("the download writer thread stopped unexpectedly"),
+                ))
+            }
         }
-        if let Some(progress) = &options.on_progress {
-            progress(DownloadProgress { received, total });
+        if total.is_some_and(|total| received != total) {
+            return Err(short_download(received, total));
         }
-    }
-    if !writer_stopped && total.is_some_and(|total| received != total) {
-        // Dropping `chunks` without `Finish` stops the writer without a sync.
-        return Err(short_download(received, total));
-    }
-    // When the writer has already failed, this send fails too and its report has the error.
-    let _ = chunks.send(WriterMessage::Finish).await;
-    match written.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(Error::io("could not write to", &target, err)),
-        Err(_) => {
-            return Err(Error::io(
-                "could not write to",
-                &target,
-                std::io::Error::other("the download writer thread stopped unexpectedly"),
-            ))
+        // The temporary file is private (0600); the result should have an ordinary file's mode:
+        // the replaced file's, or rw-r--r--.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&target)
+                .map(|meta| meta.permissions().mode() & 0o7777)
+                .unwrap_or(0o644);
+            std::fs::set_permissions(&*temp_path, std::fs::Permissions::from_mode(mode))
+                .map_err(|err| Error::io("could not set permissions on", &target, err))?;
         }
-    }
-    if total.is_some_and(|total| received != total) {
-        return Err(short_download(received, total));
-    }
-    // The temporary file is private (0600); the result should have an ordinary file's mode:
-    // the replaced file's, or rw-r--r--.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&target)
-            .map(|meta| meta.permissions().mode() & 0o7777)
-            .unwrap_or(0o644);
-        std::fs::set_permissions(&*temp_path, std::fs::Permissions::from_mode(mode))
-            .map_err(|err| Error::io("could not set permissions on", &target, err))?;
-    }
-    let persisted = if options.overwrite {
-        temp_path.persist(&target)
-    } else {
-        // A link that fails when the name is taken: a file that appeared meanwhile is kept.
-        temp_path.persist_noclobber(&target)
-    };
-    persisted.map_err(|err| {
+        let persisted = if options.overwrite {
+            temp_path.persist(&target)
+        } else {
+            // A link that fails when the name is taken: a file that appeared meanwhile is kept.
+            temp_path.persist_noclobber(&target)
+        };
+        persisted.map_err(|err| {
         if err.error.kind() == std::io::ErrorKind::AlreadyExists {
             Error::invalid_input(format!(
                 "{} appeared while the video was downloading and overwriting was not allowed; nothing was saved: choose another output path or allow it with DownloadOptions::overwrite(true)",
@@ -1187,7 +1182,8 @@ async fn save_response(response: RawResponse, saving: &Saving<'_>) -> Result<u64
             )
         }
     })?;
-    Ok(received)
+        Ok(received)
+    }
 }
 
 fn short_download(received: u64, total: Option<u64>) -> Error {

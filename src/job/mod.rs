@@ -291,9 +291,6 @@ pub struct EditJob {
     sent_by_this_run: bool,
 }
 
-/// Callback for download progress.
-pub(crate) type DownloadProgressFn = Arc<dyn Fn(DownloadProgress) + Send + Sync>;
-
 /// Callback for what the job does, step by step.
 pub(crate) type JobEventFn = Arc<dyn Fn(&JobEvent<'_>) + Send + Sync>;
 
@@ -373,8 +370,9 @@ pub struct JobOptions {
     pub wait: WaitOptions,
     /// Upload progress. Default: none.
     pub(crate) on_upload: Option<ProgressFn>,
-    /// Download progress. Default: none.
-    pub(crate) on_download: Option<DownloadProgressFn>,
+    /// The download's options (its progress callback; the job's own output is always
+    /// replaced, so `overwrite` stays true).
+    download: DownloadOptions,
     /// What the job does, step by step. Default: none.
     pub(crate) on_event: Option<JobEventFn>,
     /// Time to live of the job's lease. Default 30 s.
@@ -398,7 +396,7 @@ impl Default for JobOptions {
             turn: TurnOptions::default(),
             wait: WaitOptions::default(),
             on_upload: None,
-            on_download: None,
+            download: DownloadOptions::default(),
             on_event: None,
             lease_ttl: DEFAULT_JOB_LEASE_TTL,
             store_timeout: DEFAULT_JOB_STORE_TIMEOUT,
@@ -447,7 +445,7 @@ impl JobOptions {
         mut self,
         callback: impl Fn(DownloadProgress) + Send + Sync + 'static,
     ) -> Self {
-        self.on_download = Some(Arc::new(callback));
+        self.download = self.download.on_progress(callback);
         self
     }
 
@@ -978,13 +976,9 @@ impl EditJob {
                     .clone()
                     .ok_or_else(|| corrupt("it was rendered but has no render job"))?;
                 options.tell(JobEvent::Downloading);
-                let mut download = DownloadOptions::default();
-                if let Some(callback) = options.on_download.clone() {
-                    download = download.on_progress(move |p| callback(p));
-                }
                 let export = Export::new(job, self.output_url.clone());
                 let bytes = client
-                    .download_render_as(&export, &self.output, Some(&self.id), &download)
+                    .download_render_as(&export, &self.output, Some(&self.id), &options.download)
                     .await?;
                 self.output_bytes = Some(bytes);
                 options.tell(JobEvent::Downloaded { bytes });

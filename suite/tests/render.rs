@@ -821,6 +821,53 @@ async fn overwrite_false_refuses_an_existing_file_before_any_request() {
 }
 
 #[tokio::test]
+async fn overwrite_false_keeps_a_file_that_appears_during_the_download() {
+    // The path is free when the download starts; another writer (a second run, the user)
+    // puts a file there while the body is on its way. That file is kept, nothing of the
+    // download is left behind, and the API's endpoint is not tried as a fallback.
+    let api = MockServer::start().await;
+    let cdn = MockServer::start().await;
+    serve_file(
+        &api,
+        "/api/render/proxy/render_28/download",
+        b"new contents",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("edited.mp4");
+    let other_writer = target.clone();
+    Mock::given(method("GET"))
+        .and(path("/new.mp4"))
+        .respond_with(move |_: &wiremock::Request| {
+            std::fs::write(&other_writer, b"the other writer's file").unwrap();
+            ResponseTemplate::new(200).set_body_raw(patterned_bytes(256 * 1024), "video/mp4")
+        })
+        .mount(&cdn)
+        .await;
+    let export = finished_export("render_28", SID, Some(&format!("{}/new.mp4", cdn.uri()))).await;
+
+    let err = token_client(&api)
+        .download_with(
+            &export,
+            &target,
+            &DownloadOptions::default().overwrite(false),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("appeared") && text.contains("nothing was saved"),
+        "{text}"
+    );
+    assert_eq!(received(&cdn).await.len(), 1, "the download ran");
+    assert!(received(&api).await.is_empty(), "no second download");
+    assert_eq!(std::fs::read(&target).unwrap(), b"the other writer's file");
+    assert_eq!(file_names(dir.path()), ["edited.mp4"], "no part file left");
+}
+
+#[tokio::test]
 async fn downloads_replace_an_existing_file_by_default() {
     let api = MockServer::start().await;
     let cdn = MockServer::start().await;

@@ -1115,8 +1115,11 @@ async fn a_job_moves_to_another_machine_by_its_content_and_keeps_its_identity() 
     assert_eq!(moved.input, copy);
 
     // Another identity may not run it: the session is not theirs.
+    // (Its config directory lives as long as the client: a `tempdir()` dropped at the end of
+    // the statement would leave the client's credentials in a directory nobody removes.)
+    let stranger_config = tempdir();
     let stranger = ephemeral_builder(sim.base_url())
-        .config_dir(tempdir().path())
+        .config_dir(stranger_config.path())
         .build()
         .unwrap();
     let mut wrong = moved.clone();

@@ -72,6 +72,7 @@ mod credits;
 pub mod draft;
 mod error;
 pub mod events;
+mod files;
 pub mod intent;
 pub mod job;
 pub mod lease;

@@ -27,7 +27,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
+use crate::files::{self, create_private_dir, Writer};
 use crate::lease::Lease;
 
 use super::store::{CredentialStore, IdentityKey, SaveOutcome, StoreFuture, StoredCredentials};
@@ -325,7 +325,12 @@ impl FileStore {
     /// atomically, if `change` says so. Everything `change` does not touch is written back
     /// as it was read.
     fn update<R>(&self, change: impl FnOnce(&mut Contents) -> (R, bool)) -> Result<R> {
-        let _lock = lock_file_blocking(&self.dir.join(FILE_LOCK), self.lock_timeout)?;
+        let lock = lock_file_blocking(&self.dir.join(FILE_LOCK), self.lock_timeout)?;
+        let writer = if lock.is_some() {
+            Writer::Locked
+        } else {
+            Writer::Unlocked
+        };
         let mut contents = self.read()?;
         let (result, changed) = change(&mut contents);
         if changed || !contents.migrated.is_empty() {
@@ -336,7 +341,7 @@ impl FileStore {
                     err,
                 )
             })?;
-            write_atomically(&self.path(), &bytes).map_err(|err| {
+            files::replace(&self.path(), &bytes, writer).map_err(|err| {
                 Error::io(
                     "could not save the NemoVideo credentials to",
                     self.path(),
@@ -621,51 +626,6 @@ fn lock_file_blocking(path: &Path, timeout: Duration) -> Result<Option<File>> {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
-}
-
-/// Writes atomically: a temporary file in the same directory, mode 0600, synced, renamed,
-/// and the directory synced so the rename itself survives a crash.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    create_private_dir(dir)?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".credentials")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|err| err.error)?;
-    sync_dir(dir)
-}
-
-#[cfg(unix)]
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-pub(crate) fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
 }
 
 /// FNV-1a, 64 bits: a stable short name for an origin in a file name.

@@ -56,9 +56,7 @@ use crate::error::{ApiInfo, Error, Result};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
-pub(crate) use file::{
-    create_private_dir, sync_dir, try_lock_removable, LockAttempt, RemovableLock,
-};
+pub(crate) use file::{try_lock_removable, LockAttempt, RemovableLock};
 pub use file::{FileStore, CREDENTIALS_FILE};
 pub(crate) use identity::{
     Chosen, Identity, IdentityEventFn, IdentityOptions, Invalidated, TokenEndpoint,

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::StoreFuture;
-use crate::auth::{create_private_dir, sync_dir, try_lock_removable, LockAttempt, RemovableLock};
+use crate::auth::{try_lock_removable, LockAttempt, RemovableLock};
 use crate::error::{Error, Result};
+use crate::files::{self, Writer};
 use crate::lease::Lease;
 
 use super::store::{
@@ -52,6 +53,9 @@ pub struct JobFile {
     /// The holder id of the lease this `JobFile` (and its clones) holds, if any: its saves
     /// need no other lock.
     held: Arc<Mutex<Option<String>>>,
+    /// Held by each save made under that lease, so that the clones' saves take turns as
+    /// saves of different processes do (each reads, compares and writes alone).
+    saving: Arc<Mutex<()>>,
 }
 
 #[derive(Serialize)]
@@ -88,6 +92,7 @@ impl JobFile {
         JobFile {
             path: path.into(),
             held: Arc::new(Mutex::new(None)),
+            saving: Arc::new(Mutex::new(())),
         }
     }
 
@@ -133,7 +138,9 @@ impl JobFile {
         }
     }
 
-    /// Deletes the file (after the job succeeded). A missing file is fine.
+    /// Deletes the file (after the job succeeded). A missing file is fine. So is the temporary
+    /// file of a save that was killed half-way (kill -9, a power cut), unless the job's lease
+    /// is someone else's: then its holder's next save replaces it.
     ///
     /// ```no_run
     /// nemo_video::job::JobFile::new("job.json").delete()?;
@@ -141,9 +148,37 @@ impl JobFile {
     /// ```
     pub fn delete(&self) -> Result<()> {
         match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(Error::io("could not remove", &self.path, err)),
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io("could not remove", &self.path, err)),
+        }
+        self.remove_killed_save();
+        Ok(())
+    }
+
+    /// Removes the temporary file a save killed half-way left, under the lease or the lock
+    /// (nobody else is writing it then). Best effort: the next save replaces it anyway.
+    fn remove_killed_save(&self) {
+        if !files::temp_path(&self.path).exists() {
+            // Nothing to do, and no lock file to create for it.
+            return;
+        }
+        let removed = if self.holds_lease() {
+            let _turn = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+            files::remove_temp(&self.path)
+        } else {
+            match try_lock_removable(&self.lock_path()) {
+                Ok(LockAttempt::Held(lock)) => {
+                    let removed = files::remove_temp(&self.path);
+                    drop(lock);
+                    removed
+                }
+                // Its holder is saving, or nothing can be coordinated here.
+                _ => Ok(()),
+            }
+        };
+        if let Err(err) = removed {
+            tracing::warn!(path = %files::temp_path(&self.path).display(), error = %err, "could not remove the temporary file of an interrupted job save");
         }
     }
 
@@ -171,17 +206,18 @@ impl JobFile {
 
     /// Runs `work` with the file to itself: under this `JobFile`'s lease, or else under the
     /// lock for the moment of the work. Someone else's lease: [`Error::JobRunningElsewhere`].
-    fn exclusive<R>(&self, job_id: &str, work: impl FnOnce() -> Result<R>) -> Result<R> {
+    fn exclusive<R>(&self, job_id: &str, work: impl FnOnce(Writer) -> Result<R>) -> Result<R> {
         if self.holds_lease() {
-            return work();
+            let _turn = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+            return work(Writer::Locked);
         }
         match try_lock_removable(&self.lock_path())? {
             LockAttempt::Held(lock) => {
-                let result = work();
+                let result = work(Writer::Locked);
                 drop(lock);
                 result
             }
-            LockAttempt::Unsupported => work(),
+            LockAttempt::Unsupported => work(Writer::Unlocked),
             LockAttempt::Busy => Err(Error::JobRunningElsewhere {
                 job_id: job_id.to_string(),
                 holder: self.described_holder().map(|h| h.to_string()),
@@ -189,21 +225,9 @@ impl JobFile {
         }
     }
 
-    fn write(&self, version: u64, job: &RawValue) -> std::io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        create_private_dir(dir)?;
+    fn write(&self, version: u64, job: &RawValue, writer: Writer) -> std::io::Result<()> {
         let json = serde_json::to_vec(&Written { version, job }).map_err(std::io::Error::other)?;
-        let mut file = tempfile::Builder::new()
-            .prefix(".job-")
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
-        file.write_all(&json)?;
-        file.as_file().sync_all()?;
-        file.persist(&self.path).map_err(|err| err.error)?;
-        sync_dir(dir)
+        files::replace(&self.path, &json, writer)
     }
 
     async fn blocking<R: Send + 'static>(
@@ -237,7 +261,7 @@ impl JobStore for JobFile {
         Box::pin(self.blocking(move |file| {
             let job = RawValue::from_string(encoded?)
                 .map_err(|err| Error::store(SAVE, err.to_string()))?;
-            file.exclusive(&id, || {
+            file.exclusive(&id, |writer| {
                 let current = file.read()?;
                 if current.as_ref().map(|c| c.version) != expected_version {
                     return Ok(JobSaveOutcome::Conflict {
@@ -245,7 +269,7 @@ impl JobStore for JobFile {
                     });
                 }
                 let version = expected_version.unwrap_or(0) + 1;
-                file.write(version, &job)
+                file.write(version, &job, writer)
                     .map_err(|err| Error::io("could not save the job to", &file.path, err))?;
                 Ok(JobSaveOutcome::Saved { version })
             })

@@ -1006,6 +1006,72 @@ async fn the_same_job_run_twice_at_once_runs_once() {
     );
 }
 
+/// What a save killed between its write and its rename (kill -9, a power cut) leaves beside
+/// the job file: its temporary file, `.<name>.tmp`, with a torn job in it.
+fn leave_a_killed_save(file: &JobFile) -> std::path::PathBuf {
+    let name = file.path().file_name().unwrap().to_string_lossy();
+    let temp = file.path().with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&temp, br#"{"version": 3, "job": {"id": "#).unwrap();
+    temp
+}
+
+#[tokio::test]
+async fn what_a_killed_save_left_is_gone_after_the_next_save_or_the_delete() {
+    let dir = tempdir();
+    let jobs = dir.path().join("jobs");
+    let file = JobFile::new(jobs.join("job.json"));
+    let job = EditJob::new(sample_input(), REMOVE, dir.path().join("out.mp4")).unwrap();
+    assert!(matches!(
+        file.save(&job.id, &job, None).await.unwrap(),
+        JobSaveOutcome::Saved { version: 1 }
+    ));
+
+    // The next save, under the momentary lock, replaces it: the saved job is whole.
+    leave_a_killed_save(&file);
+    assert_eq!(support::file_names(&jobs), [".job.json.tmp", "job.json"]);
+    assert!(matches!(
+        file.save(&job.id, &job, Some(1)).await.unwrap(),
+        JobSaveOutcome::Saved { version: 2 }
+    ));
+    assert_eq!(support::file_names(&jobs), ["job.json"]);
+    assert_eq!(file.read().unwrap().unwrap().version, 2);
+
+    // The same under a lease.
+    let holder = LeaseHolder::this_process();
+    let LeaseAttempt::Granted(lease) = file
+        .try_lease(&job.id, Duration::from_secs(60), &holder)
+        .await
+        .unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    leave_a_killed_save(&file);
+    assert!(matches!(
+        file.save(&job.id, &job, Some(2)).await.unwrap(),
+        JobSaveOutcome::Saved { version: 3 }
+    ));
+    assert_eq!(support::file_names(&jobs), ["job.json", "job.json.lock"]);
+
+    // While another instance holds the lease, deleting leaves the holder's temporary file
+    // to the holder: it may be writing it.
+    let other = JobFile::new(jobs.join("job.json"));
+    let temp = leave_a_killed_save(&file);
+    other.delete().unwrap();
+    assert_eq!(
+        support::file_names(&jobs),
+        [".job.json.tmp", "job.json.lock"]
+    );
+    // The holder's delete removes it.
+    file.delete().unwrap();
+    assert_eq!(support::file_names(&jobs), ["job.json.lock"]);
+    file.release_lease(lease).await.unwrap();
+
+    // With nobody holding the lease, a delete removes it too, and leaves no lock file.
+    std::fs::write(&temp, b"torn").unwrap();
+    other.delete().unwrap();
+    assert!(support::file_names(&jobs).is_empty());
+}
+
 #[tokio::test]
 async fn a_second_run_can_wait_for_the_first_and_reports_it_done() {
     let sim = quick_simulator().await;

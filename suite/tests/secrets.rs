@@ -710,3 +710,34 @@ async fn an_uncreatable_config_directory_is_reported_and_ignored() {
     );
     assert_eq!(file_names(root.path()), ["blocker"]);
 }
+
+/// A save of the credentials killed half-way (kill -9 between its write and its rename) leaves
+/// its temporary file beside the credentials, maybe with a token in it. The next save, under
+/// the file lock, removes it: no stray copy of a token stays on disk.
+#[tokio::test]
+async fn a_credentials_save_killed_half_way_leaves_no_copy_behind() {
+    let (log, _guard) = capture_logs();
+    let sim = Simulator::builder().fast().start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("nemovideo");
+    std::fs::create_dir(&config).unwrap();
+    let torn = format!(
+        r#"{{"identities": {{"{}": {{"token": "{FIXED_TOKEN}"#,
+        sim.base_url()
+    );
+    std::fs::write(config.join(".credentials.json.tmp"), torn).unwrap();
+
+    let client = builder(sim.base_url()).config_dir(&config).build().unwrap();
+    client.create_session().await.unwrap();
+    assert_eq!(
+        file_names(&config),
+        ["credentials.json", "credentials.lock", "locks"]
+    );
+    let stored = stored_file(&config).to_string();
+    assert!(
+        !stored.contains(FIXED_TOKEN),
+        "the torn copy was not read: {stored}"
+    );
+    assert_eq!(sim.request_count(Endpoint::AnonymousToken), 1);
+    assert_log_clean(&log, &[FIXED_TOKEN]);
+}

@@ -138,9 +138,9 @@ impl JobFile {
         }
     }
 
-    /// Deletes the file (after the job succeeded). A missing file is fine. So is the temporary
-    /// file of a save that was killed half-way (kill -9, a power cut), unless the job's lease
-    /// is someone else's: then its holder's next save replaces it.
+    /// Deletes the file (after the job succeeded); a missing file is fine. It also removes the
+    /// temporary file that a save killed half-way (kill -9, a power cut) left beside it, unless
+    /// someone else holds the job's lease: that holder's next save replaces it.
     ///
     /// ```no_run
     /// nemo_video::job::JobFile::new("job.json").delete()?;
